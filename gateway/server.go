@@ -1,0 +1,35 @@
+package main
+
+import (
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/checkout-demo/checkout/internal/web"
+)
+
+// NewServer returns the gateway's HTTP handler.
+func NewServer(log *slog.Logger, cfg Config, client *http.Client, health web.Health) http.Handler {
+	r := chi.NewRouter()
+	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
+		web.WriteProblem(w, r, http.StatusNotFound, "no such endpoint")
+	})
+	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
+		web.WriteProblem(w, r, http.StatusMethodNotAllowed, "method not allowed on this endpoint")
+	})
+	addRoutes(r, log, cfg, client, health)
+	return web.Middleware(log, r)
+}
+
+// newClient returns the client for upstream calls: kept-alive connections,
+// enough of them for a busy gateway, and a dial timeout so a dead upstream
+// fails fast.
+func newClient() *http.Client {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConns = 512
+	t.MaxIdleConnsPerHost = 256
+	t.ResponseHeaderTimeout = 30 * time.Second
+	return &http.Client{Transport: t}
+}

@@ -1,0 +1,138 @@
+package events
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// Publisher publishes messages to the exchange on a channel in confirm mode.
+// A message counts as published only when the broker confirmed it and did not
+// return it as unroutable: messages are mandatory, so an event published
+// before any queue is bound to its routing key is not silently dropped but
+// stays in the outbox and is tried again.
+type Publisher struct {
+	broker *Broker
+
+	mu      sync.Mutex
+	ch      *amqp.Channel
+	returns chan amqp.Return
+}
+
+// NewPublisher returns a publisher on b.
+func NewPublisher(b *Broker) *Publisher { return &Publisher{broker: b} }
+
+// ErrUnroutable is returned for a message no queue was bound to receive.
+var ErrUnroutable = errors.New("rabbitmq: message returned as unroutable")
+
+// Result is the outcome of publishing one message.
+type Result struct {
+	ID  string
+	Err error // nil when the broker confirmed the message
+}
+
+// Publish sends msgs and waits for the broker's confirms. It returns one
+// result per message, in order. A non-nil error means the channel failed and
+// no result is trustworthy beyond those with Err == nil.
+func (p *Publisher) Publish(ctx context.Context, msgs []Message) ([]Result, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err := p.open(ctx); err != nil {
+		return nil, err
+	}
+	results := make([]Result, len(msgs))
+	pending := make([]*amqp.DeferredConfirmation, len(msgs))
+	var failed error
+	for i, m := range msgs {
+		results[i].ID = m.ID
+		dc, err := p.ch.PublishWithDeferredConfirmWithContext(ctx, Exchange, m.RoutingKey, true, false, amqp.Publishing{
+			ContentType:  ContentType,
+			DeliveryMode: amqp.Persistent,
+			MessageId:    m.ID,
+			Type:         m.Type,
+			Timestamp:    time.Now(),
+			AppId:        "checkout",
+			Body:         m.Body,
+		})
+		if err != nil {
+			failed = fmt.Errorf("publish %s: %w", m.ID, err)
+			for j := i; j < len(msgs); j++ {
+				results[j] = Result{ID: msgs[j].ID, Err: failed}
+			}
+			break
+		}
+		pending[i] = dc
+	}
+	for i, dc := range pending {
+		if dc == nil {
+			continue
+		}
+		ok, err := dc.WaitContext(ctx)
+		switch {
+		case err != nil:
+			results[i].Err = fmt.Errorf("wait confirm: %w", err)
+			failed = results[i].Err
+		case !ok:
+			results[i].Err = errors.New("rabbitmq: message nacked")
+		}
+	}
+	// The broker sends basic.return before the confirm of the same message, and
+	// the client delivers it to the buffered returns channel before it
+	// processes the confirm, so every return for this batch is here now.
+	for {
+		select {
+		case r := <-p.returns:
+			for i := range results {
+				if results[i].ID == r.MessageId && results[i].Err == nil {
+					results[i].Err = fmt.Errorf("%w: %s (%s)", ErrUnroutable, r.RoutingKey, r.ReplyText)
+				}
+			}
+			continue
+		default:
+		}
+		break
+	}
+	if failed != nil {
+		p.closeLocked()
+	}
+	return results, failed
+}
+
+func (p *Publisher) open(ctx context.Context) error {
+	if p.ch != nil && !p.ch.IsClosed() {
+		return nil
+	}
+	p.closeLocked()
+	if !p.broker.Connected() {
+		return ErrNotConnected
+	}
+	ch, err := p.broker.Channel(ctx)
+	if err != nil {
+		return err
+	}
+	if err := ch.Confirm(false); err != nil {
+		_ = ch.Close()
+		return fmt.Errorf("confirm mode: %w", err)
+	}
+	p.returns = ch.NotifyReturn(make(chan amqp.Return, 1024))
+	p.ch = ch
+	return nil
+}
+
+func (p *Publisher) closeLocked() {
+	if p.ch != nil {
+		_ = p.ch.Close()
+		p.ch = nil
+	}
+}
+
+// Close closes the publisher's channel.
+func (p *Publisher) Close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.closeLocked()
+}

@@ -1,0 +1,166 @@
+// Package postgres opens a service's database: it creates the database when it
+// is missing, applies the service's embedded migrations under an advisory lock
+// (so replicas that start together migrate once), and keeps trying in the
+// background while Postgres is away, so a service can start before its
+// database.
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/pressly/goose/v3"
+	"github.com/pressly/goose/v3/lock"
+
+	"github.com/checkout-demo/checkout/internal/events"
+)
+
+// ErrNotReady is returned while the database has not been prepared yet.
+var ErrNotReady = errors.New("database not ready")
+
+// DB is a service's connection pool and whether its schema is in place.
+type DB struct {
+	Pool  *pgxpool.Pool
+	ready atomic.Bool
+	done  chan struct{}
+}
+
+// Open returns a pool for url without connecting. Call Prepare (usually in
+// its own goroutine) to create and migrate the database.
+func Open(url string, maxConns int32) (*DB, error) {
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		return nil, fmt.Errorf("parse DATABASE_URL: %w", err)
+	}
+	if maxConns > 0 {
+		cfg.MaxConns = maxConns
+	}
+	// A short connect timeout makes requests fail fast (503) while Postgres
+	// restarts, instead of hanging.
+	if cfg.ConnConfig.ConnectTimeout == 0 || cfg.ConnConfig.ConnectTimeout > 5*time.Second {
+		cfg.ConnConfig.ConnectTimeout = 5 * time.Second
+	}
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		return nil, fmt.Errorf("create pool: %w", err)
+	}
+	return &DB{Pool: pool, done: make(chan struct{})}, nil
+}
+
+// Ready reports whether Prepare has finished.
+func (db *DB) Ready() bool { return db.ready.Load() }
+
+// Prepared is closed once Prepare has finished.
+func (db *DB) Prepared() <-chan struct{} { return db.done }
+
+// Ping checks that the database answers.
+func (db *DB) Ping(ctx context.Context) error {
+	if !db.Ready() {
+		return ErrNotReady
+	}
+	return db.Pool.Ping(ctx)
+}
+
+// Prepare creates the database if it is missing and applies migrations,
+// retrying with backoff until it succeeds or ctx is done.
+func (db *DB) Prepare(ctx context.Context, migrations fs.FS, log *slog.Logger) error {
+	backoff := events.Backoff{Base: 200 * time.Millisecond, Max: 5 * time.Second}
+	for attempt := 0; ; attempt++ {
+		err := db.prepare(ctx, migrations)
+		if err == nil {
+			db.ready.Store(true)
+			close(db.done)
+			log.Info("database ready", "database", db.Pool.Config().ConnConfig.Database)
+			return nil
+		}
+		d := backoff.Delay(attempt)
+		log.Warn("database not ready, retrying", "err", err, "retry_in", d.String())
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(d):
+		}
+	}
+}
+
+func (db *DB) prepare(ctx context.Context, migrations fs.FS) error {
+	if err := db.Pool.Ping(ctx); err != nil {
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || pgErr.Code != "3D000" { // invalid_catalog_name
+			return fmt.Errorf("ping: %w", err)
+		}
+		if err := CreateDatabase(ctx, db.Pool.Config().ConnConfig); err != nil {
+			return err
+		}
+	}
+	locker, err := lock.NewPostgresSessionLocker()
+	if err != nil {
+		return fmt.Errorf("migration lock: %w", err)
+	}
+	sqlDB := stdlib.OpenDBFromPool(db.Pool)
+	defer sqlDB.Close()
+	provider, err := goose.NewProvider(goose.DialectPostgres, sqlDB, migrations, goose.WithSessionLocker(locker))
+	if err != nil {
+		return fmt.Errorf("migrations: %w", err)
+	}
+	if _, err := provider.Up(ctx); err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	return nil
+}
+
+// CreateDatabase creates the database named in cfg, connecting to the
+// "postgres" maintenance database on the same server. It is a no-op when the
+// database exists (also when another replica created it first).
+func CreateDatabase(ctx context.Context, cfg *pgx.ConnConfig) error {
+	admin := cfg.Copy()
+	name := admin.Database
+	admin.Database = "postgres"
+	conn, err := pgx.ConnectConfig(ctx, admin)
+	if err != nil {
+		return fmt.Errorf("connect to create database %s: %w", name, err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	_, err = conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize())
+	var pgErr *pgconn.PgError
+	if err != nil && !(errors.As(err, &pgErr) && (pgErr.Code == "42P04" || pgErr.Code == "23505")) { // duplicate_database, unique_violation (a concurrent create)
+		return fmt.Errorf("create database %s: %w", name, err)
+	}
+	return nil
+}
+
+// Close closes the pool.
+func (db *DB) Close() { db.Pool.Close() }
+
+// IsUnavailable reports whether err means the database could not be reached
+// (not prepared yet, connection refused or lost, shutting down, timed out)
+// rather than a bug, so the caller can answer 503 instead of 500.
+func IsUnavailable(err error) bool {
+	var (
+		pgErr   *pgconn.PgError
+		connErr *pgconn.ConnectError
+		netErr  net.Error
+	)
+	switch {
+	case errors.Is(err, ErrNotReady), errors.Is(err, context.DeadlineExceeded),
+		errors.As(err, &connErr), errors.As(err, &netErr), pgconn.Timeout(err):
+		return true
+	case errors.As(err, &pgErr):
+		// Class 08: connection exception; 57P01-03: admin shutdown, crash
+		// shutdown, cannot connect now.
+		return strings.HasPrefix(pgErr.Code, "08") || pgErr.Code == "57P01" || pgErr.Code == "57P02" || pgErr.Code == "57P03"
+	}
+	return errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed)
+}

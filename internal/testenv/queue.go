@@ -1,0 +1,75 @@
+package testenv
+
+import (
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/checkout-demo/checkout/internal/events"
+)
+
+// Queue is an exclusive queue bound to the events exchange, for tests that
+// watch what a service publishes.
+type Queue struct {
+	tb         testing.TB
+	deliveries <-chan amqp.Delivery
+}
+
+// Watch declares the exchange and an exclusive queue bound to the routing
+// keys in the vhost of amqpURL.
+func Watch(tb testing.TB, amqpURL string, keys ...string) *Queue {
+	tb.Helper()
+	conn, err := amqp.Dial(amqpURL)
+	if err != nil {
+		tb.Fatalf("dial %s: %v", amqpURL, err)
+	}
+	tb.Cleanup(func() { conn.Close() })
+	ch, err := conn.Channel()
+	if err != nil {
+		tb.Fatalf("channel: %v", err)
+	}
+	if err := events.DeclareExchange(ch); err != nil {
+		tb.Fatalf("declare exchange: %v", err)
+	}
+	q, err := ch.QueueDeclare("", false, true, true, false, nil)
+	if err != nil {
+		tb.Fatalf("declare queue: %v", err)
+	}
+	for _, k := range keys {
+		if err := ch.QueueBind(q.Name, k, events.Exchange, false, nil); err != nil {
+			tb.Fatalf("bind %s: %v", k, err)
+		}
+	}
+	d, err := ch.Consume(q.Name, "", true, true, false, false, nil)
+	if err != nil {
+		tb.Fatalf("consume: %v", err)
+	}
+	return &Queue{tb: tb, deliveries: d}
+}
+
+// Next waits up to timeout for n messages and fails the test if fewer come.
+func (q *Queue) Next(n int, timeout time.Duration) []amqp.Delivery {
+	q.tb.Helper()
+	var out []amqp.Delivery
+	deadline := time.After(timeout)
+	for len(out) < n {
+		select {
+		case d := <-q.deliveries:
+			out = append(out, d)
+		case <-deadline:
+			q.tb.Fatalf("got %d of %d messages within %v", len(out), n, timeout)
+		}
+	}
+	return out
+}
+
+// None fails the test if a message arrives within wait.
+func (q *Queue) None(wait time.Duration) {
+	q.tb.Helper()
+	select {
+	case d := <-q.deliveries:
+		q.tb.Fatalf("unexpected message %s (%s): %s", d.MessageId, d.RoutingKey, d.Body)
+	case <-time.After(wait):
+	}
+}

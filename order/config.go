@@ -1,0 +1,15 @@
+package main
+
+import "time"
+
+// Config is read from the environment (see the README's configuration table).
+type Config struct {
+	Port            string        `envconfig:"PORT" default:"8001"`
+	DatabaseURL     string        `envconfig:"DATABASE_URL" default:"postgres://postgres@localhost:5432/order_db?sslmode=disable"`
+	AMQPURL         string        `envconfig:"AMQP_URL" default:"amqp://guest:guest@localhost:5672/"`
+	DBMaxConns      int32         `envconfig:"DB_MAX_CONNS" default:"20"`
+	OutboxPoll      time.Duration `envconfig:"OUTBOX_POLL_INTERVAL" default:"1s"`
+	OutboxBatch     int           `envconfig:"OUTBOX_BATCH_SIZE" default:"200"`
+	ShutdownTimeout time.Duration `envconfig:"SHUTDOWN_TIMEOUT" default:"15s"`
+	LogLevel        string        `envconfig:"LOG_LEVEL" default:"info"`
+}

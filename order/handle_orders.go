@@ -1,0 +1,101 @@
+package main
+
+import (
+	"errors"
+	"log/slog"
+	"math"
+	"mime"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/checkout-demo/checkout/internal/postgres"
+	"github.com/checkout-demo/checkout/internal/web"
+)
+
+func handleCreateOrder(log *slog.Logger, store *Store, relay waker) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		if ct := r.Header.Get("Content-Type"); ct != "" {
+			if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
+				web.WriteProblem(w, r, http.StatusUnsupportedMediaType, "the request body must be application/json")
+				return
+			}
+		}
+		n, err := DecodeNewOrder(r.Body)
+		if err != nil {
+			writeDecodeError(w, r, err)
+			return
+		}
+		o, err := store.Create(r.Context(), n)
+		if err != nil {
+			writeStoreError(w, r, log, "create order", err)
+			return
+		}
+		relay.Wake()
+		ms := math.Round(float64(time.Since(start).Microseconds())) / 1000
+		o.ProcessingDurationMS = &ms
+		log.Info("order created", "order_id", o.ID, "request_id", web.RequestID(r.Context()),
+			"total_amount", o.TotalAmount.String(), "items", len(o.Items))
+		w.Header().Set("Location", "/orders/"+strconv.FormatInt(o.ID, 10))
+		web.WriteJSON(w, http.StatusCreated, o)
+	})
+}
+
+func handleGetOrder(log *slog.Logger, store *Store) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id, err := strconv.ParseInt(chi.URLParam(r, "id"), 10, 64)
+		if err != nil || id <= 0 {
+			web.WriteProblem(w, r, http.StatusBadRequest, "the order id must be a positive integer",
+				web.FieldError{Field: "id", Message: "must be a positive integer"})
+			return
+		}
+		o, err := store.Get(r.Context(), id)
+		if errors.Is(err, ErrNotFound) {
+			web.WriteProblem(w, r, http.StatusNotFound, "order "+strconv.FormatInt(id, 10)+" does not exist")
+			return
+		}
+		if err != nil {
+			writeStoreError(w, r, log, "get order", err)
+			return
+		}
+		web.WriteJSON(w, http.StatusOK, o)
+	})
+}
+
+func writeDecodeError(w http.ResponseWriter, r *http.Request, err error) {
+	var (
+		verr *ValidationError
+		serr *SyntaxError
+	)
+	switch {
+	case errors.Is(err, ErrBodyTooLarge):
+		web.WriteProblem(w, r, http.StatusRequestEntityTooLarge, err.Error())
+	case errors.As(err, &verr):
+		web.WriteProblem(w, r, http.StatusUnprocessableEntity, verr.Error(), verr.Fields...)
+	case errors.As(err, &serr):
+		var fields []web.FieldError
+		if serr.Field != "" {
+			fields = append(fields, web.FieldError{Field: serr.Field, Message: serr.Detail})
+		}
+		web.WriteProblem(w, r, http.StatusBadRequest, serr.Detail, fields...)
+	default:
+		web.WriteProblem(w, r, http.StatusBadRequest, "invalid request")
+	}
+}
+
+// writeStoreError answers 503 while the database is unreachable (the client
+// may retry) and 500 otherwise; the cause goes to the log only.
+func writeStoreError(w http.ResponseWriter, r *http.Request, log *slog.Logger, op string, err error) {
+	log.Error(op, "err", err, "request_id", web.RequestID(r.Context()))
+	if r.Context().Err() != nil {
+		return // the client is gone
+	}
+	if postgres.IsUnavailable(err) {
+		web.WriteProblem(w, r, http.StatusServiceUnavailable, "the order database is unavailable; please retry")
+		return
+	}
+	web.WriteProblem(w, r, http.StatusInternalServerError, "internal error")
+}

@@ -1,0 +1,256 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/mail"
+	"strings"
+	"time"
+
+	"github.com/checkout-demo/checkout/internal/events"
+	"github.com/checkout-demo/checkout/internal/money"
+	"github.com/checkout-demo/checkout/internal/web"
+)
+
+// Order statuses. An order only moves forward: pending → paid, or
+// pending → payment_failed (the saga's compensation: the order is cancelled).
+const (
+	StatusPending       = "pending"
+	StatusPaid          = "paid"
+	StatusPaymentFailed = "payment_failed"
+)
+
+// Timeline steps.
+const (
+	StepCreated           = "created"
+	StepPaid              = "paid"
+	StepPaymentFailed     = "payment_failed"
+	StepConfirmationSent  = "confirmation_sent"
+	StepFailureNoticeSent = "payment_failed_notice_sent"
+)
+
+// Limits on a checkout request.
+const (
+	MaxItems    = 100
+	MaxQuantity = 10_000
+	MaxBodySize = 1 << 20
+)
+
+// Item is one line of an order.
+type Item = events.Item
+
+// Step is one entry of an order's timeline.
+type Step struct {
+	Step string    `json:"step"`
+	At   time.Time `json:"at"`
+}
+
+// Order is what the API returns.
+type Order struct {
+	ID                   int64        `json:"id"`
+	UserID               int64        `json:"user_id"`
+	UserEmail            string       `json:"user_email"`
+	Status               string       `json:"status"`
+	TotalAmount          money.Amount `json:"total_amount"`
+	Items                []Item       `json:"items"`
+	ProcessingDurationMS *float64     `json:"processing_duration_ms,omitempty"`
+	CreatedAt            time.Time    `json:"created_at"`
+	UpdatedAt            time.Time    `json:"updated_at"`
+	Timeline             []Step       `json:"timeline,omitempty"`
+}
+
+// NewOrder is a validated checkout request; the total is computed here from
+// the items and never taken from the client.
+type NewOrder struct {
+	UserID    int64
+	UserEmail string
+	Items     []Item
+	Total     money.Amount
+}
+
+// createRequest is the checkout body. Fields are pointers or raw JSON so that
+// a missing field can be told from a zero one and every problem named.
+type createRequest struct {
+	UserID    *int64        `json:"user_id"`
+	UserEmail *string       `json:"user_email"`
+	Items     []itemRequest `json:"items"`
+}
+
+type itemRequest struct {
+	ProductID *int64          `json:"product_id"`
+	Quantity  *int64          `json:"quantity"`
+	Price     json.RawMessage `json:"price"`
+}
+
+// ValidationError lists the problems of a request; it maps to 422.
+type ValidationError struct{ Fields []web.FieldError }
+
+func (e *ValidationError) Error() string {
+	parts := make([]string, len(e.Fields))
+	for i, f := range e.Fields {
+		parts[i] = f.Field + ": " + f.Message
+	}
+	return "invalid request: " + strings.Join(parts, "; ")
+}
+
+// SyntaxError is a body that is not the JSON we expect; it maps to 400.
+type SyntaxError struct {
+	Detail string
+	Field  string
+}
+
+func (e *SyntaxError) Error() string { return e.Detail }
+
+// ErrBodyTooLarge maps to 413.
+var ErrBodyTooLarge = errors.New("request body exceeds 1 MiB")
+
+// DecodeNewOrder reads and validates a checkout body.
+func DecodeNewOrder(r io.Reader) (NewOrder, error) {
+	body, err := io.ReadAll(io.LimitReader(r, MaxBodySize+1))
+	if err != nil {
+		return NewOrder{}, &SyntaxError{Detail: "could not read the request body"}
+	}
+	if len(body) > MaxBodySize {
+		return NewOrder{}, ErrBodyTooLarge
+	}
+	var req createRequest
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if err := dec.Decode(&req); err != nil {
+		var typeErr *json.UnmarshalTypeError
+		if errors.As(err, &typeErr) {
+			return NewOrder{}, &SyntaxError{
+				Detail: fmt.Sprintf("%s must be a JSON %s", typeErr.Field, expectedType(typeErr)),
+				Field:  typeErr.Field,
+			}
+		}
+		return NewOrder{}, &SyntaxError{Detail: "request body is not valid JSON: " + err.Error()}
+	}
+	if dec.More() {
+		return NewOrder{}, &SyntaxError{Detail: "request body must hold a single JSON object"}
+	}
+	return req.validate()
+}
+
+func expectedType(e *json.UnmarshalTypeError) string {
+	switch e.Type.Kind().String() {
+	case "int64", "int":
+		return "integer"
+	case "string":
+		return "string"
+	case "slice":
+		return "array"
+	case "struct", "ptr":
+		return "object"
+	}
+	return e.Type.String()
+}
+
+func (req createRequest) validate() (NewOrder, error) {
+	var errs []web.FieldError
+	add := func(field, msg string) { errs = append(errs, web.FieldError{Field: field, Message: msg}) }
+
+	o := NewOrder{}
+	switch {
+	case req.UserID == nil:
+		add("user_id", "is required")
+	case *req.UserID <= 0:
+		add("user_id", "must be a positive integer")
+	default:
+		o.UserID = *req.UserID
+	}
+	switch {
+	case req.UserEmail == nil || *req.UserEmail == "":
+		add("user_email", "is required")
+	case !validEmail(*req.UserEmail):
+		add("user_email", "must be a plain email address such as name@example.com")
+	default:
+		o.UserEmail = *req.UserEmail
+	}
+	switch {
+	case len(req.Items) == 0:
+		add("items", "must hold at least one item")
+	case len(req.Items) > MaxItems:
+		add("items", fmt.Sprintf("must hold at most %d items", MaxItems))
+	}
+	if len(req.Items) <= MaxItems {
+		var total money.Amount
+		for i, it := range req.Items {
+			field := func(name string) string { return fmt.Sprintf("items[%d].%s", i, name) }
+			var item Item
+			ok := true
+			switch {
+			case it.ProductID == nil:
+				add(field("product_id"), "is required")
+				ok = false
+			case *it.ProductID <= 0:
+				add(field("product_id"), "must be a positive integer")
+				ok = false
+			default:
+				item.ProductID = *it.ProductID
+			}
+			switch {
+			case it.Quantity == nil:
+				add(field("quantity"), "is required")
+				ok = false
+			case *it.Quantity <= 0 || *it.Quantity > MaxQuantity:
+				add(field("quantity"), fmt.Sprintf("must be an integer from 1 to %d", MaxQuantity))
+				ok = false
+			default:
+				item.Quantity = int(*it.Quantity)
+			}
+			price, err := parsePrice(it.Price)
+			if err != nil {
+				add(field("price"), err.Error())
+				ok = false
+			}
+			item.Price = price
+			if !ok {
+				continue
+			}
+			line, err := price.Mul(int64(item.Quantity))
+			if err == nil {
+				total, err = total.Add(line)
+			}
+			if err != nil {
+				add("items", "the order total exceeds 9999999999.99")
+				break
+			}
+			o.Items = append(o.Items, item)
+		}
+		o.Total = total
+	}
+	if len(errs) > 0 {
+		return NewOrder{}, &ValidationError{Fields: errs}
+	}
+	return o, nil
+}
+
+func parsePrice(raw json.RawMessage) (money.Amount, error) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return 0, errors.New("is required")
+	}
+	var s string
+	if err := json.Unmarshal(raw, &s); err != nil {
+		return 0, errors.New(`must be a decimal string such as "1299.99", not a JSON number`)
+	}
+	a, err := money.Parse(s)
+	if err != nil {
+		return 0, err
+	}
+	return a, nil
+}
+
+func validEmail(s string) bool {
+	if len(s) > 254 {
+		return false
+	}
+	addr, err := mail.ParseAddress(s)
+	if err != nil || addr.Address != s || addr.Name != "" {
+		return false
+	}
+	_, domain, _ := strings.Cut(s, "@")
+	return domain != "" && !strings.ContainsAny(domain, "[]")
+}

@@ -1,0 +1,151 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/checkout-demo/checkout/internal/events"
+	"github.com/checkout-demo/checkout/internal/inbox"
+	"github.com/checkout-demo/checkout/internal/outbox"
+)
+
+// ErrNotFound is returned for an order that does not exist.
+var ErrNotFound = errors.New("order not found")
+
+// Store keeps orders in Postgres.
+type Store struct {
+	pool *pgxpool.Pool
+}
+
+// Create writes the order, its items, its first timeline step and its
+// OrderCreated event in one transaction.
+func (s *Store) Create(ctx context.Context, n NewOrder) (Order, error) {
+	productIDs := make([]int64, len(n.Items))
+	quantities := make([]int32, len(n.Items))
+	prices := make([]string, len(n.Items))
+	for i, it := range n.Items {
+		productIDs[i], quantities[i], prices[i] = it.ProductID, int32(it.Quantity), it.Price.String()
+	}
+	o := Order{UserID: n.UserID, UserEmail: n.UserEmail, Status: StatusPending, TotalAmount: n.Total, Items: n.Items}
+
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		err := tx.QueryRow(ctx, `
+			WITH o AS (
+				INSERT INTO orders (user_id, user_email, total_amount) VALUES ($1, $2, $3)
+				RETURNING id, created_at
+			), i AS (
+				INSERT INTO order_items (order_id, line, product_id, quantity, price)
+				SELECT o.id, t.line, t.product_id, t.quantity, t.price
+				FROM o, unnest($4::bigint[], $5::int[], $6::numeric[]) WITH ORDINALITY AS t(product_id, quantity, price, line)
+			), s AS (
+				INSERT INTO order_timeline (order_id, step, at) SELECT id, 'created', created_at FROM o
+			)
+			SELECT id, created_at FROM o`,
+			n.UserID, n.UserEmail, n.Total, productIDs, quantities, prices,
+		).Scan(&o.ID, &o.CreatedAt)
+		if err != nil {
+			return fmt.Errorf("insert order: %w", err)
+		}
+		o.CreatedAt = o.CreatedAt.UTC()
+		o.UpdatedAt = o.CreatedAt
+		return outbox.Add(ctx, tx, events.OrderCreated{
+			Meta:        events.NewMeta(events.TypeOrderCreated, o.CreatedAt),
+			OrderID:     o.ID,
+			UserID:      o.UserID,
+			UserEmail:   o.UserEmail,
+			TotalAmount: o.TotalAmount,
+			Items:       o.Items,
+		})
+	})
+	if err != nil {
+		return Order{}, err
+	}
+	o.Timeline = []Step{{Step: StepCreated, At: o.CreatedAt}}
+	return o, nil
+}
+
+// Get returns the order with its items and timeline.
+func (s *Store) Get(ctx context.Context, id int64) (Order, error) {
+	var o Order
+	err := s.pool.QueryRow(ctx, `
+		SELECT id, user_id, user_email, status, total_amount, created_at, updated_at
+		FROM orders WHERE id = $1`, id,
+	).Scan(&o.ID, &o.UserID, &o.UserEmail, &o.Status, &o.TotalAmount, &o.CreatedAt, &o.UpdatedAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Order{}, ErrNotFound
+	}
+	if err != nil {
+		return Order{}, fmt.Errorf("select order: %w", err)
+	}
+	o.CreatedAt, o.UpdatedAt = o.CreatedAt.UTC(), o.UpdatedAt.UTC()
+
+	rows, err := s.pool.Query(ctx, `SELECT product_id, quantity, price FROM order_items WHERE order_id = $1 ORDER BY line`, id)
+	if err != nil {
+		return Order{}, fmt.Errorf("select items: %w", err)
+	}
+	o.Items, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (Item, error) {
+		var it Item
+		err := row.Scan(&it.ProductID, &it.Quantity, &it.Price)
+		return it, err
+	})
+	if err != nil {
+		return Order{}, fmt.Errorf("select items: %w", err)
+	}
+
+	rows, err = s.pool.Query(ctx, `SELECT step, at FROM order_timeline WHERE order_id = $1 ORDER BY at, step`, id)
+	if err != nil {
+		return Order{}, fmt.Errorf("select timeline: %w", err)
+	}
+	o.Timeline, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (Step, error) {
+		var st Step
+		err := row.Scan(&st.Step, &st.At)
+		st.At = st.At.UTC()
+		return st, err
+	})
+	if err != nil {
+		return Order{}, fmt.Errorf("select timeline: %w", err)
+	}
+	return o, nil
+}
+
+// Advance applies one saga event to an order in one transaction: it claims
+// the event id (a redelivered event changes nothing), moves the status only
+// forward (from pending; a late or repeated event never moves an order
+// backwards) and records the timeline step once. It reports whether the
+// event was new.
+func (s *Store) Advance(ctx context.Context, eventID, eventType string, orderID int64, to string, step string, at time.Time) (bool, error) {
+	applied := false
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		fresh, err := inbox.Claim(ctx, tx, eventID, eventType)
+		if err != nil || !fresh {
+			return err
+		}
+		var exists bool
+		if err := tx.QueryRow(ctx, `SELECT true FROM orders WHERE id = $1 FOR UPDATE`, orderID).Scan(&exists); err != nil {
+			if errors.Is(err, pgx.ErrNoRows) {
+				return ErrNotFound
+			}
+			return fmt.Errorf("lock order: %w", err)
+		}
+		if to != "" {
+			if _, err := tx.Exec(ctx,
+				`UPDATE orders SET status = $2, updated_at = now() WHERE id = $1 AND status = 'pending'`,
+				orderID, to); err != nil {
+				return fmt.Errorf("update status: %w", err)
+			}
+		}
+		if _, err := tx.Exec(ctx,
+			`INSERT INTO order_timeline (order_id, step, at, event_id) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING`,
+			orderID, step, at, eventID); err != nil {
+			return fmt.Errorf("insert timeline step: %w", err)
+		}
+		applied = true
+		return nil
+	})
+	return applied, err
+}
