@@ -11,5 +11,6 @@ type Config struct {
 	UpstreamTimeout   time.Duration `envconfig:"UPSTREAM_TIMEOUT" default:"5s"`
 	HealthTimeout     time.Duration `envconfig:"HEALTH_TIMEOUT" default:"1s"`
 	ShutdownTimeout   time.Duration `envconfig:"SHUTDOWN_TIMEOUT" default:"15s"`
+	LogFormat         string        `envconfig:"LOG_FORMAT" default:"json"`
 	LogLevel          string        `envconfig:"LOG_LEVEL" default:"info"`
 }

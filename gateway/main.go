@@ -35,7 +35,7 @@ func main() {
 // run serves until ctx is done, then finishes the requests in flight.
 // listening, when not nil, is told the bound address.
 func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.Addr)) error {
-	log := web.NewLogger(stdout, cfg.LogLevel, "gateway")
+	log := web.NewLogger(stdout, cfg.LogLevel, cfg.LogFormat, "gateway")
 	client := newClient()
 	defer client.CloseIdleConnections()
 

@@ -11,5 +11,6 @@ type Config struct {
 	OutboxPoll      time.Duration `envconfig:"OUTBOX_POLL_INTERVAL" default:"1s"`
 	OutboxBatch     int           `envconfig:"OUTBOX_BATCH_SIZE" default:"200"`
 	ShutdownTimeout time.Duration `envconfig:"SHUTDOWN_TIMEOUT" default:"15s"`
+	LogFormat       string        `envconfig:"LOG_FORMAT" default:"json"`
 	LogLevel        string        `envconfig:"LOG_LEVEL" default:"info"`
 }

@@ -41,7 +41,7 @@ func main() {
 // the outbox, close the broker and the pool. listening, when not nil, is
 // told the bound address (tests listen on port 0).
 func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.Addr)) error {
-	log := web.NewLogger(stdout, cfg.LogLevel, "order")
+	log := web.NewLogger(stdout, cfg.LogLevel, cfg.LogFormat, "order")
 
 	db, err := postgres.Open(cfg.DatabaseURL, cfg.DBMaxConns)
 	if err != nil {

@@ -340,7 +340,9 @@ func TestConcurrentStartMigratesOnce(t *testing.T) {
 	}
 }
 
-func testLogger(t *testing.T) *slog.Logger { return web.NewLogger(&testWriter{t}, "warn", "order") }
+func testLogger(t *testing.T) *slog.Logger {
+	return web.NewLogger(&testWriter{t}, "warn", "json", "order")
+}
 
 type testWriter struct{ t *testing.T }
 

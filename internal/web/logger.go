@@ -6,9 +6,10 @@ import (
 	"strings"
 )
 
-// NewLogger returns the JSON logger a service passes down from run; every
-// line carries the service's name.
-func NewLogger(w io.Writer, level, service string) *slog.Logger {
+// NewLogger returns the logger a service passes down from run: JSON lines,
+// or logfmt-style text when format is "text" (make run uses it for people to
+// read). Every line carries the service's name.
+func NewLogger(w io.Writer, level, format, service string) *slog.Logger {
 	var l slog.Level
 	switch strings.ToLower(level) {
 	case "debug":
@@ -18,5 +19,9 @@ func NewLogger(w io.Writer, level, service string) *slog.Logger {
 	case "error":
 		l = slog.LevelError
 	}
-	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l})).With("service", service)
+	opts := &slog.HandlerOptions{Level: l}
+	if format == "text" {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts)).With("service", service)
 }

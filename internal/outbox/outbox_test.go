@@ -1,0 +1,121 @@
+package outbox_test
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/checkout-demo/checkout/internal/events"
+	"github.com/checkout-demo/checkout/internal/outbox"
+	"github.com/checkout-demo/checkout/internal/postgres"
+	"github.com/checkout-demo/checkout/internal/testenv"
+	"github.com/checkout-demo/checkout/internal/web"
+	"github.com/checkout-demo/checkout/order/migrations"
+)
+
+func setup(t *testing.T) (*postgres.DB, string) {
+	t.Helper()
+	db, err := postgres.Open(testenv.Database(t), 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(db.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := db.Prepare(ctx, migrations.FS, web.NewLogger(io.Discard, "error", "json", "test")); err != nil {
+		t.Fatal(err)
+	}
+	return db, testenv.VHost(t)
+}
+
+func startRelay(t *testing.T, db *postgres.DB, amqpURL string) *outbox.Relay {
+	t.Helper()
+	log := web.NewLogger(io.Discard, "error", "json", "test")
+	ctx, cancel := context.WithCancel(context.Background())
+	broker := events.NewBroker(amqpURL, log)
+	pub := events.NewPublisher(broker)
+	relay := outbox.NewRelay(db.Pool, pub, log)
+	relay.Poll, relay.Batch = 100*time.Millisecond, 50
+	broker.OnConnect(relay.Wake)
+	done := make(chan struct{}, 2)
+	go func() { broker.Run(ctx); done <- struct{}{} }()
+	go func() { relay.Run(ctx); done <- struct{}{} }()
+	t.Cleanup(func() { cancel(); <-done; <-done; pub.Close() })
+	return relay
+}
+
+func addOrders(t *testing.T, db *postgres.DB, n int) {
+	t.Helper()
+	ctx := context.Background()
+	for i := range n {
+		err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
+			return outbox.Add(ctx, tx, events.OrderCreated{Meta: events.NewMeta(events.TypeOrderCreated, time.Now()), OrderID: int64(i + 1)})
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// Two relays on one database (two replicas) publish every row exactly once.
+func TestRelayReplicasPublishEachRowOnce(t *testing.T) {
+	t.Parallel()
+	db, amqpURL := setup(t)
+	q := testenv.Watch(t, amqpURL, events.RouteOrderCreated)
+	const n = 300
+	addOrders(t, db, n)
+	startRelay(t, db, amqpURL)
+	startRelay(t, db, amqpURL)
+
+	seen := map[string]bool{}
+	orders := map[int64]bool{}
+	for _, m := range q.Next(n, 30*time.Second) {
+		if seen[m.MessageId] {
+			t.Fatalf("event %s published twice", m.MessageId)
+		}
+		seen[m.MessageId] = true
+		var ev events.OrderCreated
+		if err := json.Unmarshal(m.Body, &ev); err != nil {
+			t.Fatal(err)
+		}
+		orders[ev.OrderID] = true
+	}
+	q.None(500 * time.Millisecond)
+	if len(orders) != n {
+		t.Fatalf("got events for %d orders, want %d", len(orders), n)
+	}
+	if left, err := outbox.Pending(context.Background(), db.Pool); err != nil || left != 0 {
+		t.Fatalf("pending after publish = %d, %v", left, err)
+	}
+}
+
+// An event no queue is bound to is returned by the broker; it stays in the
+// outbox with the reason and is delivered once a queue is bound.
+func TestRelayKeepsUnroutableEvents(t *testing.T) {
+	t.Parallel()
+	db, amqpURL := setup(t)
+	addOrders(t, db, 1)
+	relay := startRelay(t, db, amqpURL)
+
+	var lastErr string
+	deadline := time.Now().Add(10 * time.Second)
+	for lastErr == "" && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+		_ = db.Pool.QueryRow(context.Background(),
+			`SELECT coalesce(last_error, '') FROM outbox WHERE published_at IS NULL AND attempts > 0`).Scan(&lastErr)
+	}
+	if lastErr == "" {
+		t.Fatal("unroutable event was marked published or never tried")
+	}
+	q := testenv.Watch(t, amqpURL, events.RouteOrderCreated)
+	// The row waits for its backoff (at most a second on the first retry).
+	relay.Wake()
+	q.Next(1, 10*time.Second)
+	if left, _ := outbox.Pending(context.Background(), db.Pool); left != 0 {
+		t.Fatalf("pending = %d after delivery", left)
+	}
+}

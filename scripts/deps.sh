@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Makes sure what the system and its tests need is here and running:
+# PostgreSQL, RabbitMQ (with the management plugin) and the Mailpit binary.
+# Safe to run again; it only starts or installs what is missing.
+set -euo pipefail
+
+MAILPIT_VERSION=v1.33.1
+GOBIN_DIR=$(go env GOBIN); [ -n "$GOBIN_DIR" ] || GOBIN_DIR="$(go env GOPATH)/bin"
+
+say() { printf '\033[1mdeps:\033[0m %s\n' "$*"; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() { # port what seconds
+  for _ in $(seq 1 "$(( $3 * 5 ))"); do port_open "$1" && return 0; sleep 0.2; done
+  echo "deps: $2 did not open port $1 within $3 s" >&2; return 1
+}
+
+# PostgreSQL
+if ! port_open 5432; then
+  say "starting PostgreSQL"
+  if command -v pg_ctlcluster >/dev/null; then
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -1)" main start
+  else
+    echo "deps: PostgreSQL is not running on 5432 and pg_ctlcluster is missing; install PostgreSQL" >&2; exit 1
+  fi
+  wait_port 5432 PostgreSQL 30
+fi
+
+# RabbitMQ
+if ! port_open 5672; then
+  say "starting RabbitMQ"
+  command -v rabbitmq-server >/dev/null || { echo "deps: RabbitMQ is not installed" >&2; exit 1; }
+  rabbitmq-server -detached
+  wait_port 5672 RabbitMQ 60
+fi
+if command -v rabbitmq-plugins >/dev/null && ! port_open 15672; then
+  say "enabling the RabbitMQ management plugin (UI on :15672)"
+  rabbitmq-plugins enable rabbitmq_management >/dev/null
+  wait_port 15672 "RabbitMQ management" 30 || true
+fi
+
+# Mailpit (MailHog's maintained successor): SMTP for the email service and an
+# inbox with an HTTP API for people and tests.
+if ! command -v mailpit >/dev/null && [ ! -x "$GOBIN_DIR/mailpit" ]; then
+  say "installing Mailpit $MAILPIT_VERSION (go install, about a minute)"
+  go install "github.com/axllent/mailpit@$MAILPIT_VERSION"
+fi

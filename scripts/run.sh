@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Runs the whole system natively in the foreground: Mailpit and the four
+# services against the local PostgreSQL and RabbitMQ, each service's log
+# lines prefixed with its name. Ctrl-C stops everything.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/deps.sh
+GOBIN_DIR=$(go env GOBIN); [ -n "$GOBIN_DIR" ] || GOBIN_DIR="$(go env GOPATH)/bin"
+MAILPIT=$(command -v mailpit || echo "$GOBIN_DIR/mailpit")
+
+export LOG_FORMAT=${LOG_FORMAT:-text}
+pids=()
+stop() {
+  trap - INT TERM EXIT
+  echo; echo "run: stopping…"
+  kill -TERM "${pids[@]}" 2>/dev/null || true
+  wait 2>/dev/null || true
+}
+trap stop INT TERM EXIT
+
+label() { # name colour
+  local name=$1 colour=$2
+  while IFS= read -r line; do printf '\033[%sm%-8s\033[0m| %s\n' "$colour" "$name" "$line"; done
+}
+
+start() { # name colour command…
+  local name=$1 colour=$2; shift 2
+  "$@" > >(label "$name" "$colour") 2>&1 &
+  pids+=($!)
+}
+
+if (exec 3<>/dev/tcp/127.0.0.1/1026) 2>/dev/null; then
+  echo "run: something already listens on :1026; using it as the SMTP server"
+else
+  start mailpit 90 "$MAILPIT" --smtp 0.0.0.0:1026 --listen 0.0.0.0:8026 --max 0 --quiet \
+    --smtp-auth-accept-any --smtp-auth-allow-insecure --disable-version-check
+fi
+start order 36 ./bin/order
+start payment 33 ./bin/payment
+start email 35 ./bin/email
+start gateway 32 ./bin/gateway
+
+cat <<'MSG'
+run: gateway http://localhost:9000 · RabbitMQ UI http://localhost:15672 (guest/guest) · Mailpit http://localhost:8026
+run: try  curl -X POST http://localhost:9000/api/checkout -H 'Content-Type: application/json' \
+            -d '{"user_id":1,"user_email":"test@example.com","items":[{"product_id":1,"quantity":1,"price":"1299.99"}]}'
+MSG
+wait -n "${pids[@]}" || true
+echo "run: a process exited; stopping the rest"
