@@ -8,6 +8,12 @@ type Config struct {
 	DatabaseURL     string        `envconfig:"DATABASE_URL" default:"postgres://postgres@localhost:5432/order_db?sslmode=disable"`
 	AMQPURL         string        `envconfig:"AMQP_URL" default:"amqp://guest:guest@localhost:5672/"`
 	DBMaxConns      int32         `envconfig:"DB_MAX_CONNS" default:"20"`
+	Prefetch        int           `envconfig:"CONSUMER_PREFETCH" default:"100"`
+	Concurrency     int           `envconfig:"CONSUMER_CONCURRENCY" default:"32"`
+	MaxAttempts     int           `envconfig:"CONSUMER_MAX_ATTEMPTS" default:"5"`
+	RetryBase       time.Duration `envconfig:"CONSUMER_RETRY_BASE" default:"1s"`
+	RetryMax        time.Duration `envconfig:"CONSUMER_RETRY_MAX" default:"30s"`
+	HandlerTimeout  time.Duration `envconfig:"CONSUMER_HANDLER_TIMEOUT" default:"30s"`
 	OutboxPoll      time.Duration `envconfig:"OUTBOX_POLL_INTERVAL" default:"1s"`
 	OutboxBatch     int           `envconfig:"OUTBOX_BATCH_SIZE" default:"200"`
 	ShutdownTimeout time.Duration `envconfig:"SHUTDOWN_TIMEOUT" default:"15s"`

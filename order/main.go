@@ -30,6 +30,9 @@ func main() {
 		fmt.Fprintln(os.Stderr, "config:", err)
 		os.Exit(1)
 	}
+	if len(os.Args) > 1 && os.Args[1] == "healthcheck" {
+		os.Exit(web.Healthcheck(cfg.Port))
+	}
 	if err := run(ctx, cfg, os.Stdout, nil); err != nil {
 		fmt.Fprintln(os.Stderr, "order:", err)
 		os.Exit(1)
@@ -73,6 +76,22 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 	}()
 
 	store := &Store{pool: db.Pool}
+	consumer := events.NewConsumer(broker, events.ConsumerConfig{
+		Queue: SagaQueue, Bindings: SagaBindings,
+		Prefetch: cfg.Prefetch, Concurrency: cfg.Concurrency, MaxAttempts: cfg.MaxAttempts,
+		RetryBase: cfg.RetryBase, RetryMax: cfg.RetryMax, HandlerTimeout: cfg.HandlerTimeout,
+	}, handleSagaEvent(log, store), log)
+	consumerCtx, stopConsumer := context.WithCancel(bgCtx)
+	defer stopConsumer()
+	consumerDone := make(chan struct{})
+	go func() {
+		defer close(consumerDone)
+		select {
+		case <-db.Prepared():
+			consumer.Run(consumerCtx)
+		case <-consumerCtx.Done():
+		}
+	}()
 	var stopping atomic.Bool
 	health := web.Health{
 		Service:  "order",
@@ -94,6 +113,8 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 	stopping.Store(true)
 	log.Info("shutting down")
 
+	stopConsumer()
+	<-consumerDone
 	// Publish what the last requests committed, then stop the relay.
 	flushCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
 	defer cancel()

@@ -21,6 +21,9 @@ trap stop INT TERM EXIT
 
 label() { # name colour
   local name=$1 colour=$2
+  # Ctrl-C reaches the whole process group: the labellers ignore it and end
+  # when their service closes its output, so shutdown lines still show.
+  trap '' INT TERM
   while IFS= read -r line; do printf '\033[%sm%-8s\033[0m| %s\n' "$colour" "$name" "$line"; done
 }
 

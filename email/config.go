@@ -1,0 +1,30 @@
+package main
+
+import "time"
+
+// Config is read from the environment (see the README's configuration table).
+type Config struct {
+	Port    string `envconfig:"PORT" default:"8003"`
+	AMQPURL string `envconfig:"AMQP_URL" default:"amqp://guest:guest@localhost:5672/"`
+
+	SMTPHost     string        `envconfig:"SMTP_HOST" default:"localhost"`
+	SMTPPort     int           `envconfig:"SMTP_PORT" default:"1026"`
+	SMTPUsername string        `envconfig:"SMTP_USERNAME"`
+	SMTPPassword string        `envconfig:"SMTP_PASSWORD"`
+	SMTPTLS      string        `envconfig:"SMTP_TLS" default:"none"` // none, opportunistic or mandatory
+	SMTPTimeout  time.Duration `envconfig:"SMTP_TIMEOUT" default:"10s"`
+	EmailFrom    string        `envconfig:"EMAIL_FROM" default:"Checkout Shop <shop@checkout.local>"`
+	// EmailDelay simulates slow mail rendering and delivery.
+	EmailDelay time.Duration `envconfig:"EMAIL_DELAY" default:"2s"`
+
+	Prefetch       int           `envconfig:"CONSUMER_PREFETCH" default:"300"`
+	Concurrency    int           `envconfig:"CONSUMER_CONCURRENCY" default:"300"`
+	MaxAttempts    int           `envconfig:"CONSUMER_MAX_ATTEMPTS" default:"5"`
+	RetryBase      time.Duration `envconfig:"CONSUMER_RETRY_BASE" default:"1s"`
+	RetryMax       time.Duration `envconfig:"CONSUMER_RETRY_MAX" default:"30s"`
+	HandlerTimeout time.Duration `envconfig:"CONSUMER_HANDLER_TIMEOUT" default:"30s"`
+
+	ShutdownTimeout time.Duration `envconfig:"SHUTDOWN_TIMEOUT" default:"15s"`
+	LogFormat       string        `envconfig:"LOG_FORMAT" default:"json"`
+	LogLevel        string        `envconfig:"LOG_LEVEL" default:"info"`
+}

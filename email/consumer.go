@@ -1,0 +1,98 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/checkout-demo/checkout/internal/events"
+)
+
+// Queue is the email service's queue of payment results.
+const Queue = "email.payment-results"
+
+// emailSentNamespace makes EmailSent ids a function of the mail's Message-ID:
+// a mail announced twice carries the same event id, so the order service's
+// inbox drops the second announcement.
+var emailSentNamespace = uuid.MustParse("6f1c1a52-4bd0-4d1e-9a0c-8a3b7c2e5d10")
+
+// handlePaymentResult mails the customer after a payment result and
+// announces EmailSent once the SMTP server accepted the mail.
+func handlePaymentResult(log *slog.Logger, mailer *Mailer, pub *events.Publisher, sent *sentCache, delay time.Duration) events.Handler {
+	return func(ctx context.Context, d events.Delivery) error {
+		var (
+			ml  Mail
+			err error
+		)
+		switch d.Type {
+		case events.TypePaymentProcessed:
+			var ev events.PaymentProcessed
+			if err := json.Unmarshal(d.Body, &ev); err != nil || ev.OrderID <= 0 {
+				return events.Permanent(fmt.Errorf("decode PaymentProcessed: %v", err))
+			}
+			ml, err = mailer.Confirmation(ev)
+		case events.TypePaymentFailed:
+			var ev events.PaymentFailed
+			if err := json.Unmarshal(d.Body, &ev); err != nil || ev.OrderID <= 0 {
+				return events.Permanent(fmt.Errorf("decode PaymentFailed: %v", err))
+			}
+			ml, err = mailer.PaymentFailed(ev)
+		default:
+			return events.Permanent(fmt.Errorf("unexpected event type %q", d.Type))
+		}
+		if err != nil {
+			return events.Permanent(err)
+		}
+		log := log.With("order_id", ml.OrderID, "event_id", d.MessageId, "kind", ml.Kind)
+
+		if !sent.has(ml.MessageID) {
+			select {
+			case <-time.After(delay):
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			if err := mailer.Send(ctx, ml); err != nil {
+				return err
+			}
+			sent.add(ml.MessageID)
+			log.Info("mail sent", "to", ml.To, "message_id", ml.MessageID)
+		} else {
+			log.Info("mail was sent before; announcing it again only", "message_id", ml.MessageID)
+		}
+
+		ev := events.EmailSent{
+			Meta:    events.NewMeta(events.TypeEmailSent, time.Now()),
+			OrderID: ml.OrderID, Kind: ml.Kind, To: ml.To, MessageID: ml.MessageID,
+		}
+		ev.EventID = uuid.NewSHA1(emailSentNamespace, []byte(ml.MessageID)).String()
+		return announce(ctx, pub, ev)
+	}
+}
+
+// announce publishes EmailSent, trying again while the broker is away, until
+// it is confirmed or ctx ends. Failing here would send the mail again.
+func announce(ctx context.Context, pub *events.Publisher, ev events.EmailSent) error {
+	m, err := events.Encode(ev)
+	if err != nil {
+		return events.Permanent(err)
+	}
+	backoff := events.Backoff{Base: 100 * time.Millisecond, Max: 2 * time.Second}
+	for attempt := 0; ; attempt++ {
+		res, err := pub.Publish(ctx, []events.Message{m})
+		if err == nil && res[0].Err == nil {
+			return nil
+		}
+		if err == nil {
+			err = res[0].Err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("announce EmailSent: %w", err)
+		case <-time.After(backoff.Delay(attempt)):
+		}
+	}
+}

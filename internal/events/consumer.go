@@ -1,0 +1,370 @@
+package events
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// Headers the consumer sets on messages it retries or dead-letters.
+const (
+	HeaderAttempt       = "x-attempt"                // failed attempts so far
+	HeaderRoutingKey    = "x-original-routing-key"   // the routing key the event was published with
+	HeaderError         = "x-error"                  // why the last attempt failed
+	HeaderFailedAt      = "x-failed-at"              // when it was dead-lettered (RFC 3339)
+	HeaderDeadLetterFor = "x-dead-letter-from-queue" // the queue it came from
+)
+
+// ConsumerConfig describes one queue and how its messages are handled.
+type ConsumerConfig struct {
+	Queue    string   // durable queue name, e.g. "payment.order-created"
+	Bindings []string // routing keys bound to the exchange
+
+	Prefetch    int // unacked messages the broker hands out at once
+	Concurrency int // handlers running at once
+
+	// MaxAttempts bounds how often a failing message is tried before it goes
+	// to the dead-letter queue <Queue>.dlq.
+	MaxAttempts int
+	// RetryBase and RetryMax shape the exponential backoff between attempts.
+	RetryBase, RetryMax time.Duration
+	// HandlerTimeout bounds one attempt.
+	HandlerTimeout time.Duration
+}
+
+func (c *ConsumerConfig) defaults() {
+	if c.Prefetch <= 0 {
+		c.Prefetch = 50
+	}
+	if c.Concurrency <= 0 {
+		c.Concurrency = c.Prefetch
+	}
+	if c.MaxAttempts <= 0 {
+		c.MaxAttempts = 5
+	}
+	if c.RetryBase <= 0 {
+		c.RetryBase = time.Second
+	}
+	if c.RetryMax <= 0 {
+		c.RetryMax = 30 * time.Second
+	}
+	if c.HandlerTimeout <= 0 {
+		c.HandlerTimeout = 30 * time.Second
+	}
+}
+
+// DeadLetterQueue is the name of q's dead-letter queue.
+func DeadLetterQueue(q string) string { return q + ".dlq" }
+
+// RetryQueue is the name of q's delay queue for the given retry (1-based).
+// Each retry level has its own queue so that a long delay never holds up a
+// short one: RabbitMQ only expires messages at the head of a queue.
+func RetryQueue(q string, retry int) string { return q + ".retry." + strconv.Itoa(retry) }
+
+// Delivery is one message handed to a handler.
+type Delivery struct {
+	amqp.Delivery
+	// Attempt is 1 on the first try.
+	Attempt int
+}
+
+// EventRoutingKey is the routing key the event was published with, also
+// after a retry brought it back through the default exchange.
+func (d Delivery) EventRoutingKey() string {
+	if k, ok := d.Headers[HeaderRoutingKey].(string); ok && k != "" {
+		return k
+	}
+	return d.RoutingKey
+}
+
+// Handler applies one message. Returning nil acks it; an error retries it
+// with backoff, or dead-letters it at once when wrapped with Permanent.
+type Handler func(ctx context.Context, d Delivery) error
+
+type permanentError struct{ err error }
+
+func (e permanentError) Error() string { return e.err.Error() }
+func (e permanentError) Unwrap() error { return e.err }
+
+// Permanent marks an error that retrying cannot fix, such as a body that
+// cannot be decoded: the message goes to the dead-letter queue at once.
+func Permanent(err error) error { return permanentError{err} }
+
+// IsPermanent reports whether err was marked with Permanent.
+func IsPermanent(err error) bool {
+	var p permanentError
+	return errors.As(err, &p)
+}
+
+// Consumer consumes one queue with bounded concurrency and acks a message
+// only after its handler returned. It re-declares its topology and resumes
+// after the broker connection comes back.
+type Consumer struct {
+	broker  *Broker
+	cfg     ConsumerConfig
+	handler Handler
+	log     *slog.Logger
+
+	ready     chan struct{}
+	readyOnce sync.Once
+}
+
+// NewConsumer returns a consumer; Run starts it.
+func NewConsumer(b *Broker, cfg ConsumerConfig, h Handler, log *slog.Logger) *Consumer {
+	cfg.defaults()
+	return &Consumer{broker: b, cfg: cfg, handler: h, log: log.With("queue", cfg.Queue), ready: make(chan struct{})}
+}
+
+// Ready is closed once the consumer's queues are declared and it consumes.
+func (c *Consumer) Ready() <-chan struct{} { return c.ready }
+
+// DeclareTopology declares the queue, its bindings, its retry queues and its
+// dead-letter queue. It is safe to call again.
+func DeclareTopology(ch *amqp.Channel, cfg ConsumerConfig) error {
+	cfg.defaults()
+	if err := DeclareExchange(ch); err != nil {
+		return fmt.Errorf("declare exchange: %w", err)
+	}
+	if _, err := ch.QueueDeclare(cfg.Queue, true, false, false, false, nil); err != nil {
+		return fmt.Errorf("declare queue %s: %w", cfg.Queue, err)
+	}
+	for _, key := range cfg.Bindings {
+		if err := ch.QueueBind(cfg.Queue, key, Exchange, false, nil); err != nil {
+			return fmt.Errorf("bind %s to %s: %w", cfg.Queue, key, err)
+		}
+	}
+	// Expired retries go back to the main queue through the default exchange.
+	for retry := 1; retry < cfg.MaxAttempts; retry++ {
+		if _, err := ch.QueueDeclare(RetryQueue(cfg.Queue, retry), true, false, false, false, amqp.Table{
+			"x-dead-letter-exchange":    "",
+			"x-dead-letter-routing-key": cfg.Queue,
+		}); err != nil {
+			return fmt.Errorf("declare retry queue: %w", err)
+		}
+	}
+	if _, err := ch.QueueDeclare(DeadLetterQueue(cfg.Queue), true, false, false, false, nil); err != nil {
+		return fmt.Errorf("declare dead-letter queue: %w", err)
+	}
+	return nil
+}
+
+// Run consumes until ctx is done. On shutdown it stops taking deliveries,
+// hands back the ones it had not started, lets the running handlers finish
+// (up to HandlerTimeout) and acks them.
+func (c *Consumer) Run(ctx context.Context) {
+	sem := make(chan struct{}, c.cfg.Concurrency)
+	var inflight sync.WaitGroup
+	defer inflight.Wait()
+	backoff := Backoff{Base: 200 * time.Millisecond, Max: 5 * time.Second}
+	for attempt := 0; ctx.Err() == nil; attempt++ {
+		err := c.consume(ctx, sem, &inflight)
+		if ctx.Err() != nil {
+			return
+		}
+		d := backoff.Delay(attempt)
+		if err != nil {
+			c.log.Warn("consumer stopped, resuming", "err", err, "retry_in", d.String())
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(d):
+		}
+	}
+}
+
+// consume runs one channel's life: declare, consume, dispatch.
+func (c *Consumer) consume(ctx context.Context, sem chan struct{}, inflight *sync.WaitGroup) error {
+	ch, err := c.broker.Channel(ctx)
+	if err != nil {
+		return err
+	}
+	defer ch.Close()
+	if err := DeclareTopology(ch, c.cfg); err != nil {
+		return err
+	}
+	if err := ch.Qos(c.cfg.Prefetch, 0, false); err != nil {
+		return fmt.Errorf("qos: %w", err)
+	}
+	// Retries and dead letters are published on a channel of their own in
+	// confirm mode: the original is acked only once its copy is safe.
+	repub, err := c.broker.Channel(ctx)
+	if err != nil {
+		return err
+	}
+	defer repub.Close()
+	if err := repub.Confirm(false); err != nil {
+		return fmt.Errorf("confirm mode: %w", err)
+	}
+	r := &republisher{ch: repub}
+
+	tag := fmt.Sprintf("%s-%d", c.cfg.Queue, time.Now().UnixNano())
+	deliveries, err := ch.ConsumeWithContext(context.WithoutCancel(ctx), c.cfg.Queue, tag, false, false, false, false, nil)
+	if err != nil {
+		return fmt.Errorf("consume: %w", err)
+	}
+	c.readyOnce.Do(func() { close(c.ready) })
+	c.log.Info("consuming", "prefetch", c.cfg.Prefetch, "concurrency", c.cfg.Concurrency)
+	closed := ch.NotifyClose(make(chan *amqp.Error, 1))
+
+	for {
+		select {
+		case <-ctx.Done():
+			_ = ch.Cancel(tag, false)
+			// Deliveries the broker sent before the cancel: hand them back.
+			for d := range deliveries {
+				_ = d.Nack(false, true)
+			}
+			waitTimeout(inflight, c.cfg.HandlerTimeout)
+			return nil
+		case err := <-closed:
+			return fmt.Errorf("channel closed: %v", err)
+		case d, ok := <-deliveries:
+			if !ok {
+				return errors.New("deliveries closed")
+			}
+			select {
+			case sem <- struct{}{}:
+			case <-ctx.Done():
+				_ = d.Nack(false, true)
+				continue
+			}
+			inflight.Add(1)
+			go func() {
+				defer func() { <-sem; inflight.Done() }()
+				c.handle(ctx, r, d)
+			}()
+		}
+	}
+}
+
+func waitTimeout(wg *sync.WaitGroup, d time.Duration) {
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(d):
+	}
+}
+
+func (c *Consumer) handle(ctx context.Context, r *republisher, amqpD amqp.Delivery) {
+	d := Delivery{Delivery: amqpD, Attempt: attemptOf(amqpD.Headers) + 1}
+	log := c.log.With("event_id", d.MessageId, "event_type", d.Type, "attempt", d.Attempt)
+
+	// A shutdown does not cancel a running handler: it is given
+	// HandlerTimeout to finish so its work can be acked.
+	hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.HandlerTimeout)
+	err := c.safeHandle(hctx, d)
+	cancel()
+	if err == nil {
+		if err := d.Ack(false); err != nil {
+			log.Warn("ack failed; the message will be redelivered and de-duplicated", "err", err)
+		}
+		return
+	}
+
+	target, reason := "", err.Error()
+	switch {
+	case IsPermanent(err) || d.Attempt >= c.cfg.MaxAttempts:
+		target = DeadLetterQueue(c.cfg.Queue)
+		log.Error("message dead-lettered", "err", err, "dead_letter_queue", target)
+	default:
+		target = RetryQueue(c.cfg.Queue, d.Attempt)
+	}
+	delay := Backoff{Base: c.cfg.RetryBase, Max: c.cfg.RetryMax}.Delay(d.Attempt - 1)
+	if target != DeadLetterQueue(c.cfg.Queue) {
+		log.Warn("handler failed, retrying", "err", err, "retry_in", delay.String())
+	}
+	pctx, cancelPub := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancelPub()
+	if err := r.publish(pctx, target, d, reason, delay, c.cfg.Queue); err != nil {
+		// The copy is not safe: hand the original back instead.
+		log.Warn("could not move message, requeueing", "err", err, "to", target)
+		_ = d.Nack(false, true)
+		return
+	}
+	if err := d.Ack(false); err != nil {
+		log.Warn("ack after move failed; the message may be handled twice", "err", err)
+	}
+}
+
+func (c *Consumer) safeHandle(ctx context.Context, d Delivery) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("handler panicked: %v", p)
+		}
+	}()
+	return c.handler(ctx, d)
+}
+
+func attemptOf(h amqp.Table) int {
+	switch v := h[HeaderAttempt].(type) {
+	case int32:
+		return int(v)
+	case int64:
+		return int(v)
+	case int:
+		return v
+	}
+	return 0
+}
+
+// republisher moves a message to a retry or dead-letter queue and waits for
+// the broker's confirm.
+type republisher struct {
+	mu sync.Mutex
+	ch *amqp.Channel
+}
+
+func (r *republisher) publish(ctx context.Context, queue string, d Delivery, reason string, delay time.Duration, from string) error {
+	headers := amqp.Table{}
+	for k, v := range d.Headers {
+		headers[k] = v
+	}
+	headers[HeaderAttempt] = int32(d.Attempt)
+	headers[HeaderRoutingKey] = d.EventRoutingKey()
+	headers[HeaderError] = truncate(reason, 1000)
+	pub := amqp.Publishing{
+		Headers:      headers,
+		ContentType:  d.ContentType,
+		DeliveryMode: amqp.Persistent,
+		MessageId:    d.MessageId,
+		Type:         d.Type,
+		Timestamp:    d.Timestamp,
+		AppId:        d.AppId,
+		Body:         d.Body,
+	}
+	if queue == DeadLetterQueue(from) {
+		headers[HeaderFailedAt] = time.Now().UTC().Format(time.RFC3339)
+		headers[HeaderDeadLetterFor] = from
+	} else {
+		pub.Expiration = strconv.FormatInt(max(delay.Milliseconds(), 1), 10)
+	}
+	r.mu.Lock()
+	dc, err := r.ch.PublishWithDeferredConfirmWithContext(ctx, "", queue, true, false, pub)
+	r.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	ok, err := dc.WaitContext(ctx)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return errors.New("nacked by the broker")
+	}
+	return nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}

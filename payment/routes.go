@@ -1,0 +1,17 @@
+package main
+
+import (
+	"log/slog"
+	"net/http"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/checkout-demo/checkout/internal/web"
+)
+
+func addRoutes(r chi.Router, log *slog.Logger, store *Store, health web.Health) {
+	r.Method(http.MethodGet, "/payments/{orderID}", handleGetPayment(log, store))
+	r.Method(http.MethodGet, "/health", health.HandleHealth())
+	r.Method(http.MethodGet, "/livez", health.HandleLivez())
+	r.Method(http.MethodGet, "/readyz", health.HandleReadyz())
+}

@@ -1,0 +1,48 @@
+package main
+
+import (
+	"errors"
+	"log/slog"
+	"net/http"
+	"strconv"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/checkout-demo/checkout/internal/postgres"
+	"github.com/checkout-demo/checkout/internal/web"
+)
+
+// NewServer returns the payment service's HTTP handler.
+func NewServer(log *slog.Logger, store *Store, health web.Health) http.Handler {
+	r := chi.NewRouter()
+	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
+		web.WriteProblem(w, r, http.StatusNotFound, "no such endpoint")
+	})
+	addRoutes(r, log, store, health)
+	return web.Middleware(log, r)
+}
+
+func handleGetPayment(log *slog.Logger, store *Store) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id, err := strconv.ParseInt(chi.URLParam(r, "orderID"), 10, 64)
+		if err != nil || id <= 0 {
+			web.WriteProblem(w, r, http.StatusBadRequest, "the order id must be a positive integer",
+				web.FieldError{Field: "orderID", Message: "must be a positive integer"})
+			return
+		}
+		p, err := store.ByOrder(r.Context(), id)
+		switch {
+		case errors.Is(err, ErrNotFound):
+			web.WriteProblem(w, r, http.StatusNotFound, "no payment for order "+strconv.FormatInt(id, 10))
+		case err != nil:
+			log.Error("get payment", "err", err, "order_id", id)
+			if postgres.IsUnavailable(err) {
+				web.WriteProblem(w, r, http.StatusServiceUnavailable, "the payment database is unavailable; please retry")
+				return
+			}
+			web.WriteProblem(w, r, http.StatusInternalServerError, "internal error")
+		default:
+			web.WriteJSON(w, http.StatusOK, p)
+		}
+	})
+}
