@@ -4,7 +4,7 @@ GO       ?= go
 # The same flags as the Dockerfiles' build stage.
 BUILD_FLAGS := -trimpath -ldflags="-s -w"
 
-.PHONY: all build run test test-short deps lint bench fmt clean
+.PHONY: all build run test deps lint bench loadtest fault dlq fmt clean
 
 all: build
 
@@ -37,6 +37,10 @@ fmt:
 ## bench: checkout latency and throughput through the gateway, beside pgbench
 bench: deps build
 	@bash scripts/bench.sh
+
+## loadtest: the default load scenario against a running `make run` (report in loadtest/reports/)
+loadtest:
+	$(GO) run ./loadtest $(LOADTEST_ARGS)
 
 clean:
 	rm -rf bin
