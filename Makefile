@@ -4,7 +4,7 @@ GO       ?= go
 # The same flags as the Dockerfiles' build stage.
 BUILD_FLAGS := -trimpath -ldflags="-s -w"
 
-.PHONY: all build run test deps lint bench loadtest fault dlq fmt clean
+.PHONY: all build run test deps lint bench loadtest fault dlq dlq-replay fmt clean
 
 all: build
 
@@ -37,6 +37,14 @@ fmt:
 ## bench: checkout latency and throughput through the gateway, beside pgbench
 bench: deps build
 	@bash scripts/bench.sh
+
+## dlq: list what is in each dead-letter queue; dlq-replay SERVICE=payment puts them back
+dlq: build
+	@for s in order payment email; do ./bin/$$s dlq list || exit 1; echo; done
+
+dlq-replay: build
+	@test -n "$(SERVICE)" || { echo "usage: make dlq-replay SERVICE=order|payment|email"; exit 1; }
+	./bin/$(SERVICE) dlq replay
 
 ## loadtest: the default load scenario against a running `make run` (report in loadtest/reports/)
 loadtest:

@@ -33,6 +33,13 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == "healthcheck" {
 		os.Exit(web.Healthcheck(cfg.Port))
 	}
+	if len(os.Args) > 1 && os.Args[1] == "dlq" {
+		if err := events.DeadLetterCommand(ctx, os.Args[2:], cfg.AMQPURL, Queue, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "dlq:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(ctx, cfg, os.Stdout, nil); err != nil {
 		fmt.Fprintln(os.Stderr, "email:", err)
 		os.Exit(1)

@@ -33,6 +33,13 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == "healthcheck" {
 		os.Exit(web.Healthcheck(cfg.Port))
 	}
+	if len(os.Args) > 1 && os.Args[1] == "dlq" {
+		if err := events.DeadLetterCommand(ctx, os.Args[2:], cfg.AMQPURL, SagaQueue, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "dlq:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(ctx, cfg, os.Stdout, nil); err != nil {
 		fmt.Fprintln(os.Stderr, "order:", err)
 		os.Exit(1)
@@ -75,7 +82,7 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 		}
 	}()
 
-	store := &Store{pool: db.Pool}
+	store := &Store{pool: db.Pool, ready: db.Ready}
 	consumer := events.NewConsumer(broker, events.ConsumerConfig{
 		Queue: SagaQueue, Bindings: SagaBindings,
 		Prefetch: cfg.Prefetch, Concurrency: cfg.Concurrency, MaxAttempts: cfg.MaxAttempts,

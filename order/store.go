@@ -12,6 +12,7 @@ import (
 	"github.com/checkout-demo/checkout/internal/events"
 	"github.com/checkout-demo/checkout/internal/inbox"
 	"github.com/checkout-demo/checkout/internal/outbox"
+	"github.com/checkout-demo/checkout/internal/postgres"
 )
 
 // ErrNotFound is returned for an order that does not exist.
@@ -20,11 +21,24 @@ var ErrNotFound = errors.New("order not found")
 // Store keeps orders in Postgres.
 type Store struct {
 	pool *pgxpool.Pool
+	// ready reports whether the schema is in place; until then every call
+	// fails with postgres.ErrNotReady (a 503), not with a missing table.
+	ready func() bool
+}
+
+func (s *Store) check() error {
+	if s.ready != nil && !s.ready() {
+		return postgres.ErrNotReady
+	}
+	return nil
 }
 
 // Create writes the order, its items, its first timeline step and its
 // OrderCreated event in one transaction.
 func (s *Store) Create(ctx context.Context, n NewOrder) (Order, error) {
+	if err := s.check(); err != nil {
+		return Order{}, err
+	}
 	productIDs := make([]int64, len(n.Items))
 	quantities := make([]int32, len(n.Items))
 	prices := make([]string, len(n.Items))
@@ -71,6 +85,9 @@ func (s *Store) Create(ctx context.Context, n NewOrder) (Order, error) {
 
 // Get returns the order with its items and timeline.
 func (s *Store) Get(ctx context.Context, id int64) (Order, error) {
+	if err := s.check(); err != nil {
+		return Order{}, err
+	}
 	var o Order
 	err := s.pool.QueryRow(ctx, `
 		SELECT id, user_id, user_email, status, total_amount, created_at, updated_at

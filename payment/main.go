@@ -37,6 +37,13 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == "healthcheck" {
 		os.Exit(web.Healthcheck(cfg.Port))
 	}
+	if len(os.Args) > 1 && os.Args[1] == "dlq" {
+		if err := events.DeadLetterCommand(ctx, os.Args[2:], cfg.AMQPURL, Queue, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "dlq:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(ctx, cfg, os.Stdout, nil); err != nil {
 		fmt.Fprintln(os.Stderr, "payment:", err)
 		os.Exit(1)
@@ -61,7 +68,7 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 		return err
 	}
 	defer db.Close()
-	store := &Store{pool: db.Pool}
+	store := &Store{pool: db.Pool, ready: db.Ready}
 
 	bgCtx, stopBackground := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopBackground()

@@ -12,6 +12,7 @@ import (
 	"github.com/checkout-demo/checkout/internal/events"
 	"github.com/checkout-demo/checkout/internal/inbox"
 	"github.com/checkout-demo/checkout/internal/outbox"
+	"github.com/checkout-demo/checkout/internal/postgres"
 )
 
 // ErrNotFound is returned for an order without a payment.
@@ -20,6 +21,16 @@ var ErrNotFound = errors.New("payment not found")
 // Store keeps payments in Postgres.
 type Store struct {
 	pool *pgxpool.Pool
+	// ready reports whether the schema is in place; until then every call
+	// fails with postgres.ErrNotReady (a 503), not with a missing table.
+	ready func() bool
+}
+
+func (s *Store) check() error {
+	if s.ready != nil && !s.ready() {
+		return postgres.ErrNotReady
+	}
+	return nil
 }
 
 // Handled reports whether the event, or any event for the order, was
@@ -81,6 +92,9 @@ func resultEvent(p Payment, items []events.Item, at time.Time) events.Event {
 
 // ByOrder returns the payment of an order.
 func (s *Store) ByOrder(ctx context.Context, orderID int64) (Payment, error) {
+	if err := s.check(); err != nil {
+		return Payment{}, err
+	}
 	var p Payment
 	err := s.pool.QueryRow(ctx, `
 		SELECT id, order_id, user_id, user_email, amount, status, coalesce(reason, ''), provider_ref, event_id::text, created_at
