@@ -1,0 +1,134 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// Config is one load test, from the command line.
+type Config struct {
+	Target   string        // the gateway's base URL
+	Rate     int           // orders per second (open model)
+	Duration time.Duration // how long orders are sent
+	Declined float64       // share of orders whose payment is declined (0 to 1)
+
+	Price        string // price of an order that is paid
+	DeclinePrice string // price of an order that is declined (over PAYMENT_MAX_AMOUNT)
+
+	Timeout    time.Duration // per checkout request
+	MaxWorkers int           // the most checkouts in flight at once
+
+	RabbitAPI string        // RabbitMQ management API, with credentials
+	VHost     string        // the system's virtual host
+	Queues    []string      // the saga's queues (their retry and dead-letter queues are watched too)
+	Sample    time.Duration // queue depth sampling interval
+
+	DrainTimeout time.Duration // the longest wait for every order to finish after the load stopped
+	ReadWorkers  int           // concurrent order reads while accounting
+
+	OutDir string // where the HTML and JSON reports go; empty writes none
+
+	// SimulatedWork is PAYMENT_DELAY + EMAIL_DELAY, the floor of time-to-mail,
+	// used only to state the time-to-mail goal.
+	SimulatedWork time.Duration
+	// PgbenchTPS, when set, states the throughput goal (half of pgbench).
+	PgbenchTPS float64
+
+	Knee Knee
+}
+
+// Knee is the knee search: steps of rising rate until a threshold breaks.
+type Knee struct {
+	On          bool
+	Start       int
+	Factor      float64
+	Max         int
+	Refine      int           // bisection steps between the last good and the first bad rate
+	Step        time.Duration // duration of each step
+	P99         time.Duration // checkout p99 threshold
+	Errors      float64       // error share threshold
+	Saga        bool          // a step whose saga falls behind is not sustainable
+	DrainBudget time.Duration // the longest wait for the backlog between steps
+}
+
+// DefaultQueues are the saga's three work queues.
+var DefaultQueues = []string{"payment.order-created", "email.payment-results", "order.saga-events"}
+
+func parseFlags(args []string, out io.Writer) (Config, error) {
+	fs := flag.NewFlagSet("loadtest", flag.ContinueOnError)
+	fs.SetOutput(out)
+	var c Config
+	var queues string
+	fs.StringVar(&c.Target, "target", "http://127.0.0.1:9000", "gateway base URL")
+	fs.IntVar(&c.Rate, "rate", 100, "checkouts per second (constant, open model)")
+	fs.DurationVar(&c.Duration, "duration", 30*time.Second, "how long checkouts are sent")
+	fs.Float64Var(&c.Declined, "declined", 0.1, "share of orders priced over PAYMENT_MAX_AMOUNT, so that their payment is declined (0 to 1)")
+	fs.StringVar(&c.Price, "price", "1299.99", "price of an order meant to be paid")
+	fs.StringVar(&c.DeclinePrice, "decline-price", "10000.01", "price of an order meant to be declined (above PAYMENT_MAX_AMOUNT)")
+	fs.DurationVar(&c.Timeout, "timeout", 10*time.Second, "timeout of one checkout request")
+	fs.IntVar(&c.MaxWorkers, "max-workers", 2000, "the most checkouts in flight at once")
+	fs.StringVar(&c.RabbitAPI, "rabbit-api", "http://guest:guest@127.0.0.1:15672", "RabbitMQ management API (empty: no queue depths)")
+	fs.StringVar(&c.VHost, "vhost", "/", "RabbitMQ virtual host of the system")
+	fs.StringVar(&queues, "queues", strings.Join(DefaultQueues, ","), "the saga's queues to watch (comma-separated); their .retry.N and .dlq queues are watched too")
+	fs.DurationVar(&c.Sample, "sample", time.Second, "queue depth sampling interval")
+	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 3*time.Minute, "the longest wait for every order to finish after the load stopped")
+	fs.IntVar(&c.ReadWorkers, "read-workers", 4, "concurrent order reads while accounting (after the system drained)")
+	fs.StringVar(&c.OutDir, "out", "loadtest/reports", "folder for the HTML and JSON reports (empty: none)")
+	fs.DurationVar(&c.SimulatedWork, "simulated-work", 3*time.Second, "PAYMENT_DELAY + EMAIL_DELAY of the system, for the time-to-mail goal")
+	fs.Float64Var(&c.PgbenchTPS, "pgbench-tps", 0, "pgbench's tps from make bench, for the throughput goal (0: not stated)")
+
+	fs.BoolVar(&c.Knee.On, "knee", false, "find the knee: step the rate up until a threshold breaks")
+	fs.IntVar(&c.Knee.Start, "knee-start", 25, "knee: first rate")
+	fs.Float64Var(&c.Knee.Factor, "knee-factor", 1.5, "knee: each step's rate is the previous one times this")
+	fs.IntVar(&c.Knee.Max, "knee-max", 3000, "knee: the highest rate tried")
+	fs.IntVar(&c.Knee.Refine, "knee-refine", 2, "knee: bisection steps between the last good and the first bad rate")
+	fs.DurationVar(&c.Knee.Step, "knee-step", 15*time.Second, "knee: duration of each step")
+	fs.DurationVar(&c.Knee.P99, "knee-p99", 100*time.Millisecond, "knee: a step breaks when checkout p99 exceeds this")
+	fs.Float64Var(&c.Knee.Errors, "knee-errors", 0.01, "knee: a step breaks when this share of checkouts fails")
+	fs.BoolVar(&c.Knee.Saga, "knee-saga", true, "knee: a step also breaks when the saga falls behind (ready messages pile up)")
+	fs.DurationVar(&c.Knee.DrainBudget, "knee-drain", 2*time.Minute, "knee: the longest wait for the backlog between steps")
+	if err := fs.Parse(args); err != nil {
+		return Config{}, err
+	}
+	if fs.NArg() > 0 {
+		return Config{}, fmt.Errorf("unexpected argument %q (flags only; see -h)", fs.Arg(0))
+	}
+	for _, q := range strings.Split(queues, ",") {
+		if q = strings.TrimSpace(q); q != "" {
+			c.Queues = append(c.Queues, q)
+		}
+	}
+	return c, c.validate()
+}
+
+func (c Config) validate() error {
+	var errs []error
+	if u, err := url.Parse(c.Target); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		errs = append(errs, fmt.Errorf("-target %q is not an http(s) URL", c.Target))
+	}
+	if c.Rate <= 0 || c.Rate > 100_000 {
+		errs = append(errs, errors.New("-rate must be from 1 to 100000"))
+	}
+	// Every loop is bounded: by rate × duration requests and by the timeouts.
+	if c.Duration <= 0 || c.Duration > 24*time.Hour {
+		errs = append(errs, errors.New("-duration must be positive and at most 24h"))
+	}
+	if c.Declined < 0 || c.Declined > 1 {
+		errs = append(errs, errors.New("-declined must be from 0 to 1"))
+	}
+	if c.Timeout <= 0 || c.MaxWorkers <= 0 || c.ReadWorkers <= 0 || c.Sample <= 0 || c.DrainTimeout <= 0 {
+		errs = append(errs, errors.New("-timeout, -max-workers, -read-workers, -sample and -drain-timeout must be positive"))
+	}
+	if c.Knee.On {
+		k := c.Knee
+		if k.Start <= 0 || k.Max < k.Start || k.Factor <= 1 || k.Step <= 0 || k.P99 <= 0 || k.Errors < 0 || k.Refine < 0 || k.DrainBudget <= 0 {
+			errs = append(errs, errors.New("knee: need 0 < -knee-start <= -knee-max, -knee-factor > 1, positive -knee-step, -knee-p99 and -knee-drain"))
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,66 @@
+// Command loadtest drives checkouts through the gateway at a constant rate
+// (an open model: requests go out on schedule whether or not earlier ones
+// have answered) and measures what a customer feels: the checkout answer,
+// and the time until the order is paid and its mail is accepted by the SMTP
+// server. It writes the report to the terminal and as an HTML page.
+//
+//	go run ./loadtest                          # the default scenario (make loadtest)
+//	go run ./loadtest -rate 50 -duration 1m    # another one
+//	go run ./loadtest -knee                    # step the rate up to find the knee
+//	go run ./loadtest bench                    # closed-loop checkout benchmark (make bench)
+//
+// See loadtest/README.md for every flag and the figures measured so far.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(2)
+		}
+		fmt.Fprintln(os.Stderr, "loadtest:", err)
+		os.Exit(1)
+	}
+}
+
+// run parses args and runs the scenario, the knee search or the benchmark.
+// The report goes to stdout, the live progress line to progress.
+func run(ctx context.Context, args []string, stdout, progress io.Writer) error {
+	if len(args) > 0 && args[0] == "bench" {
+		cfg, err := parseBenchFlags(args[1:], progress)
+		if err != nil {
+			return err
+		}
+		return runBench(ctx, cfg, stdout, progress)
+	}
+	cfg, err := parseFlags(args, progress)
+	if err != nil {
+		return err
+	}
+	rep, err := runScenario(ctx, cfg, progress)
+	if rep != nil {
+		writeText(stdout, rep)
+		if werr := writeFiles(cfg.OutDir, rep, stdout); werr != nil && err == nil {
+			err = werr
+		}
+	}
+	if err != nil {
+		return err
+	}
+	if !rep.Accounting.OK {
+		return errors.New("not every accepted order was accounted for; see the report")
+	}
+	return nil
+}
