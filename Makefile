@@ -38,6 +38,12 @@ fmt:
 bench: deps build
 	@bash scripts/bench.sh
 
+## fault: the long fault run: 2000+ checkouts, 11 faults, real RabbitMQ and PostgreSQL restarts
+## (it stops and starts the machine's RabbitMQ and PostgreSQL: run it alone)
+fault: deps
+	FAULT_RATE=20 FAULT_DURATION=110s FAULT_OUTAGE=10s FAULT_REAL_RESTARTS=1 \
+		$(GO) test -count=1 -run 'TestFault$$' -v -timeout 20m ./e2e/
+
 ## dlq: list what is in each dead-letter queue; dlq-replay SERVICE=payment puts them back
 dlq: build
 	@for s in order payment email; do ./bin/$$s dlq list || exit 1; echo; done

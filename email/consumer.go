@@ -3,8 +3,11 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -22,7 +25,7 @@ var emailSentNamespace = uuid.MustParse("6f1c1a52-4bd0-4d1e-9a0c-8a3b7c2e5d10")
 
 // handlePaymentResult mails the customer after a payment result and
 // announces EmailSent once the SMTP server accepted the mail.
-func handlePaymentResult(log *slog.Logger, mailer *Mailer, pub *events.Publisher, sent *sentCache, delay time.Duration) events.Handler {
+func handlePaymentResult(log *slog.Logger, mailer *Mailer, broker *events.Broker, pub *events.Publisher, sent *sentCache, delay time.Duration) events.Handler {
 	return func(ctx context.Context, d events.Delivery) error {
 		var (
 			ml  Mail
@@ -55,6 +58,12 @@ func handlePaymentResult(log *slog.Logger, mailer *Mailer, pub *events.Publisher
 			case <-ctx.Done():
 				return ctx.Err()
 			}
+			// A mail sent while the broker is away could not be acked, and
+			// a crash before it comes back would send it again: wait
+			// (the message is redelivered) instead.
+			if !broker.Connected() {
+				return events.ErrNotConnected
+			}
 			if err := mailer.Send(ctx, ml); err != nil {
 				return err
 			}
@@ -71,6 +80,14 @@ func handlePaymentResult(log *slog.Logger, mailer *Mailer, pub *events.Publisher
 		ev.EventID = uuid.NewSHA1(emailSentNamespace, []byte(ml.MessageID)).String()
 		return announce(ctx, pub, ev)
 	}
+}
+
+// unavailable tells failures that are the SMTP server's or the broker's
+// absence, not the message's: they are retried without using up attempts.
+func unavailable(err error) bool {
+	var netErr net.Error
+	return errors.Is(err, events.ErrNotConnected) || errors.As(err, &netErr) ||
+		strings.Contains(err.Error(), "dial failed") || errors.Is(err, context.DeadlineExceeded)
 }
 
 // announce publishes EmailSent, trying again while the broker is away, until

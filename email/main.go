@@ -67,7 +67,8 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 		Queue: Queue, Bindings: []string{events.RoutePaymentProcessed, events.RoutePaymentFailed},
 		Prefetch: cfg.Prefetch, Concurrency: cfg.Concurrency, MaxAttempts: cfg.MaxAttempts,
 		RetryBase: cfg.RetryBase, RetryMax: cfg.RetryMax, HandlerTimeout: cfg.HandlerTimeout,
-	}, handlePaymentResult(log, mailer, pub, newSentCache(time.Hour), cfg.EmailDelay), log)
+		Unavailable: unavailable,
+	}, handlePaymentResult(log, mailer, broker, pub, newSentCache(time.Hour), cfg.EmailDelay), log)
 	consumerCtx, stopConsumer := context.WithCancel(bgCtx)
 	defer stopConsumer()
 	consumerDone := make(chan struct{})

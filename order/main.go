@@ -87,6 +87,7 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 		Queue: SagaQueue, Bindings: SagaBindings,
 		Prefetch: cfg.Prefetch, Concurrency: cfg.Concurrency, MaxAttempts: cfg.MaxAttempts,
 		RetryBase: cfg.RetryBase, RetryMax: cfg.RetryMax, HandlerTimeout: cfg.HandlerTimeout,
+		Unavailable: postgres.IsUnavailable,
 	}, handleSagaEvent(log, store), log)
 	consumerCtx, stopConsumer := context.WithCancel(bgCtx)
 	defer stopConsumer()

@@ -47,7 +47,7 @@ func (s *Store) Create(ctx context.Context, n NewOrder) (Order, error) {
 	}
 	o := Order{UserID: n.UserID, UserEmail: n.UserEmail, Status: StatusPending, TotalAmount: n.Total, Items: n.Items}
 
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	err := postgres.InTx(ctx, s.pool, func(tx pgx.Tx) error {
 		err := tx.QueryRow(ctx, `
 			WITH o AS (
 				INSERT INTO orders (user_id, user_email, total_amount) VALUES ($1, $2, $3)
@@ -137,7 +137,7 @@ func (s *Store) Get(ctx context.Context, id int64) (Order, error) {
 // event was new.
 func (s *Store) Advance(ctx context.Context, eventID, eventType string, orderID int64, to string, step string, at time.Time) (bool, error) {
 	applied := false
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	err := postgres.InTx(ctx, s.pool, func(tx pgx.Tx) error {
 		fresh, err := inbox.Claim(ctx, tx, eventID, eventType)
 		if err != nil || !fresh {
 			return err

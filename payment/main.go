@@ -86,6 +86,7 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 		Queue: Queue, Bindings: []string{events.RouteOrderCreated},
 		Prefetch: cfg.Prefetch, Concurrency: cfg.Concurrency, MaxAttempts: cfg.MaxAttempts,
 		RetryBase: cfg.RetryBase, RetryMax: cfg.RetryMax, HandlerTimeout: cfg.HandlerTimeout,
+		Unavailable: postgres.IsUnavailable,
 	}, handleOrderCreated(log, store, provider, relay), log)
 
 	// The relay and the consumer start once the database is migrated; the

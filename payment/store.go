@@ -56,7 +56,7 @@ func (s *Store) Record(ctx context.Context, ev events.OrderCreated, d Decision) 
 		p.Status, p.Reason = StatusDeclined, d.Reason
 	}
 	created := false
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	err := postgres.InTx(ctx, s.pool, func(tx pgx.Tx) error {
 		fresh, err := inbox.Claim(ctx, tx, ev.EventID, ev.EventType)
 		if err != nil || !fresh {
 			return err

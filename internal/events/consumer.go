@@ -19,6 +19,7 @@ const (
 	HeaderError         = "x-error"                  // why the last attempt failed
 	HeaderFailedAt      = "x-failed-at"              // when it was dead-lettered (RFC 3339)
 	HeaderDeadLetterFor = "x-dead-letter-from-queue" // the queue it came from
+	HeaderUnavailable   = "x-unavailable-retries"    // retries because a dependency was away
 )
 
 // ConsumerConfig describes one queue and how its messages are handled.
@@ -36,6 +37,11 @@ type ConsumerConfig struct {
 	RetryBase, RetryMax time.Duration
 	// HandlerTimeout bounds one attempt.
 	HandlerTimeout time.Duration
+	// Unavailable, when set, tells errors that mean a dependency is away
+	// (the database restarts, SMTP is down). Such a failure is retried with
+	// backoff but does not count as an attempt: an outage must not send
+	// good messages to the dead-letter queue.
+	Unavailable func(error) bool
 }
 
 func (c *ConsumerConfig) defaults() {
@@ -140,7 +146,7 @@ func DeclareTopology(ch *amqp.Channel, cfg ConsumerConfig) error {
 		}
 	}
 	// Expired retries go back to the main queue through the default exchange.
-	for retry := 1; retry < cfg.MaxAttempts; retry++ {
+	for retry := 1; retry < max(cfg.MaxAttempts, 2); retry++ {
 		if _, err := ch.QueueDeclare(RetryQueue(cfg.Queue, retry), true, false, false, false, amqp.Table{
 			"x-dead-letter-exchange":    "",
 			"x-dead-letter-routing-key": cfg.Queue,
@@ -269,23 +275,29 @@ func (c *Consumer) handle(ctx context.Context, r *republisher, amqpD amqp.Delive
 		return
 	}
 
-	target, reason := "", err.Error()
+	dlq := DeadLetterQueue(c.cfg.Queue)
+	mv := move{reason: err.Error(), attempts: d.Attempt, unavailable: headerInt(d.Headers, HeaderUnavailable)}
+	backoff := Backoff{Base: c.cfg.RetryBase, Max: c.cfg.RetryMax}
 	switch {
-	case IsPermanent(err) || d.Attempt >= c.cfg.MaxAttempts:
-		target = DeadLetterQueue(c.cfg.Queue)
-		log.Error("message dead-lettered", "err", err, "dead_letter_queue", target)
+	case IsPermanent(err) || (d.Attempt >= c.cfg.MaxAttempts && !c.unavailable(err)):
+		mv.queue = dlq
+		log.Error("message dead-lettered", "err", err, "dead_letter_queue", dlq)
+	case c.unavailable(err):
+		// Not the message's fault: try again later without using up an attempt.
+		mv.attempts, mv.unavailable = d.Attempt-1, mv.unavailable+1
+		mv.queue = RetryQueue(c.cfg.Queue, min(mv.unavailable, max(c.cfg.MaxAttempts-1, 1)))
+		mv.delay = backoff.Delay(mv.unavailable - 1)
+		log.Warn("dependency unavailable, retrying", "err", err, "retry_in", mv.delay.String())
 	default:
-		target = RetryQueue(c.cfg.Queue, d.Attempt)
-	}
-	delay := Backoff{Base: c.cfg.RetryBase, Max: c.cfg.RetryMax}.Delay(d.Attempt - 1)
-	if target != DeadLetterQueue(c.cfg.Queue) {
-		log.Warn("handler failed, retrying", "err", err, "retry_in", delay.String())
+		mv.queue = RetryQueue(c.cfg.Queue, d.Attempt)
+		mv.delay = backoff.Delay(d.Attempt - 1)
+		log.Warn("handler failed, retrying", "err", err, "retry_in", mv.delay.String())
 	}
 	pctx, cancelPub := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancelPub()
-	if err := r.publish(pctx, target, d, reason, delay, c.cfg.Queue); err != nil {
+	if err := r.publish(pctx, d, mv, c.cfg.Queue); err != nil {
 		// The copy is not safe: hand the original back instead.
-		log.Warn("could not move message, requeueing", "err", err, "to", target)
+		log.Warn("could not move message, requeueing", "err", err, "to", mv.queue)
 		_ = d.Nack(false, true)
 		return
 	}
@@ -303,8 +315,14 @@ func (c *Consumer) safeHandle(ctx context.Context, d Delivery) (err error) {
 	return c.handler(ctx, d)
 }
 
-func attemptOf(h amqp.Table) int {
-	switch v := h[HeaderAttempt].(type) {
+func (c *Consumer) unavailable(err error) bool {
+	return c.cfg.Unavailable != nil && c.cfg.Unavailable(err)
+}
+
+func attemptOf(h amqp.Table) int { return headerInt(h, HeaderAttempt) }
+
+func headerInt(h amqp.Table, key string) int {
+	switch v := h[key].(type) {
 	case int32:
 		return int(v)
 	case int64:
@@ -322,14 +340,25 @@ type republisher struct {
 	ch *amqp.Channel
 }
 
-func (r *republisher) publish(ctx context.Context, queue string, d Delivery, reason string, delay time.Duration, from string) error {
+// move says where a failed message goes and what travels with it.
+type move struct {
+	queue       string
+	reason      string
+	attempts    int // failed attempts that count towards MaxAttempts
+	unavailable int // retries because a dependency was away
+	delay       time.Duration
+}
+
+func (r *republisher) publish(ctx context.Context, d Delivery, mv move, from string) error {
 	headers := amqp.Table{}
 	for k, v := range d.Headers {
 		headers[k] = v
 	}
-	headers[HeaderAttempt] = int32(d.Attempt)
+	headers[HeaderAttempt] = int32(mv.attempts)
+	headers[HeaderUnavailable] = int32(mv.unavailable)
 	headers[HeaderRoutingKey] = d.EventRoutingKey()
-	headers[HeaderError] = truncate(reason, 1000)
+	headers[HeaderError] = truncate(mv.reason, 1000)
+	queue := mv.queue
 	pub := amqp.Publishing{
 		Headers:      headers,
 		ContentType:  d.ContentType,
@@ -344,7 +373,7 @@ func (r *republisher) publish(ctx context.Context, queue string, d Delivery, rea
 		headers[HeaderFailedAt] = time.Now().UTC().Format(time.RFC3339)
 		headers[HeaderDeadLetterFor] = from
 	} else {
-		pub.Expiration = strconv.FormatInt(max(delay.Milliseconds(), 1), 10)
+		pub.Expiration = strconv.FormatInt(max(mv.delay.Milliseconds(), 1), 10)
 	}
 	r.mu.Lock()
 	dc, err := r.ch.PublishWithDeferredConfirmWithContext(ctx, "", queue, true, false, pub)

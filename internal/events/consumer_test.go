@@ -255,3 +255,37 @@ func TestConsumerResumesAfterConnectionLoss(t *testing.T) {
 		return h["during-1"] >= 1 && h["during-2"] >= 1
 	})
 }
+
+var errAway = errors.New("database away")
+
+// A dependency outage longer than MaxAttempts retries does not dead-letter
+// good messages: unavailability does not use up attempts.
+func TestUnavailableDoesNotUseUpAttempts(t *testing.T) {
+	t.Parallel()
+	url := testenv.VHost(t)
+	var mu sync.Mutex
+	calls := 0
+	r := &recorder{handled: map[string]int{}, fail: func(d events.Delivery) error {
+		mu.Lock()
+		defer mu.Unlock()
+		calls++
+		if calls <= 6 { // twice MaxAttempts
+			return fmt.Errorf("query: %w", errAway)
+		}
+		return nil
+	}}
+	cfg := config("test.unavailable")
+	cfg.RetryBase, cfg.RetryMax = 20*time.Millisecond, 100*time.Millisecond
+	cfg.Unavailable = func(err error) bool { return errors.Is(err, errAway) }
+	startConsumer(t, url, cfg, r)
+	publish(t, url, "patient")
+	waitFor(t, "handled after the outage", func() bool { _, h := r.snapshot(); return h["patient"] == 1 })
+	attempts, _ := r.snapshot()
+	if len(attempts) != 7 || attempts[6] != "patient#1" {
+		t.Fatalf("attempts = %v; an outage used up attempts", attempts)
+	}
+	conn := dial(t, url)
+	if dls, _, _ := events.ListDeadLetters(context.Background(), conn, cfg.Queue, 10); len(dls) != 0 {
+		t.Fatalf("dead letters: %+v", dls)
+	}
+}

@@ -154,8 +154,8 @@ func IsUnavailable(err error) bool {
 		netErr  net.Error
 	)
 	switch {
-	case errors.Is(err, ErrNotReady), errors.Is(err, context.DeadlineExceeded),
-		errors.As(err, &connErr), errors.As(err, &netErr), pgconn.Timeout(err):
+	case errors.Is(err, ErrNotReady), errors.Is(err, context.DeadlineExceeded), errors.Is(err, pgconn.ErrConnClosed),
+		errors.As(err, &connErr), errors.As(err, &netErr), pgconn.Timeout(err), pgconn.SafeToRetry(err):
 		return true
 	case errors.As(err, &pgErr):
 		// Class 08: connection exception; 57P01-03: admin shutdown, crash
@@ -163,4 +163,16 @@ func IsUnavailable(err error) bool {
 		return strings.HasPrefix(pgErr.Code, "08") || pgErr.Code == "57P01" || pgErr.Code == "57P02" || pgErr.Code == "57P03"
 	}
 	return errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed)
+}
+
+// InTx runs fn in a transaction and commits it. When the transaction fails
+// in a way that is certain to have happened before the server saw it (a
+// pooled connection that died while the database restarted), it is run once
+// more on a fresh connection.
+func InTx(ctx context.Context, pool *pgxpool.Pool, fn func(pgx.Tx) error) error {
+	err := pgx.BeginFunc(ctx, pool, fn)
+	if err != nil && pgconn.SafeToRetry(err) && ctx.Err() == nil {
+		err = pgx.BeginFunc(ctx, pool, fn)
+	}
+	return err
 }

@@ -205,8 +205,15 @@ func NewSystem(tb testing.TB, amqpURL string) *System {
 	if amqpURL == "" {
 		amqpURL = VHost(tb)
 	}
+	logDir := tb.TempDir()
+	if d := os.Getenv("TEST_LOG_DIR"); d != "" { // keep the logs for a post-mortem
+		logDir = filepath.Join(d, strings.ReplaceAll(tb.Name(), "/", "_"))
+		if err := os.MkdirAll(logDir, 0o755); err != nil {
+			tb.Fatal(err)
+		}
+	}
 	s := &System{
-		tb: tb, bin: Binaries(tb), logDir: tb.TempDir(),
+		tb: tb, bin: Binaries(tb), logDir: logDir,
 		Mailpit: StartMailpit(tb), AMQPURL: amqpURL,
 		OrderDB: Database(tb), PaymentDB: Database(tb),
 		Env: map[string]string{}, ServiceEnv: map[string]map[string]string{},
