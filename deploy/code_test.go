@@ -167,20 +167,6 @@ func goVersion(t *testing.T) string {
 	return string(m[1])
 }
 
-// modulePath is the module directive of go.mod.
-func modulePath(t *testing.T) string {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join(root, "go.mod"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := regexp.MustCompile(`(?m)^module\s+(\S+)`).FindSubmatch(b)
-	if m == nil {
-		t.Fatal("go.mod has no module directive")
-	}
-	return string(m[1])
-}
-
 // shellWords splits s like a POSIX shell does for simple words: blanks
 // separate, quotes group and are removed, a backslash escapes.
 func shellWords(s string) []string {
