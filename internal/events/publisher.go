@@ -26,6 +26,10 @@ type Publisher struct {
 // NewPublisher returns a publisher on b.
 func NewPublisher(b *Broker) *Publisher { return &Publisher{broker: b} }
 
+// MaxBatch is the most messages one Publish call may carry: the channel
+// buffers that many returned (unroutable) messages.
+const MaxBatch = 1000
+
 // ErrUnroutable is returned for a message no queue was bound to receive.
 var ErrUnroutable = errors.New("rabbitmq: message returned as unroutable")
 
@@ -39,6 +43,9 @@ type Result struct {
 // result per message, in order. A non-nil error means the channel failed and
 // no result is trustworthy beyond those with Err == nil.
 func (p *Publisher) Publish(ctx context.Context, msgs []Message) ([]Result, error) {
+	if len(msgs) > MaxBatch {
+		return nil, fmt.Errorf("publish: %d messages, at most %d at once", len(msgs), MaxBatch)
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if err := p.open(ctx); err != nil {
@@ -118,7 +125,7 @@ func (p *Publisher) open(ctx context.Context) error {
 		_ = ch.Close()
 		return fmt.Errorf("confirm mode: %w", err)
 	}
-	p.returns = ch.NotifyReturn(make(chan amqp.Return, 1024))
+	p.returns = ch.NotifyReturn(make(chan amqp.Return, MaxBatch))
 	p.ch = ch
 	return nil
 }

@@ -99,7 +99,7 @@ func (r *Relay) Run(ctx context.Context) {
 		default:
 			brokerDown = false
 		}
-		if err == nil && n == r.Batch {
+		if err == nil && n == r.batch() {
 			continue // there is more
 		}
 		select {
@@ -121,10 +121,16 @@ func (r *Relay) Flush(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if n < r.Batch {
+		if n < r.batch() {
 			return nil
 		}
 	}
+}
+
+// batch is Batch kept within what the publisher's buffer of returned
+// messages holds, so a batch of unroutable events cannot stall it.
+func (r *Relay) batch() int {
+	return min(max(r.Batch, 1), events.MaxBatch)
 }
 
 // Pending counts the rows not yet published.
@@ -149,7 +155,7 @@ func (r *Relay) publishBatch(ctx context.Context) (int, error) {
 		WHERE published_at IS NULL AND next_attempt_at <= now()
 		ORDER BY id
 		LIMIT $1
-		FOR UPDATE SKIP LOCKED`, r.Batch)
+		FOR UPDATE SKIP LOCKED`, r.batch())
 	if err != nil {
 		return 0, fmt.Errorf("claim outbox rows: %w", err)
 	}
