@@ -123,7 +123,10 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 
 	stopConsumer()
 	<-consumerDone
-	// Publish what the last requests committed, then stop the relay.
+	// Stop the relay (it finishes its batch), then publish what the last
+	// requests committed.
+	stopRelay()
+	<-relayDone
 	flushCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
 	defer cancel()
 	if db.Ready() && broker.Connected() {
@@ -131,8 +134,6 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 			log.Warn("outbox not flushed; the next start publishes the rest", "err", err)
 		}
 	}
-	stopRelay()
-	<-relayDone
 	stopBackground()
 	<-brokerDone
 	log.Info("stopped")

@@ -36,7 +36,7 @@ type service struct {
 func startService(t *testing.T, dbURL, amqpURL string) service {
 	t.Helper()
 	cfg := Config{
-		Port: "0", DatabaseURL: dbURL, AMQPURL: amqpURL, DBMaxConns: 8,
+		Port: "0", DatabaseURL: dbURL, AMQPURL: amqpURL, DBMaxConns: 4,
 		OutboxPoll: 200 * time.Millisecond, OutboxBatch: 100, ShutdownTimeout: 5 * time.Second, LogLevel: "warn",
 	}
 	ctx, cancel := context.WithCancel(context.Background())

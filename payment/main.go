@@ -132,6 +132,8 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 
 	stopConsumer()
 	<-consumerDone
+	stopRelay()
+	<-relayDone
 	flushCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
 	defer cancel()
 	if db.Ready() && broker.Connected() {
@@ -139,8 +141,6 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 			log.Warn("outbox not flushed; the next start publishes the rest", "err", err)
 		}
 	}
-	stopRelay()
-	<-relayDone
 	stopBackground()
 	<-brokerDone
 	log.Info("stopped")

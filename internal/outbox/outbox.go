@@ -79,7 +79,7 @@ func (r *Relay) Wake() {
 	}
 }
 
-// Run publishes rows until ctx is done.
+// Run publishes rows until ctx is done. Stop it before calling Flush.
 func (r *Relay) Run(ctx context.Context) {
 	tick := time.NewTicker(r.Poll)
 	defer tick.Stop()
@@ -87,7 +87,11 @@ func (r *Relay) Run(ctx context.Context) {
 	defer cleanup.Stop()
 	brokerDown := false
 	for {
-		n, err := r.publishBatch(ctx)
+		// A batch under way is finished even when ctx ends, so that a
+		// shutdown's Flush finds no rows locked by a half-done batch.
+		bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		n, err := r.publishBatch(bctx)
+		cancel()
 		switch {
 		case errors.Is(err, events.ErrNotConnected):
 			if !brokerDown {

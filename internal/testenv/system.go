@@ -260,9 +260,11 @@ func (s *System) URL(name string) string { return fmt.Sprintf("http://127.0.0.1:
 
 func (s *System) env(name string) []string {
 	env := map[string]string{
-		"PORT":                  fmt.Sprint(s.Port(name)),
-		"AMQP_URL":              s.AMQPURL,
-		"LOG_LEVEL":             "info",
+		"PORT":      fmt.Sprint(s.Port(name)),
+		"AMQP_URL":  s.AMQPURL,
+		"LOG_LEVEL": "info",
+		// Small pools: many systems run at once against one PostgreSQL.
+		"DB_MAX_CONNS":          "4",
 		"ORDER_SERVICE_URL":     s.URL("order"),
 		"PAYMENT_SERVICE_URL":   s.URL("payment"),
 		"EMAIL_SERVICE_URL":     s.URL("email"),
