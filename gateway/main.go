@@ -7,32 +7,18 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
-	"os/signal"
 	"sync/atomic"
-	"syscall"
 
-	"github.com/kelseyhightower/envconfig"
-
+	"github.com/checkout-demo/checkout/internal/service"
 	"github.com/checkout-demo/checkout/internal/web"
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	var cfg Config
-	if err := envconfig.Process("", &cfg); err != nil {
-		fmt.Fprintln(os.Stderr, "config:", err)
-		os.Exit(1)
-	}
-	if len(os.Args) > 1 && os.Args[1] == "healthcheck" {
-		os.Exit(web.Healthcheck(cfg.Port))
-	}
-	if err := run(ctx, cfg, os.Stdout, nil); err != nil {
-		fmt.Fprintln(os.Stderr, "gateway:", err)
-		os.Exit(1)
-	}
+	service.Main("gateway", &cfg,
+		func(ctx context.Context) error { return run(ctx, cfg, os.Stdout, nil) },
+		func() []service.Command { return []service.Command{service.Healthcheck(cfg.Port)} })
 }
 
 // run serves until ctx is done, then finishes the requests in flight.
@@ -54,21 +40,8 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 		}},
 		Stopping: stopping.Load,
 	}
-
-	ln, err := net.Listen("tcp", ":"+cfg.Port)
-	if err != nil {
-		return fmt.Errorf("listen: %w", err)
-	}
-	if listening != nil {
-		listening(ln.Addr())
-	}
-	log.Info("listening", "addr", ln.Addr().String(), "order_service", cfg.OrderServiceURL)
-	srv := web.NewServer(NewServer(log, cfg, client, health), log)
-	srv.RegisterOnShutdown(func() { stopping.Store(true) })
-	err = web.Serve(ctx, srv, ln, cfg.ShutdownTimeout)
+	err := service.Serve(ctx, log, cfg.Port, NewServer(log, cfg, client, health), cfg.ShutdownTimeout, &stopping, listening,
+		"order_service", cfg.OrderServiceURL)
 	log.Info("stopped")
-	if err != nil && err != http.ErrServerClosed {
-		return err
-	}
-	return nil
+	return err
 }

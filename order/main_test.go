@@ -25,15 +25,15 @@ import (
 	"github.com/checkout-demo/checkout/order/migrations"
 )
 
-// service is one running order service, started through run as main does.
-type service struct {
+// instance is one running order service, started through run as main does.
+type instance struct {
 	URL   string
 	DBURL string
 }
 
 // startService runs the service on port 0 against the given database and
 // broker, waits until /readyz answers 200, and stops it when the test ends.
-func startService(t *testing.T, dbURL, amqpURL string) service {
+func startService(t *testing.T, dbURL, amqpURL string) instance {
 	t.Helper()
 	cfg := Config{
 		Port: "0", DatabaseURL: dbURL, AMQPURL: amqpURL, DBMaxConns: 4,
@@ -62,7 +62,7 @@ func startService(t *testing.T, dbURL, amqpURL string) service {
 		}
 	})
 	waitReady(t, base)
-	return service{URL: base, DBURL: dbURL}
+	return instance{URL: base, DBURL: dbURL}
 }
 
 func waitReady(t *testing.T, base string) {

@@ -9,16 +9,13 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/signal"
 	"sync/atomic"
-	"syscall"
-
-	"github.com/kelseyhightower/envconfig"
 
 	"github.com/checkout-demo/checkout/internal/events"
 	"github.com/checkout-demo/checkout/internal/money"
 	"github.com/checkout-demo/checkout/internal/outbox"
 	"github.com/checkout-demo/checkout/internal/postgres"
+	"github.com/checkout-demo/checkout/internal/service"
 	"github.com/checkout-demo/checkout/internal/web"
 	"github.com/checkout-demo/checkout/payment/migrations"
 )
@@ -27,27 +24,12 @@ import (
 const Queue = "payment.order-created"
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	var cfg Config
-	if err := envconfig.Process("", &cfg); err != nil {
-		fmt.Fprintln(os.Stderr, "config:", err)
-		os.Exit(1)
-	}
-	if len(os.Args) > 1 && os.Args[1] == "healthcheck" {
-		os.Exit(web.Healthcheck(cfg.Port))
-	}
-	if len(os.Args) > 1 && os.Args[1] == "dlq" {
-		if err := events.DeadLetterCommand(ctx, os.Args[2:], cfg.AMQPURL, Queue, os.Stdout); err != nil {
-			fmt.Fprintln(os.Stderr, "dlq:", err)
-			os.Exit(1)
-		}
-		return
-	}
-	if err := run(ctx, cfg, os.Stdout, nil); err != nil {
-		fmt.Fprintln(os.Stderr, "payment:", err)
-		os.Exit(1)
-	}
+	service.Main("payment", &cfg,
+		func(ctx context.Context) error { return run(ctx, cfg, os.Stdout, nil) },
+		func() []service.Command {
+			return []service.Command{service.Healthcheck(cfg.Port), service.DeadLetters(cfg.AMQPURL, Queue)}
+		})
 }
 
 // run starts the service and blocks until ctx is done, then stops taking
@@ -70,17 +52,11 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 	defer db.Close()
 	store := &Store{pool: db.Pool, ready: db.Ready}
 
-	bgCtx, stopBackground := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopBackground()
 	broker := events.NewBroker(cfg.AMQPURL, log)
-	brokerDone := make(chan struct{})
-	go func() { defer close(brokerDone); broker.Run(bgCtx) }()
 	pub := events.NewPublisher(broker)
 	defer pub.Close()
 	relay := outbox.NewRelay(db.Pool, pub, log)
 	relay.Poll, relay.Batch = cfg.OutboxPoll, cfg.OutboxBatch
-	broker.OnConnect(relay.Wake)
-
 	provider := Provider{Delay: cfg.PaymentDelay, MaxAmount: maxAmount, FailureRate: cfg.PaymentFailureRate}
 	consumer := events.NewConsumer(broker, events.ConsumerConfig{
 		Queue: Queue, Bindings: []string{events.RouteOrderCreated},
@@ -89,27 +65,10 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 		Unavailable: postgres.IsUnavailable,
 	}, handleOrderCreated(log, store, provider, relay), log)
 
-	// The relay and the consumer start once the database is migrated; the
-	// consumer stops first at shutdown, the relay after a last flush.
-	consumerCtx, stopConsumer := context.WithCancel(bgCtx)
-	defer stopConsumer()
-	relayCtx, stopRelay := context.WithCancel(bgCtx)
-	defer stopRelay()
-	consumerDone, relayDone := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(relayDone)
-		if db.Prepare(relayCtx, migrations.FS, log) == nil {
-			relay.Run(relayCtx)
-		}
-	}()
-	go func() {
-		defer close(consumerDone)
-		select {
-		case <-db.Prepared():
-			consumer.Run(consumerCtx)
-		case <-consumerCtx.Done():
-		}
-	}()
+	bg := &service.Background{Log: log, Broker: broker, DB: db, Migrations: migrations.FS,
+		Relay: relay, Consumer: consumer, FlushTimeout: cfg.ShutdownTimeout}
+	bg.Start(ctx)
+	defer bg.Stop()
 
 	var stopping atomic.Bool
 	health := web.Health{
@@ -117,32 +76,6 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 		Ready:    map[string]web.Check{"postgres": db.Ping, "rabbitmq": broker.Check},
 		Stopping: stopping.Load,
 	}
-	ln, err := net.Listen("tcp", ":"+cfg.Port)
-	if err != nil {
-		return fmt.Errorf("listen: %w", err)
-	}
-	if listening != nil {
-		listening(ln.Addr())
-	}
-	log.Info("listening", "addr", ln.Addr().String(), "payment_delay", cfg.PaymentDelay.String(),
-		"max_amount", maxAmount.String(), "failure_rate", cfg.PaymentFailureRate)
-	serveErr := web.Serve(ctx, web.NewServer(NewServer(log, store, health), log), ln, cfg.ShutdownTimeout)
-	stopping.Store(true)
-	log.Info("shutting down")
-
-	stopConsumer()
-	<-consumerDone
-	stopRelay()
-	<-relayDone
-	flushCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
-	defer cancel()
-	if db.Ready() && broker.Connected() {
-		if err := relay.Flush(flushCtx); err != nil {
-			log.Warn("outbox not flushed; the next start publishes the rest", "err", err)
-		}
-	}
-	stopBackground()
-	<-brokerDone
-	log.Info("stopped")
-	return serveErr
+	return service.Serve(ctx, log, cfg.Port, NewServer(log, store, health), cfg.ShutdownTimeout, &stopping, listening,
+		"payment_delay", cfg.PaymentDelay.String(), "max_amount", maxAmount.String(), "failure_rate", cfg.PaymentFailureRate)
 }
