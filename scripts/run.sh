@@ -36,6 +36,11 @@ start() { # name colour command…
 if (exec 3<>/dev/tcp/127.0.0.1/1026) 2>/dev/null; then
   echo "run: something already listens on :1026; using it as the SMTP server"
 else
+  # Mailpit with its web UI (a go-installed one serves the API but a blank
+  # page); mailpit-ui.sh never fails: it warns, and the plain binary is used.
+  bash scripts/mailpit-ui.sh || true
+  MAILPIT_UI=${MAILPIT_UI_BIN:-$GOBIN_DIR/mailpit-ui}
+  if [ -x "$MAILPIT_UI" ]; then MAILPIT=$MAILPIT_UI; fi
   start mailpit 90 "$MAILPIT" --smtp 0.0.0.0:1026 --listen 0.0.0.0:8026 --max 0 --quiet \
     --smtp-auth-accept-any --smtp-auth-allow-insecure --disable-version-check
 fi
