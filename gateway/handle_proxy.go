@@ -63,7 +63,7 @@ func forward(w http.ResponseWriter, r *http.Request, log *slog.Logger, cfg Confi
 		web.WriteProblem(w, r, http.StatusInternalServerError, "internal error")
 		return
 	}
-	for _, h := range []string{"Content-Type", "Accept"} {
+	for _, h := range []string{"Content-Type", "Accept", "Idempotency-Key"} {
 		if v := r.Header.Get(h); v != "" {
 			req.Header.Set(h, v)
 		}
@@ -86,6 +86,9 @@ func forward(w http.ResponseWriter, r *http.Request, log *slog.Logger, cfg Confi
 	defer resp.Body.Close()
 	if ct := resp.Header.Get("Content-Type"); ct != "" {
 		w.Header().Set("Content-Type", ct)
+	}
+	if v := resp.Header.Get("Idempotent-Replayed"); v != "" {
+		w.Header().Set("Idempotent-Replayed", v)
 	}
 	if loc := resp.Header.Get("Location"); strings.HasPrefix(loc, "/orders/") {
 		w.Header().Set("Location", "/api"+loc)

@@ -103,6 +103,7 @@ func TestCheckoutForwards(t *testing.T) {
 	req, _ := http.NewRequest(http.MethodPost, gw+"/api/checkout", strings.NewReader(body))
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("X-Request-ID", "req-from-client-1")
+	req.Header.Set("Idempotency-Key", "key-1")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -114,7 +115,8 @@ func TestCheckoutForwards(t *testing.T) {
 	up.mu.Lock()
 	got, gotBody := up.requests[0], up.bodies[0]
 	up.mu.Unlock()
-	if got.URL.Path != "/orders" || gotBody != body || got.Header.Get("X-Request-ID") != "req-from-client-1" || got.Header.Get("Content-Type") != "application/json" {
+	if got.URL.Path != "/orders" || gotBody != body || got.Header.Get("X-Request-ID") != "req-from-client-1" ||
+		got.Header.Get("Content-Type") != "application/json" || got.Header.Get("Idempotency-Key") != "key-1" {
 		t.Fatalf("upstream got %s %s id=%q body=%q", got.Method, got.URL.Path, got.Header.Get("X-Request-ID"), gotBody)
 	}
 

@@ -24,17 +24,32 @@ func handleCreateOrder(log *slog.Logger, store *Store, relay waker) http.Handler
 				return
 			}
 		}
+		key := r.Header.Get(IdempotencyKeyHeader)
+		if _, sent := r.Header[IdempotencyKeyHeader]; sent && !validKey(key) {
+			web.WriteProblem(w, r, http.StatusBadRequest, "Idempotency-Key must be 1 to 255 printable ASCII characters",
+				web.FieldError{Field: IdempotencyKeyHeader, Message: "must be 1 to 255 printable ASCII characters"})
+			return
+		}
 		n, err := DecodeNewOrder(r.Body)
 		if err != nil {
 			writeDecodeError(w, r, err)
 			return
 		}
-		o, err := store.Create(r.Context(), n)
+		o, replayed, err := store.Create(r.Context(), n, key)
+		if errors.Is(err, ErrKeyReused) {
+			web.WriteProblem(w, r, http.StatusUnprocessableEntity, err.Error(),
+				web.FieldError{Field: IdempotencyKeyHeader, Message: "was used before with a different request"})
+			return
+		}
 		if err != nil {
 			writeStoreError(w, r, log, "create order", err)
 			return
 		}
-		relay.Wake()
+		if replayed {
+			w.Header().Set("Idempotent-Replayed", "true")
+		} else {
+			relay.Wake()
+		}
 		ms := math.Round(float64(time.Since(start).Microseconds())) / 1000
 		o.ProcessingDurationMS = &ms
 		log.Info("order created", "order_id", o.ID, "request_id", web.RequestID(r.Context()),

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -335,8 +336,11 @@ func TestConcurrentStartMigratesOnce(t *testing.T) {
 			t.Fatalf("prepare: %v", err)
 		}
 	}
-	if n := count(t, dbURL, `SELECT count(*) FROM goose_db_version WHERE version_id > 0`); n != 1 {
-		t.Fatalf("migration applied %d times, want 1", n)
+	files, _ := fs.Glob(migrations.FS, "*.sql")
+	applied := count(t, dbURL, `SELECT count(*) FROM goose_db_version WHERE version_id > 0`)
+	distinct := count(t, dbURL, `SELECT count(DISTINCT version_id) FROM goose_db_version WHERE version_id > 0`)
+	if applied != len(files) || distinct != len(files) {
+		t.Fatalf("%d migrations applied (%d distinct), want each of the %d once", applied, distinct, len(files))
 	}
 }
 
@@ -349,4 +353,77 @@ type testWriter struct{ t *testing.T }
 func (w *testWriter) Write(p []byte) (int, error) {
 	w.t.Log(string(bytes.TrimSpace(p)))
 	return len(p), nil
+}
+
+func postWithKey(t *testing.T, url, key, body string) (*http.Response, Order) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set(IdempotencyKeyHeader, key)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Error(err)
+		return nil, Order{}
+	}
+	defer resp.Body.Close()
+	var o Order
+	_ = json.NewDecoder(resp.Body).Decode(&o)
+	return resp, o
+}
+
+// A retried checkout with the same Idempotency-Key gets the order it already
+// placed; nothing is written or published twice.
+func TestCheckoutIdempotencyKey(t *testing.T) {
+	t.Parallel()
+	amqpURL := testenv.VHost(t)
+	svc := startService(t, testenv.Database(t), amqpURL)
+	q := testenv.Watch(t, amqpURL, events.RouteOrderCreated)
+	url := svc.URL + "/orders"
+
+	first, a := postWithKey(t, url, "retry-me-1", seedBody)
+	again, b := postWithKey(t, url, "retry-me-1", seedBody)
+	if first.StatusCode != 201 || again.StatusCode != 201 || a.ID == 0 || b.ID != a.ID {
+		t.Fatalf("first %d id %d, retry %d id %d", first.StatusCode, a.ID, again.StatusCode, b.ID)
+	}
+	if first.Header.Get("Idempotent-Replayed") != "" || again.Header.Get("Idempotent-Replayed") != "true" {
+		t.Fatalf("Idempotent-Replayed: first %q, retry %q", first.Header.Get("Idempotent-Replayed"), again.Header.Get("Idempotent-Replayed"))
+	}
+
+	// Concurrent retries race for the key: one order.
+	ids := make(chan int64, 8)
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			resp, o := postWithKey(t, url, "racing-key", seedBody)
+			if resp != nil && resp.StatusCode == 201 {
+				ids <- o.ID
+			}
+		})
+	}
+	wg.Wait()
+	close(ids)
+	answers, distinct := 0, map[int64]bool{}
+	for id := range ids {
+		answers++
+		distinct[id] = true
+	}
+	if answers != 8 || len(distinct) != 1 {
+		t.Fatalf("concurrent retries: %d answers naming orders %v, want 8 naming one", answers, distinct)
+	}
+
+	other := strings.Replace(seedBody, `"quantity":1`, `"quantity":2`, 1)
+	if resp, _ := postWithKey(t, url, "retry-me-1", other); resp.StatusCode != http.StatusUnprocessableEntity {
+		t.Fatalf("reused key with another body = %d, want 422", resp.StatusCode)
+	}
+	if resp, _ := postWithKey(t, url, strings.Repeat("k", 256), seedBody); resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("overlong key = %d, want 400", resp.StatusCode)
+	}
+	if resp, _ := postWithKey(t, url, "", seedBody); resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("empty key = %d, want 400", resp.StatusCode)
+	}
+	if n := count(t, svc.DBURL, `SELECT count(*) FROM orders`); n != 2 {
+		t.Fatalf("%d orders, want 2", n)
+	}
+	q.Next(2, 10*time.Second)
+	q.None(500 * time.Millisecond)
 }

@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -69,6 +71,33 @@ type NewOrder struct {
 	UserEmail string
 	Items     []Item
 	Total     money.Amount
+}
+
+// Hash fingerprints the request, so that a reused Idempotency-Key with a
+// different request is refused.
+func (n NewOrder) Hash() string {
+	h := sha256.New()
+	fmt.Fprintf(h, "%d|%s|", n.UserID, n.UserEmail)
+	for _, it := range n.Items {
+		fmt.Fprintf(h, "%d:%d:%d|", it.ProductID, it.Quantity, it.Price)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// IdempotencyKeyHeader lets a client retry a checkout safely.
+const IdempotencyKeyHeader = "Idempotency-Key"
+
+// validKey accepts 1 to 255 printable ASCII characters.
+func validKey(k string) bool {
+	if len(k) == 0 || len(k) > 255 {
+		return false
+	}
+	for _, c := range k {
+		if c < 0x20 || c > 0x7e {
+			return false
+		}
+	}
+	return true
 }
 
 // createRequest is the checkout body. Fields are pointers or raw JSON so that

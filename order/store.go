@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/checkout-demo/checkout/internal/events"
@@ -17,6 +18,10 @@ import (
 
 // ErrNotFound is returned for an order that does not exist.
 var ErrNotFound = errors.New("order not found")
+
+// ErrKeyReused is returned when an Idempotency-Key comes back with a
+// different request.
+var ErrKeyReused = errors.New("the Idempotency-Key was used before with a different request")
 
 // Store keeps orders in Postgres.
 type Store struct {
@@ -34,11 +39,47 @@ func (s *Store) check() error {
 }
 
 // Create writes the order, its items, its first timeline step and its
-// OrderCreated event in one transaction.
-func (s *Store) Create(ctx context.Context, n NewOrder) (Order, error) {
+// OrderCreated event in one transaction. With an idempotency key, a request
+// seen before returns the order it created (replayed = true) and writes
+// nothing.
+func (s *Store) Create(ctx context.Context, n NewOrder, key string) (o Order, replayed bool, err error) {
 	if err := s.check(); err != nil {
-		return Order{}, err
+		return Order{}, false, err
 	}
+	if key != "" {
+		if o, err := s.byKey(ctx, key, n.Hash()); !errors.Is(err, ErrNotFound) {
+			return o, err == nil, err
+		}
+	}
+	o, err = s.create(ctx, n, key)
+	var pgErr *pgconn.PgError
+	if key != "" && errors.As(err, &pgErr) && pgErr.Code == "23505" && pgErr.ConstraintName == "orders_idempotency_key_key" {
+		// A concurrent retry with the same key won the race.
+		o, err = s.byKey(ctx, key, n.Hash())
+		return o, err == nil, err
+	}
+	return o, false, err
+}
+
+func (s *Store) byKey(ctx context.Context, key, hash string) (Order, error) {
+	var (
+		id   int64
+		seen string
+	)
+	err := s.pool.QueryRow(ctx, `SELECT id, request_hash FROM orders WHERE idempotency_key = $1`, key).Scan(&id, &seen)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Order{}, ErrNotFound
+	}
+	if err != nil {
+		return Order{}, fmt.Errorf("look up idempotency key: %w", err)
+	}
+	if seen != hash {
+		return Order{}, ErrKeyReused
+	}
+	return s.Get(ctx, id)
+}
+
+func (s *Store) create(ctx context.Context, n NewOrder, key string) (Order, error) {
 	productIDs := make([]int64, len(n.Items))
 	quantities := make([]int32, len(n.Items))
 	prices := make([]string, len(n.Items))
@@ -50,7 +91,8 @@ func (s *Store) Create(ctx context.Context, n NewOrder) (Order, error) {
 	err := postgres.InTx(ctx, s.pool, func(tx pgx.Tx) error {
 		err := tx.QueryRow(ctx, `
 			WITH o AS (
-				INSERT INTO orders (user_id, user_email, total_amount) VALUES ($1, $2, $3)
+				INSERT INTO orders (user_id, user_email, total_amount, idempotency_key, request_hash)
+				VALUES ($1, $2, $3, nullif($7, ''), nullif($8, ''))
 				RETURNING id, created_at
 			), i AS (
 				INSERT INTO order_items (order_id, line, product_id, quantity, price)
@@ -60,7 +102,7 @@ func (s *Store) Create(ctx context.Context, n NewOrder) (Order, error) {
 				INSERT INTO order_timeline (order_id, step, at) SELECT id, 'created', created_at FROM o
 			)
 			SELECT id, created_at FROM o`,
-			n.UserID, n.UserEmail, n.Total, productIDs, quantities, prices,
+			n.UserID, n.UserEmail, n.Total, productIDs, quantities, prices, key, hashIf(key, n),
 		).Scan(&o.ID, &o.CreatedAt)
 		if err != nil {
 			return fmt.Errorf("insert order: %w", err)
@@ -81,6 +123,13 @@ func (s *Store) Create(ctx context.Context, n NewOrder) (Order, error) {
 	}
 	o.Timeline = []Step{{Step: StepCreated, At: o.CreatedAt}}
 	return o, nil
+}
+
+func hashIf(key string, n NewOrder) string {
+	if key == "" {
+		return ""
+	}
+	return n.Hash()
 }
 
 // Get returns the order with its items and timeline.
