@@ -53,6 +53,7 @@ type Knee struct {
 	P99         time.Duration // checkout p99 threshold
 	Errors      float64       // error share threshold
 	Saga        bool          // a step whose saga falls behind is not sustainable
+	Confirm     bool          // a breaking step is tried again before it counts
 	DrainBudget time.Duration // the longest wait for the backlog between steps
 }
 
@@ -91,6 +92,7 @@ func parseFlags(args []string, out io.Writer) (Config, error) {
 	fs.DurationVar(&c.Knee.P99, "knee-p99", 100*time.Millisecond, "knee: a step breaks when checkout p99 exceeds this")
 	fs.Float64Var(&c.Knee.Errors, "knee-errors", 0.01, "knee: a step breaks when this share of checkouts fails")
 	fs.BoolVar(&c.Knee.Saga, "knee-saga", true, "knee: a step also breaks when the saga falls behind (ready messages pile up)")
+	fs.BoolVar(&c.Knee.Confirm, "knee-confirm", true, "knee: try a breaking step again; it breaks only if it breaks twice")
 	fs.DurationVar(&c.Knee.DrainBudget, "knee-drain", 2*time.Minute, "knee: the longest wait for the backlog between steps")
 	if err := fs.Parse(args); err != nil {
 		return Config{}, err

@@ -34,7 +34,7 @@ func (r *Report) charts() []template.HTML {
 	if len(r.samples) == 0 {
 		return nil
 	}
-	span := r.loadEnd.Sub(r.loadStart) + time.Second
+	span := r.loadEnd.Sub(r.loadStart)
 	bw := bucketWidth(span)
 	secs := func(d time.Duration) float64 { return d.Seconds() }
 
@@ -138,19 +138,23 @@ func (r *Report) charts() []template.HTML {
 
 	// Knee.
 	if r.Knee != nil && len(r.Knee.Steps) > 0 {
-		var p50, p99, acc, ideal []Point
-		steps := sortedSteps(r.Knee.Steps)
-		for _, st := range steps {
+		// One dot per step: a rate tried twice shows two.
+		var p50, p99, mail, acc, ideal []Point
+		for _, st := range sortedSteps(r.Knee.Steps) {
 			x := float64(st.Rate)
 			p50 = append(p50, Point{x, st.Latency.P50})
 			p99 = append(p99, Point{x, st.Latency.P99})
+			mail = append(mail, Point{x, st.ToMail.P99})
 			acc = append(acc, Point{x, st.Achieved})
 			ideal = append(ideal, Point{x, x})
 		}
-		add(Chart{Title: "Checkout latency by rate (knee search)", XLabel: "target rate (orders/s)", YLabel: "latency (log scale)", LogY: true, YFormat: fmtMS,
-			Series: []Series{{Name: "p50", Color: blue, Points: p50}, {Name: "p99", Color: orange, Points: p99}}, HLines: r.kneeP99Line()})
+		add(Chart{Title: "Checkout latency by rate (knee search, one dot per step)", XLabel: "target rate (orders/s)", YLabel: "latency (log scale)", LogY: true, YFormat: fmtMS,
+			Series: []Series{{Name: "p50", Color: blue, Points: p50, Dots: true}, {Name: "p99", Color: orange, Points: p99, Dots: true}}, HLines: r.kneeP99Line()})
+		add(Chart{Title: "Time to mail p99 by rate (knee search)", XLabel: "target rate (orders/s)", YLabel: "seconds",
+			YFormat: func(v float64) string { return trimFloat(v/1000) + " s" },
+			Series:  []Series{{Name: "time to mail p99", Color: purple, Points: mail, Dots: true}}})
 		add(Chart{Title: "Accepted vs target rate (knee search)", XLabel: "target rate (orders/s)", YLabel: "accepted per second",
-			Series: []Series{{Name: "target", Color: grey, Points: ideal, Dash: true}, {Name: "accepted", Color: green, Points: acc}}})
+			Series: []Series{{Name: "target", Color: grey, Points: ideal, Dash: true}, {Name: "accepted", Color: green, Points: acc, Dots: true}}})
 	}
 	return out
 }
@@ -204,9 +208,9 @@ accepted {{.Accepted}} = paid {{.Paid}} + declined {{.Declined}} (priced to be d
 
 {{with .R.Knee}}<h2>Knee</h2>
 <p>Thresholds: {{.Thresholds}}.</p>
-<p><b>Highest sustainable rate: {{.Sustainable}} orders/s</b> (checkout alone holds up to {{.CheckoutLimit}}/s).</p>
-<table><tr><th class="n">rate/s</th><th class="n">accepted/s</th><th class="n">success</th><th class="n">p50</th><th class="n">p99</th><th class="n">max</th><th class="n">waiting</th><th>verdict</th></tr>
-{{range .Steps}}<tr><td class="n">{{.Rate}}</td><td class="n">{{f1 .Achieved}}</td><td class="n">{{pct .SuccessShare}}</td><td class="n">{{ms .Latency.P50}}</td><td class="n">{{ms .Latency.P99}}</td><td class="n">{{ms .Latency.Max}}</td><td class="n">{{neg .ReadyAtEnd}}</td><td>{{if .OK}}<span class="ok">ok</span>{{else}}<span class="bad">breaks</span>: {{.Why}}{{end}}</td></tr>{{end}}
+<p><b>Highest sustainable rate: {{.Sustainable}} orders/s</b> ({{.CheckoutText}}).</p>
+<table><tr><th class="n">rate/s</th><th class="n">accepted/s</th><th class="n">success</th><th class="n">p50</th><th class="n">p99</th><th class="n">max</th><th class="n">waiting</th><th class="n">mail p99</th><th>verdict</th></tr>
+{{range .Steps}}<tr><td class="n">{{.Rate}}</td><td class="n">{{f1 .Achieved}}</td><td class="n">{{pct .SuccessShare}}</td><td class="n">{{ms .Latency.P50}}</td><td class="n">{{ms .Latency.P99}}</td><td class="n">{{ms .Latency.Max}}</td><td class="n">{{neg .ReadyAtEnd}}</td><td class="n">{{ms .ToMail.P99}}</td><td>{{if .OK}}<span class="ok">ok</span>{{else}}<span class="bad">breaks</span>: {{.Why}}{{end}}</td></tr>{{end}}
 </table>{{end}}
 
 <h2>Saga</h2>

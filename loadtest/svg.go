@@ -134,12 +134,12 @@ func (c Chart) SVG() string {
 			dash = ` stroke-dasharray="4 3"`
 		}
 		if s.Dots {
-			fmt.Fprintf(&b, `<g fill="%s" fill-opacity="0.6">`, s.Color)
+			fmt.Fprintf(&b, `<g fill="%s" fill-opacity="0.7">`, s.Color)
 			for _, p := range s.Points {
 				if math.IsNaN(p.Y) || (c.LogY && p.Y <= 0) {
 					continue
 				}
-				fmt.Fprintf(&b, `<circle cx="%.1f" cy="%.1f" r="2"/>`, px(p.X), py(p.Y))
+				fmt.Fprintf(&b, `<circle cx="%.1f" cy="%.1f" r="3.5"/>`, px(p.X), py(p.Y))
 			}
 			b.WriteString(`</g>`)
 			continue

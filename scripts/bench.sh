@@ -160,7 +160,7 @@ pgbench -n -M prepared -c "$CLIENTS" -j "$((jobs < CLIENTS ? jobs : CLIENTS))" -
   { cat "$work/pgbench.out" >&2; exit 1; }
 pgbench -n -M prepared -c 1 -T 5 -f "$work/checkout.sql" "$PG/${tag}_pgbench" >"$work/pgbench1.out" 2>&1 ||
   { cat "$work/pgbench1.out" >&2; exit 1; }
-pg_tps=$(awk '/^tps = / {print $3; exit}' "$work/pgbench.out")
+pg_tps=$(awk '/^tps = / {printf "%.1f", $3; exit}' "$work/pgbench.out")
 pg_lat=$(awk '/^latency average = / {print $4; exit}' "$work/pgbench.out")
 pg1_lat=$(awk '/^latency average = / {print $4; exit}' "$work/pgbench1.out")
 
