@@ -8,17 +8,6 @@ import (
 	"time"
 )
 
-// CheckoutText says how far checkout alone held.
-func (k *KneeReport) CheckoutText() string {
-	if k.CheckoutBroke {
-		return fmt.Sprintf("checkout alone held its thresholds up to %d/s", k.CheckoutLimit)
-	}
-	if k.CheckoutLimit == 0 {
-		return "no step held checkout's thresholds"
-	}
-	return fmt.Sprintf("checkout alone held its thresholds at every rate tried, up to %d/s; run with -knee-saga=false to find its own limit", k.CheckoutLimit)
-}
-
 // KneeStep is one rate tried by the knee search.
 type KneeStep struct {
 	Rate         int       `json:"rate"`
@@ -49,9 +38,20 @@ type KneeReport struct {
 	Sustainable int `json:"sustainable_per_s"`
 	// CheckoutLimit is the highest rate at which checkout alone held its
 	// thresholds, whatever the saga did; CheckoutBroke tells whether a
-	// higher rate was tried and broke them.
+	// higher rate was tried and broke them (so the limit was found).
 	CheckoutLimit int  `json:"checkout_limit_per_s"`
 	CheckoutBroke bool `json:"checkout_broke"`
+}
+
+// CheckoutText says how far checkout alone held.
+func (k *KneeReport) CheckoutText() string {
+	if k.CheckoutBroke {
+		return fmt.Sprintf("checkout alone held its thresholds up to %d/s", k.CheckoutLimit)
+	}
+	if k.CheckoutLimit == 0 {
+		return "no step held checkout's thresholds"
+	}
+	return fmt.Sprintf("checkout alone held its thresholds at every rate tried, up to %d/s; run with -knee-saga=false to find its own limit", k.CheckoutLimit)
 }
 
 // runKnee steps the rate up by a factor until a step breaks a threshold,
@@ -114,7 +114,9 @@ func runKnee(ctx context.Context, cfg Config, cust *Customers, qw *QueueWatch, p
 		if st.CheckoutOK && st.Rate > rep.CheckoutLimit {
 			rep.CheckoutLimit = st.Rate
 		}
-		rep.CheckoutBroke = rep.CheckoutBroke || !st.CheckoutOK
+	}
+	for _, st := range rep.Steps {
+		rep.CheckoutBroke = rep.CheckoutBroke || (!st.CheckoutOK && st.Rate > rep.CheckoutLimit)
 	}
 	return all, rep
 }
