@@ -192,6 +192,7 @@ figure{margin:1em 0}
 <h1>{{.Title}}</h1>
 <p class="muted">{{.R.Started.Format "2006-01-02 15:04:05 MST"}} to {{.R.Finished.Format "15:04:05"}} · {{.R.Machine.Host}}, {{.R.Machine.CPUs}} CPUs, load average at start {{.R.Machine.LoadAvg}} · {{.R.Machine.Go}}</p>
 {{with .R.QueueNote}}<p><b>Note:</b> {{.}}</p>{{end}}
+{{if .R.Interrupted}}<p class="bad">Interrupted: the run was stopped before every order was read; the accounting is incomplete.</p>{{end}}
 
 {{with .R.Accounting}}<p class="{{if .OK}}ok{{else}}bad{{end}}">{{if .OK}}Every accepted order accounted for{{else}}Not every accepted order accounted for{{end}}:
 accepted {{.Accepted}} = paid {{.Paid}} + declined {{.Declined}} (priced to be declined: {{.PlannedDeclined}}); unfinished {{.Unfinished}}, mismatched {{.Mismatched}}, unreadable {{.Unreadable}}, duplicates {{.Duplicates}}.</p>

@@ -18,18 +18,21 @@ import (
 // Report is what a run measured. It is printed as text, and written as HTML
 // (with plots) and JSON.
 type Report struct {
-	Started    time.Time   `json:"started"`
-	Finished   time.Time   `json:"finished"`
-	Target     string      `json:"target"`
-	Machine    Machine     `json:"machine"`
-	Scenario   Scenario    `json:"scenario"`
-	Checkout   Checkout    `json:"checkout"`
-	Saga       Saga        `json:"saga"`
-	Queues     []QueueStat `json:"queues,omitempty"`
-	QueueNote  string      `json:"queue_note,omitempty"`
-	Accounting Accounting  `json:"accounting"`
-	Knee       *KneeReport `json:"knee,omitempty"`
-	Goals      []Goal      `json:"goals"`
+	Started   time.Time   `json:"started"`
+	Finished  time.Time   `json:"finished"`
+	Target    string      `json:"target"`
+	Machine   Machine     `json:"machine"`
+	Scenario  Scenario    `json:"scenario"`
+	Checkout  Checkout    `json:"checkout"`
+	Saga      Saga        `json:"saga"`
+	Queues    []QueueStat `json:"queues,omitempty"`
+	QueueNote string      `json:"queue_note,omitempty"`
+	// Interrupted is set when the run was stopped (Ctrl-C) before every
+	// order was read: the accounting is then incomplete.
+	Interrupted bool        `json:"interrupted,omitempty"`
+	Accounting  Accounting  `json:"accounting"`
+	Knee        *KneeReport `json:"knee,omitempty"`
+	Goals       []Goal      `json:"goals"`
 
 	// What the plots are drawn from.
 	samples    []Sample
@@ -251,6 +254,9 @@ func writeText(w io.Writer, r *Report) {
 	p("machine: %s, %d CPUs, load average at start %s, %s", r.Machine.Host, r.Machine.CPUs, r.Machine.LoadAvg, r.Machine.Go)
 	if r.QueueNote != "" {
 		p("note: %s", r.QueueNote)
+	}
+	if r.Interrupted {
+		p("INTERRUPTED: the run was stopped before every order was read; the accounting is incomplete")
 	}
 
 	c := r.Checkout

@@ -97,6 +97,7 @@ func runScenario(ctx context.Context, cfg Config, out io.Writer) (*Report, error
 	}
 	acc, times := account(samples, views)
 	rep.build(cfg, samples, times, acc, drain, loadEnd, qsamples)
+	rep.Interrupted = ctx.Err() != nil
 	rep.Finished = time.Now().UTC()
 	return rep, settleErr
 }
