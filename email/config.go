@@ -17,8 +17,8 @@ type Config struct {
 	// EmailDelay simulates slow mail rendering and delivery.
 	EmailDelay time.Duration `envconfig:"EMAIL_DELAY" default:"2s"`
 
-	Prefetch       int           `envconfig:"CONSUMER_PREFETCH" default:"300"`
-	Concurrency    int           `envconfig:"CONSUMER_CONCURRENCY" default:"300"`
+	Prefetch       int           `envconfig:"CONSUMER_PREFETCH" default:"600"`
+	Concurrency    int           `envconfig:"CONSUMER_CONCURRENCY" default:"600"`
 	MaxAttempts    int           `envconfig:"CONSUMER_MAX_ATTEMPTS" default:"5"`
 	RetryBase      time.Duration `envconfig:"CONSUMER_RETRY_BASE" default:"1s"`
 	RetryMax       time.Duration `envconfig:"CONSUMER_RETRY_MAX" default:"30s"`

@@ -17,8 +17,8 @@ type Config struct {
 	// chosen by a hash of the order id so that a retry gets the same answer.
 	PaymentFailureRate float64 `envconfig:"PAYMENT_FAILURE_RATE" default:"0"`
 
-	Prefetch       int           `envconfig:"CONSUMER_PREFETCH" default:"200"`
-	Concurrency    int           `envconfig:"CONSUMER_CONCURRENCY" default:"200"`
+	Prefetch       int           `envconfig:"CONSUMER_PREFETCH" default:"400"`
+	Concurrency    int           `envconfig:"CONSUMER_CONCURRENCY" default:"400"`
 	MaxAttempts    int           `envconfig:"CONSUMER_MAX_ATTEMPTS" default:"5"`
 	RetryBase      time.Duration `envconfig:"CONSUMER_RETRY_BASE" default:"1s"`
 	RetryMax       time.Duration `envconfig:"CONSUMER_RETRY_MAX" default:"30s"`
