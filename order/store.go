@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -12,7 +13,6 @@ import (
 
 	"github.com/checkout-demo/checkout/internal/events"
 	"github.com/checkout-demo/checkout/internal/inbox"
-	"github.com/checkout-demo/checkout/internal/outbox"
 	"github.com/checkout-demo/checkout/internal/postgres"
 )
 
@@ -26,6 +26,7 @@ var ErrKeyReused = errors.New("the Idempotency-Key was used before with a differ
 // Store keeps orders in Postgres.
 type Store struct {
 	pool *pgxpool.Pool
+	ids  idBlock
 	// ready reports whether the schema is in place; until then every call
 	// fails with postgres.ErrNotReady (a 503), not with a missing table.
 	ready func() bool
@@ -79,50 +80,87 @@ func (s *Store) byKey(ctx context.Context, key, hash string) (Order, error) {
 	return s.Get(ctx, id)
 }
 
+// create writes the order, its items, its first timeline step and its
+// OrderCreated event in one statement: data-modifying CTEs run atomically,
+// so no BEGIN and COMMIT round trips are needed. The id comes from a block
+// reserved beforehand, so the event can be encoded (by events.Encode, the
+// wire contract) before the write.
 func (s *Store) create(ctx context.Context, n NewOrder, key string) (Order, error) {
+	id, err := s.nextID(ctx)
+	if err != nil {
+		return Order{}, err
+	}
 	productIDs := make([]int64, len(n.Items))
 	quantities := make([]int32, len(n.Items))
 	prices := make([]string, len(n.Items))
 	for i, it := range n.Items {
 		productIDs[i], quantities[i], prices[i] = it.ProductID, int32(it.Quantity), it.Price.String()
 	}
-	o := Order{UserID: n.UserID, UserEmail: n.UserEmail, Status: StatusPending, TotalAmount: n.Total, Items: n.Items}
-
-	err := postgres.InTx(ctx, s.pool, func(tx pgx.Tx) error {
-		err := tx.QueryRow(ctx, `
-			WITH o AS (
-				INSERT INTO orders (user_id, user_email, total_amount, idempotency_key, request_hash)
-				VALUES ($1, $2, $3, nullif($7, ''), nullif($8, ''))
-				RETURNING id, created_at
-			), i AS (
-				INSERT INTO order_items (order_id, line, product_id, quantity, price)
-				SELECT o.id, t.line, t.product_id, t.quantity, t.price
-				FROM o, unnest($4::bigint[], $5::int[], $6::numeric[]) WITH ORDINALITY AS t(product_id, quantity, price, line)
-			), s AS (
-				INSERT INTO order_timeline (order_id, step, at) SELECT id, 'created', created_at FROM o
-			)
-			SELECT id, created_at FROM o`,
-			n.UserID, n.UserEmail, n.Total, productIDs, quantities, prices, key, hashIf(key, n),
-		).Scan(&o.ID, &o.CreatedAt)
-		if err != nil {
-			return fmt.Errorf("insert order: %w", err)
-		}
-		o.CreatedAt = o.CreatedAt.UTC()
-		o.UpdatedAt = o.CreatedAt
-		return outbox.Add(ctx, tx, events.OrderCreated{
-			Meta:        events.NewMeta(events.TypeOrderCreated, o.CreatedAt),
-			OrderID:     o.ID,
-			UserID:      o.UserID,
-			UserEmail:   o.UserEmail,
-			TotalAmount: o.TotalAmount,
-			Items:       o.Items,
-		})
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	o := Order{ID: id, UserID: n.UserID, UserEmail: n.UserEmail, Status: StatusPending, TotalAmount: n.Total,
+		Items: n.Items, CreatedAt: now, UpdatedAt: now, Timeline: []Step{{Step: StepCreated, At: now}}}
+	m, err := events.Encode(events.OrderCreated{
+		Meta:    events.NewMeta(events.TypeOrderCreated, now),
+		OrderID: o.ID, UserID: o.UserID, UserEmail: o.UserEmail, TotalAmount: o.TotalAmount, Items: o.Items,
 	})
 	if err != nil {
 		return Order{}, err
 	}
-	o.Timeline = []Step{{Step: StepCreated, At: o.CreatedAt}}
+	args := []any{o.ID, n.UserID, n.UserEmail, n.Total, productIDs, quantities, prices, key, hashIf(key, n), now,
+		m.ID, m.Type, m.RoutingKey, string(m.Body)}
+	_, err = s.pool.Exec(ctx, insertOrder, args...)
+	if err != nil && pgconn.SafeToRetry(err) && ctx.Err() == nil {
+		// The pooled connection died before the server saw the statement
+		// (the database restarted): nothing was written, so try once more.
+		_, err = s.pool.Exec(ctx, insertOrder, args...)
+	}
+	if err != nil {
+		return Order{}, fmt.Errorf("insert order: %w", err)
+	}
 	return o, nil
+}
+
+// insertOrder writes an order with its items, its first timeline step and
+// the outbox row (the one outbox.Add would write) in one atomic statement.
+const insertOrder = `
+		WITH o AS (
+			INSERT INTO orders (id, user_id, user_email, total_amount, idempotency_key, request_hash, created_at, updated_at)
+			VALUES ($1, $2, $3, $4, nullif($8, ''), nullif($9, ''), $10, $10)
+		), i AS (
+			INSERT INTO order_items (order_id, line, product_id, quantity, price)
+			SELECT $1, t.line, t.product_id, t.quantity, t.price
+			FROM unnest($5::bigint[], $6::int[], $7::numeric[]) WITH ORDINALITY AS t(product_id, quantity, price, line)
+		), s AS (
+			INSERT INTO order_timeline (order_id, step, at) VALUES ($1, 'created', $10)
+		)
+		INSERT INTO outbox (event_id, event_type, routing_key, payload) VALUES ($11, $12, $13, $14)`
+
+// idBlockSize is how many order ids one nextval reserves; the sequence's
+// INCREMENT BY (migration 00003) must be the same.
+const idBlockSize = 32
+
+// idBlock hands out the ids of the block reserved last.
+type idBlock struct {
+	mu         sync.Mutex
+	next, last int64
+}
+
+// nextID returns an unused order id, reserving a new block when the current
+// one is spent. Ids of a block a crash leaves unused are skipped, as a
+// sequence skips the values of rolled-back transactions.
+func (s *Store) nextID(ctx context.Context) (int64, error) {
+	s.ids.mu.Lock()
+	defer s.ids.mu.Unlock()
+	if s.ids.next == 0 || s.ids.next > s.ids.last {
+		var first int64
+		if err := s.pool.QueryRow(ctx, `SELECT nextval('orders_id_seq')`).Scan(&first); err != nil {
+			return 0, fmt.Errorf("reserve order ids: %w", err)
+		}
+		s.ids.next, s.ids.last = first, first+idBlockSize-1
+	}
+	id := s.ids.next
+	s.ids.next++
+	return id, nil
 }
 
 func hashIf(key string, n NewOrder) string {
