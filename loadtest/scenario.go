@@ -16,7 +16,7 @@ import (
 // and returns the report. A report is returned even when the run was cut
 // short, so that what was measured is not lost.
 func runScenario(ctx context.Context, cfg Config, out io.Writer) (*Report, error) {
-	if err := preflight(ctx, cfg.Target); err != nil {
+	if err := preflight(ctx, cfg.Target, "/health"); err != nil {
 		return nil, err
 	}
 	qw, err := NewQueueWatch(cfg.RabbitAPI, cfg.VHost, cfg.Queues)
@@ -102,12 +102,12 @@ func runScenario(ctx context.Context, cfg Config, out io.Writer) (*Report, error
 	return rep, settleErr
 }
 
-// preflight checks that the gateway is there and healthy, with a hint when
-// it is not.
-func preflight(ctx context.Context, target string) error {
+// preflight checks that the gateway is there and healthy (path "/health":
+// every service; "/readyz": checkout works), with a hint when it is not.
+func preflight(ctx context.Context, target, path string) error {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(target, "/")+"/health", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(target, "/")+path, nil)
 	if err != nil {
 		return err
 	}
