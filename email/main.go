@@ -57,6 +57,7 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 		Service: "email",
 		Ready: map[string]web.Check{
 			"rabbitmq": broker.Check,
+			"consumer": consumer.Check,
 			"smtp": func(ctx context.Context) error {
 				c, err := (&net.Dialer{}).DialContext(ctx, "tcp", smtpAddr)
 				if err != nil {

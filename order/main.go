@@ -64,7 +64,7 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 		// Checkout needs only the database: while RabbitMQ is away orders
 		// are still taken and their events wait in the outbox.
 		Ready:    map[string]web.Check{"postgres": db.Ping},
-		Extra:    map[string]web.Check{"rabbitmq": broker.Check},
+		Extra:    map[string]web.Check{"rabbitmq": broker.Check, "consumer": consumer.Check},
 		Stopping: stopping.Load,
 	}
 	return service.Serve(ctx, log, cfg.Port, NewServer(log, store, relay, health), cfg.ShutdownTimeout, &stopping, listening)

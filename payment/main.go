@@ -73,7 +73,7 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 	var stopping atomic.Bool
 	health := web.Health{
 		Service:  "payment",
-		Ready:    map[string]web.Check{"postgres": db.Ping, "rabbitmq": broker.Check},
+		Ready:    map[string]web.Check{"postgres": db.Ping, "rabbitmq": broker.Check, "consumer": consumer.Check},
 		Stopping: stopping.Load,
 	}
 	return service.Serve(ctx, log, cfg.Port, NewServer(log, store, health), cfg.ShutdownTimeout, &stopping, listening,

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -119,6 +120,7 @@ type Consumer struct {
 
 	ready     chan struct{}
 	readyOnce sync.Once
+	consuming atomic.Bool
 }
 
 // NewConsumer returns a consumer; Run starts it.
@@ -129,6 +131,14 @@ func NewConsumer(b *Broker, cfg ConsumerConfig, h Handler, log *slog.Logger) *Co
 
 // Ready is closed once the consumer's queues are declared and it consumes.
 func (c *Consumer) Ready() <-chan struct{} { return c.ready }
+
+// Check is a health check: nil while the consumer consumes its queue.
+func (c *Consumer) Check(context.Context) error {
+	if !c.consuming.Load() {
+		return errors.New("not consuming")
+	}
+	return nil
+}
 
 // DeclareTopology declares the queue, its bindings, its retry queues and its
 // dead-letter queue. It is safe to call again.
@@ -216,6 +226,8 @@ func (c *Consumer) consume(ctx context.Context, sem chan struct{}, inflight *syn
 		return fmt.Errorf("consume: %w", err)
 	}
 	c.readyOnce.Do(func() { close(c.ready) })
+	c.consuming.Store(true)
+	defer c.consuming.Store(false)
 	c.log.Info("consuming", "prefetch", c.cfg.Prefetch, "concurrency", c.cfg.Concurrency)
 	closed := ch.NotifyClose(make(chan *amqp.Error, 1))
 

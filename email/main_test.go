@@ -1,0 +1,240 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/checkout-demo/checkout/internal/events"
+	"github.com/checkout-demo/checkout/internal/money"
+	"github.com/checkout-demo/checkout/internal/testenv"
+)
+
+type instance struct {
+	URL, AMQPURL string
+	Mailpit      testenv.Mailpit
+}
+
+func start(t *testing.T, smtpPort int, mp testenv.Mailpit) instance {
+	t.Helper()
+	in := instance{AMQPURL: testenv.VHost(t), Mailpit: mp}
+	cfg := Config{
+		Port: "0", AMQPURL: in.AMQPURL, SMTPHost: "127.0.0.1", SMTPPort: smtpPort, SMTPTLS: "none",
+		SMTPTimeout: 5 * time.Second, EmailFrom: "Shop <shop@shop.test>", EmailDelay: 0,
+		Prefetch: 10, Concurrency: 10, MaxAttempts: 3, RetryBase: 50 * time.Millisecond, RetryMax: 200 * time.Millisecond,
+		HandlerTimeout: 10 * time.Second, ShutdownTimeout: 5 * time.Second, LogLevel: "warn",
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	addr := make(chan net.Addr, 1)
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, cfg, io.Discard, func(a net.Addr) { addr <- a }) }()
+	select {
+	case a := <-addr:
+		in.URL = fmt.Sprintf("http://127.0.0.1:%d", a.(*net.TCPAddr).Port)
+	case err := <-done:
+		t.Fatalf("run: %v", err)
+	}
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("run: %v", err)
+		}
+	})
+	return in
+}
+
+func publish(t *testing.T, url string, e events.Event) {
+	t.Helper()
+	m, err := events.Encode(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := amqp.Dial(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.PublishWithContext(context.Background(), events.Exchange, m.RoutingKey, false, false, amqp.Publishing{
+		MessageId: m.ID, Type: m.Type, ContentType: events.ContentType, DeliveryMode: amqp.Persistent, Body: m.Body,
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func items(total money.Amount) []events.Item {
+	return []events.Item{{ProductID: 3, Quantity: 2, Price: total / 2}}
+}
+
+func TestMails(t *testing.T) {
+	t.Parallel()
+	mp := testenv.StartMailpit(t)
+	in := start(t, mp.SMTPPort, mp)
+	testenv.WaitHTTP(t, in.URL+"/readyz", 30*time.Second)
+	sent := testenv.Watch(t, in.AMQPURL, events.RouteEmailSent)
+
+	processed := events.PaymentProcessed{Meta: events.NewMeta(events.TypePaymentProcessed, time.Now()), PaymentID: 1,
+		OrderID: 41, UserID: 1, UserEmail: "ok@example.com", TotalAmount: 259998, Items: items(259998)}
+	failed := events.PaymentFailed{Meta: events.NewMeta(events.TypePaymentFailed, time.Now()), PaymentID: 2,
+		OrderID: 42, UserID: 2, UserEmail: "no@example.com", TotalAmount: 1500000, Items: items(1500000),
+		Reason: "amount 15000.00 exceeds the limit of 10000.00"}
+	publish(t, in.AMQPURL, processed)
+	publish(t, in.AMQPURL, failed)
+
+	announced := map[int64]events.EmailSent{}
+	for _, m := range sent.Next(2, 15*time.Second) {
+		var ev events.EmailSent
+		if err := json.Unmarshal(m.Body, &ev); err != nil {
+			t.Fatal(err)
+		}
+		if m.MessageId != ev.EventID || m.Type != events.TypeEmailSent {
+			t.Fatalf("EmailSent message properties: id %q type %q, body %s", m.MessageId, m.Type, m.Body)
+		}
+		announced[ev.OrderID] = ev
+	}
+	tests := []struct {
+		name    string
+		order   int64
+		to      string
+		kind    string
+		subject string
+		text    []string
+	}{
+		{"OKConfirmation", 41, "ok@example.com", events.MailConfirmation, "Order #41 confirmed: 2599.98", []string{"2 x 1299.99 = 2599.98", "Total: 2599.98"}},
+		{"OKFailureNotice", 42, "no@example.com", events.MailPaymentFailed, "Payment failed for order #42", []string{"exceeds the limit", "nothing was charged"}},
+	}
+	msgs := mp.Messages(t)
+	if len(msgs) != 2 {
+		t.Fatalf("%d mails, want 2", len(msgs))
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ev, ok := announced[tt.order]
+			wantID := fmt.Sprintf("order-%d.%s@shop.test", tt.order, tt.kind)
+			if !ok || ev.Kind != tt.kind || ev.To != tt.to || ev.MessageID != wantID {
+				t.Fatalf("EmailSent = %+v, want kind %s to %s message id %s", ev, tt.kind, tt.to, wantID)
+			}
+			var found *testenv.MailSummary
+			for i := range msgs {
+				if msgs[i].MessageID == wantID {
+					found = &msgs[i]
+				}
+			}
+			if found == nil || found.Subject != tt.subject || found.To[0].Address != tt.to {
+				t.Fatalf("mail %s: %+v", wantID, found)
+			}
+			text := mp.Text(t, found.ID)
+			for _, s := range tt.text {
+				if !strings.Contains(text, s) {
+					t.Fatalf("text body lacks %q:\n%s", s, text)
+				}
+			}
+			var full struct{ HTML string }
+			resp, err := http.Get(mp.URL + "/api/v1/message/" + found.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			_ = json.NewDecoder(resp.Body).Decode(&full)
+			if !strings.Contains(full.HTML, fmt.Sprintf("#%d", tt.order)) || !strings.Contains(full.HTML, "<html>") {
+				t.Fatalf("no HTML part naming the order: %q", full.HTML)
+			}
+		})
+	}
+
+	// The same payment result again (a redelivery after a lost ack): no
+	// second mail, and the announcement carries the same event id, which
+	// the order service's inbox drops.
+	publish(t, in.AMQPURL, processed)
+	again := sent.Next(1, 15*time.Second)[0]
+	if again.MessageId != announced[41].EventID {
+		t.Fatalf("re-announcement id %s, first %s", again.MessageId, announced[41].EventID)
+	}
+	if n := len(mp.Messages(t)); n != 2 {
+		t.Fatalf("%d mails after a redelivery, want 2", n)
+	}
+}
+
+// Without an SMTP server the service is not ready, and a payment result
+// waits (unavailable: retried without using up attempts) until the server
+// is back, then the mail goes out.
+func TestSMTPAway(t *testing.T) {
+	t.Parallel()
+	mp := testenv.StartMailpit(t)
+	smtp := testenv.NewProxy(t, fmt.Sprintf("127.0.0.1:%d", mp.SMTPPort))
+	smtp.Cut()
+	_, port, _ := net.SplitHostPort(smtp.Addr())
+	var p int
+	fmt.Sscan(port, &p)
+	in := start(t, p, mp)
+	testenv.WaitHTTP(t, in.URL+"/livez", 30*time.Second)
+	resp, err := http.Get(in.URL + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("/readyz without SMTP = %d, want 503", resp.StatusCode)
+	}
+	waitQueue(t, in.AMQPURL, Queue)
+	ev := events.PaymentProcessed{Meta: events.NewMeta(events.TypePaymentProcessed, time.Now()), OrderID: 5,
+		UserEmail: "wait@example.com", TotalAmount: 100, Items: items(100)}
+	publish(t, in.AMQPURL, ev)
+	// MaxAttempts is 3 with 50-200 ms backoff: counted attempts would be
+	// used up well within this outage.
+	time.Sleep(1500 * time.Millisecond)
+	smtp.Restore()
+	deadline := time.Now().Add(15 * time.Second)
+	for len(mp.Messages(t)) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the mail did not go out after SMTP came back")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	conn, err := amqp.Dial(in.AMQPURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if dls, _, err := events.ListDeadLetters(context.Background(), conn, Queue, 10); err != nil || len(dls) != 0 {
+		t.Fatalf("dead letters: %+v %v", dls, err)
+	}
+}
+
+// waitQueue waits until the consumer has declared its queue, so that what
+// the test publishes is routed to it.
+func waitQueue(t *testing.T, url, queue string) {
+	t.Helper()
+	conn, err := amqp.Dial(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ch, err := conn.Channel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = ch.QueueDeclarePassive(queue, true, false, false, false, nil)
+		if err == nil {
+			ch.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("queue %s not declared: %v", queue, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

@@ -1,0 +1,227 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/checkout-demo/checkout/internal/events"
+	"github.com/checkout-demo/checkout/internal/money"
+	"github.com/checkout-demo/checkout/internal/testenv"
+)
+
+type instance struct {
+	URL, DBURL, AMQPURL string
+}
+
+// start runs the payment service through run, as main does, on port 0.
+func start(t *testing.T) instance {
+	t.Helper()
+	in := instance{DBURL: testenv.Database(t), AMQPURL: testenv.VHost(t)}
+	cfg := Config{
+		Port: "0", DatabaseURL: in.DBURL, AMQPURL: in.AMQPURL, DBMaxConns: 4,
+		PaymentDelay: 0, PaymentMaxAmount: "10000.00", Prefetch: 20, Concurrency: 20,
+		MaxAttempts: 3, RetryBase: 50 * time.Millisecond, RetryMax: 200 * time.Millisecond, HandlerTimeout: 5 * time.Second,
+		OutboxPoll: 200 * time.Millisecond, OutboxBatch: 100, ShutdownTimeout: 5 * time.Second, LogLevel: "warn",
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	addr := make(chan net.Addr, 1)
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, cfg, io.Discard, func(a net.Addr) { addr <- a }) }()
+	select {
+	case a := <-addr:
+		in.URL = fmt.Sprintf("http://127.0.0.1:%d", a.(*net.TCPAddr).Port)
+	case err := <-done:
+		t.Fatalf("run: %v", err)
+	}
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("run: %v", err)
+		}
+	})
+	testenv.WaitHTTP(t, in.URL+"/readyz", 30*time.Second)
+	return in
+}
+
+func publishRaw(t *testing.T, url, id, typ string, body []byte) {
+	t.Helper()
+	conn, err := amqp.Dial(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.PublishWithContext(context.Background(), events.Exchange, events.RouteOrderCreated, false, false, amqp.Publishing{
+		MessageId: id, Type: typ, ContentType: events.ContentType, DeliveryMode: amqp.Persistent, Body: body,
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func orderCreated(t *testing.T, orderID int64, total string) (events.OrderCreated, []byte) {
+	t.Helper()
+	amount, err := money.Parse(total)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := events.OrderCreated{Meta: events.NewMeta(events.TypeOrderCreated, time.Now()), OrderID: orderID, UserID: 9,
+		UserEmail: "pay@example.com", TotalAmount: amount, Items: []events.Item{{ProductID: 1, Quantity: 1, Price: amount}}}
+	m, err := events.Encode(ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ev, m.Body
+}
+
+func countRows(t *testing.T, dbURL, q string, args ...any) int {
+	t.Helper()
+	conn, err := pgx.Connect(context.Background(), dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	var n int
+	if err := conn.QueryRow(context.Background(), q, args...).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func TestPaymentResults(t *testing.T) {
+	t.Parallel()
+	in := start(t)
+	results := testenv.Watch(t, in.AMQPURL, events.RoutePaymentProcessed, events.RoutePaymentFailed)
+
+	tests := []struct {
+		name, total, typ string
+	}{
+		{"OK", "1299.99", events.TypePaymentProcessed},
+		{"OKAtTheLimit", "10000.00", events.TypePaymentProcessed},
+		{"ErrOverTheLimit", "10000.01", events.TypePaymentFailed},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ev, body := orderCreated(t, int64(100+i), tt.total)
+			publishRaw(t, in.AMQPURL, ev.EventID, ev.EventType, body)
+			m := results.Next(1, 10*time.Second)[0]
+			if m.Type != tt.typ || m.RoutingKey != map[string]string{
+				events.TypePaymentProcessed: events.RoutePaymentProcessed, events.TypePaymentFailed: events.RoutePaymentFailed}[tt.typ] {
+				t.Fatalf("got %s on %s, want %s", m.Type, m.RoutingKey, tt.typ)
+			}
+			var got struct {
+				OrderID     int64        `json:"order_id"`
+				TotalAmount money.Amount `json:"total_amount"`
+				UserEmail   string       `json:"user_email"`
+				Reason      string       `json:"reason"`
+			}
+			if err := json.Unmarshal(m.Body, &got); err != nil {
+				t.Fatal(err)
+			}
+			if got.OrderID != ev.OrderID || got.TotalAmount != ev.TotalAmount || got.UserEmail != ev.UserEmail ||
+				(tt.typ == events.TypePaymentFailed) != (got.Reason != "") {
+				t.Fatalf("result %s for %+v", m.Body, ev)
+			}
+
+			resp, err := http.Get(fmt.Sprintf("%s/payments/%d", in.URL, ev.OrderID))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			var p Payment
+			_ = json.NewDecoder(resp.Body).Decode(&p)
+			wantStatus := map[string]string{events.TypePaymentProcessed: StatusSucceeded, events.TypePaymentFailed: StatusDeclined}[tt.typ]
+			if resp.StatusCode != 200 || p.Status != wantStatus || p.Amount != ev.TotalAmount || p.ProviderRef == "" {
+				t.Fatalf("GET payment: %d %+v", resp.StatusCode, p)
+			}
+		})
+	}
+	if resp, err := http.Get(in.URL + "/payments/424242"); err != nil || resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("unknown order: %v %v", resp, err)
+	}
+}
+
+// The same OrderCreated redelivered, and the same order announced again
+// under a new event id, charge once and announce once.
+func TestPaymentIsChargedOncePerOrder(t *testing.T) {
+	t.Parallel()
+	in := start(t)
+	results := testenv.Watch(t, in.AMQPURL, events.RoutePaymentProcessed, events.RoutePaymentFailed)
+
+	ev, body := orderCreated(t, 7, "50.00")
+	publishRaw(t, in.AMQPURL, ev.EventID, ev.EventType, body)
+	results.Next(1, 10*time.Second)
+	publishRaw(t, in.AMQPURL, ev.EventID, ev.EventType, body) // redelivery
+	again, againBody := orderCreated(t, 7, "50.00")           // same order, new event id
+	publishRaw(t, in.AMQPURL, again.EventID, again.EventType, againBody)
+	results.None(time.Second)
+	if n := countRows(t, in.DBURL, `SELECT count(*) FROM payments WHERE order_id = 7`); n != 1 {
+		t.Fatalf("%d payments for one order", n)
+	}
+	if n := countRows(t, in.DBURL, `SELECT count(*) FROM outbox`); n != 1 {
+		t.Fatalf("%d result events for one order", n)
+	}
+}
+
+// A message that is not an OrderCreated goes to the dead-letter queue at
+// once and charges nothing.
+func TestUndecodableOrderCreated(t *testing.T) {
+	t.Parallel()
+	in := start(t)
+	publishRaw(t, in.AMQPURL, "garbage-1", events.TypeOrderCreated, []byte(`{"order_id": "not a number"`))
+	conn, err := amqp.Dial(in.AMQPURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		dls, _, err := events.ListDeadLetters(context.Background(), conn, Queue, 10)
+		if err == nil && len(dls) == 1 && dls[0].EventID == "garbage-1" && dls[0].Attempts == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not dead-lettered: %+v %v", dls, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if n := countRows(t, in.DBURL, `SELECT count(*) FROM payments`); n != 0 {
+		t.Fatalf("%d payments from garbage", n)
+	}
+}
+
+func TestProviderDeclinesDeterministically(t *testing.T) {
+	p := Provider{MaxAmount: 1000000, FailureRate: 0.3}
+	declined := 0
+	for key := int64(1); key <= 2000; key++ {
+		a, err := p.Charge(context.Background(), key, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := p.Charge(context.Background(), key, 100)
+		if a != b {
+			t.Fatalf("key %d: %+v then %+v; the provider is not idempotent", key, a, b)
+		}
+		if !a.Approved {
+			declined++
+		}
+	}
+	// 30% of 2000 is 600; a fair hash stays well within ±100.
+	if declined < 500 || declined > 700 {
+		t.Fatalf("%d of 2000 declined at a 0.3 failure rate", declined)
+	}
+	if d, _ := (Provider{MaxAmount: 1000}).Charge(context.Background(), 1, 1001); d.Approved || d.Reason == "" {
+		t.Fatalf("over the limit: %+v", d)
+	}
+}
