@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -13,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/checkout-demo/checkout/internal/testenv"
 	"github.com/checkout-demo/checkout/internal/web"
 )
 
@@ -30,23 +30,9 @@ func startGateway(t *testing.T, cfg Config) string {
 		cfg.HealthTimeout = 500 * time.Millisecond
 	}
 	cfg.ShutdownTimeout = 5 * time.Second
-	ctx, cancel := context.WithCancel(context.Background())
-	addr := make(chan net.Addr, 1)
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, cfg, io.Discard, func(a net.Addr) { addr <- a }) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("run: %v", err)
-		}
+	return testenv.Run(t, func(ctx context.Context, listening func(net.Addr)) error {
+		return run(ctx, cfg, io.Discard, listening)
 	})
-	select {
-	case a := <-addr:
-		return fmt.Sprintf("http://127.0.0.1:%d", a.(*net.TCPAddr).Port)
-	case err := <-done:
-		t.Fatalf("run: %v", err)
-	}
-	return ""
 }
 
 // upstream records what the gateway sent and answers like the order service.

@@ -40,46 +40,11 @@ func startService(t *testing.T, dbURL, amqpURL string) instance {
 		Port: "0", DatabaseURL: dbURL, AMQPURL: amqpURL, DBMaxConns: 4,
 		OutboxPoll: 200 * time.Millisecond, OutboxBatch: 100, ShutdownTimeout: 5 * time.Second, LogLevel: "warn",
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	addr := make(chan net.Addr, 1)
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, cfg, io.Discard, func(a net.Addr) { addr <- a }) }()
-	var base string
-	select {
-	case a := <-addr:
-		base = fmt.Sprintf("http://127.0.0.1:%d", a.(*net.TCPAddr).Port)
-	case err := <-done:
-		t.Fatalf("run: %v", err)
-	}
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("run returned %v", err)
-			}
-		case <-time.After(20 * time.Second):
-			t.Error("run did not return within 20s of shutdown")
-		}
+	base := testenv.Run(t, func(ctx context.Context, listening func(net.Addr)) error {
+		return run(ctx, cfg, io.Discard, listening)
 	})
-	waitReady(t, base)
+	testenv.WaitHTTP(t, base+"/readyz", 30*time.Second)
 	return instance{URL: base, DBURL: dbURL}
-}
-
-func waitReady(t *testing.T, base string) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		resp, err := http.Get(base + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("%s/readyz did not answer 200 within 30s", base)
 }
 
 func post(t *testing.T, url, body string) (*http.Response, []byte) {

@@ -32,21 +32,8 @@ func start(t *testing.T) instance {
 		MaxAttempts: 3, RetryBase: 50 * time.Millisecond, RetryMax: 200 * time.Millisecond, HandlerTimeout: 5 * time.Second,
 		OutboxPoll: 200 * time.Millisecond, OutboxBatch: 100, ShutdownTimeout: 5 * time.Second, LogLevel: "warn",
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	addr := make(chan net.Addr, 1)
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, cfg, io.Discard, func(a net.Addr) { addr <- a }) }()
-	select {
-	case a := <-addr:
-		in.URL = fmt.Sprintf("http://127.0.0.1:%d", a.(*net.TCPAddr).Port)
-	case err := <-done:
-		t.Fatalf("run: %v", err)
-	}
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("run: %v", err)
-		}
+	in.URL = testenv.Run(t, func(ctx context.Context, listening func(net.Addr)) error {
+		return run(ctx, cfg, io.Discard, listening)
 	})
 	testenv.WaitHTTP(t, in.URL+"/readyz", 30*time.Second)
 	return in

@@ -427,3 +427,35 @@ func (s *System) Checkout(ctx context.Context, body string) (int, []byte, error)
 	_, err = buf.ReadFrom(resp.Body)
 	return resp.StatusCode, buf.Bytes(), err
 }
+
+// Run starts a service in-process through its run function, as its main
+// does, listening on port 0; it returns the service's base URL and, when the
+// test ends, cancels run's context and fails the test unless run returns nil
+// within 20 s.
+func Run(tb testing.TB, run func(ctx context.Context, listening func(net.Addr)) error) string {
+	tb.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	addr := make(chan net.Addr, 1)
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, func(a net.Addr) { addr <- a }) }()
+	var base string
+	select {
+	case a := <-addr:
+		base = fmt.Sprintf("http://127.0.0.1:%d", a.(*net.TCPAddr).Port)
+	case err := <-done:
+		cancel()
+		tb.Fatalf("run: %v", err)
+	}
+	tb.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				tb.Errorf("run returned %v", err)
+			}
+		case <-time.After(20 * time.Second):
+			tb.Error("run did not return within 20s of shutdown")
+		}
+	})
+	return base
+}
