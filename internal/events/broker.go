@@ -146,6 +146,13 @@ func (b *Broker) Channel(ctx context.Context) (*amqp.Channel, error) {
 			if !conn.IsClosed() {
 				return nil, fmt.Errorf("open channel: %w", err)
 			}
+			// The connection just closed and Run has not noticed yet.
+			select {
+			case <-ctx.Done():
+				return nil, fmt.Errorf("%w: %w", ErrNotConnected, context.Cause(ctx))
+			case <-time.After(20 * time.Millisecond):
+				continue
+			}
 		}
 		select {
 		case <-ctx.Done():

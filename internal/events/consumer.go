@@ -176,7 +176,8 @@ func DeclareTopology(ch *amqp.Channel, cfg ConsumerConfig) error {
 func (c *Consumer) Run(ctx context.Context) {
 	sem := make(chan struct{}, c.cfg.Concurrency)
 	var inflight sync.WaitGroup
-	defer inflight.Wait()
+	// Handlers get HandlerTimeout, and moving a failed message 10 s more.
+	defer waitTimeout(&inflight, c.cfg.HandlerTimeout+10*time.Second)
 	backoff := Backoff{Base: 200 * time.Millisecond, Max: 5 * time.Second}
 	for attempt := 0; ctx.Err() == nil; attempt++ {
 		err := c.consume(ctx, sem, &inflight)
@@ -218,7 +219,7 @@ func (c *Consumer) consume(ctx context.Context, sem chan struct{}, inflight *syn
 	if err := repub.Confirm(false); err != nil {
 		return fmt.Errorf("confirm mode: %w", err)
 	}
-	r := &republisher{ch: repub}
+	r := &republisher{ch: repub, returns: repub.NotifyReturn(make(chan amqp.Return, 16))}
 
 	tag := fmt.Sprintf("%s-%d", c.cfg.Queue, time.Now().UnixNano())
 	deliveries, err := ch.ConsumeWithContext(context.WithoutCancel(ctx), c.cfg.Queue, tag, false, false, false, false, nil)
@@ -239,7 +240,7 @@ func (c *Consumer) consume(ctx context.Context, sem chan struct{}, inflight *syn
 			for d := range deliveries {
 				_ = d.Nack(false, true)
 			}
-			waitTimeout(inflight, c.cfg.HandlerTimeout)
+			waitTimeout(inflight, c.cfg.HandlerTimeout+10*time.Second)
 			return nil
 		case err := <-closed:
 			return fmt.Errorf("channel closed: %v", err)
@@ -279,6 +280,10 @@ func (c *Consumer) handle(ctx context.Context, r *republisher, amqpD amqp.Delive
 	// HandlerTimeout to finish so its work can be acked.
 	hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.HandlerTimeout)
 	err := c.safeHandle(hctx, d)
+	// A handler that ran out of its own time is not waiting for an absent
+	// dependency: that attempt counts, so a message that is always too slow
+	// ends in the dead-letter queue instead of being retried forever.
+	timedOut := hctx.Err() != nil
 	cancel()
 	if err == nil {
 		if err := d.Ack(false); err != nil {
@@ -289,12 +294,13 @@ func (c *Consumer) handle(ctx context.Context, r *republisher, amqpD amqp.Delive
 
 	dlq := DeadLetterQueue(c.cfg.Queue)
 	mv := move{reason: err.Error(), attempts: d.Attempt, unavailable: headerInt(d.Headers, HeaderUnavailable)}
+	unavailable := c.unavailable(err) && !timedOut
 	backoff := Backoff{Base: c.cfg.RetryBase, Max: c.cfg.RetryMax}
 	switch {
-	case IsPermanent(err) || (d.Attempt >= c.cfg.MaxAttempts && !c.unavailable(err)):
+	case IsPermanent(err) || (d.Attempt >= c.cfg.MaxAttempts && !unavailable):
 		mv.queue = dlq
 		log.Error("message dead-lettered", "err", err, "dead_letter_queue", dlq)
-	case c.unavailable(err):
+	case unavailable:
 		// Not the message's fault: try again later without using up an attempt.
 		mv.attempts, mv.unavailable = d.Attempt-1, mv.unavailable+1
 		mv.queue = RetryQueue(c.cfg.Queue, min(mv.unavailable, max(c.cfg.MaxAttempts-1, 1)))
@@ -346,10 +352,12 @@ func headerInt(h amqp.Table, key string) int {
 }
 
 // republisher moves a message to a retry or dead-letter queue and waits for
-// the broker's confirm.
+// the broker's confirm. Moves are rare, so one at a time: that keeps a
+// returned message (its queue was deleted) matched to its own move.
 type republisher struct {
-	mu sync.Mutex
-	ch *amqp.Channel
+	mu      sync.Mutex
+	ch      *amqp.Channel
+	returns <-chan amqp.Return
 }
 
 // move says where a failed message goes and what travels with it.
@@ -388,8 +396,8 @@ func (r *republisher) publish(ctx context.Context, d Delivery, mv move, from str
 		pub.Expiration = strconv.FormatInt(max(mv.delay.Milliseconds(), 1), 10)
 	}
 	r.mu.Lock()
+	defer r.mu.Unlock()
 	dc, err := r.ch.PublishWithDeferredConfirmWithContext(ctx, "", queue, true, false, pub)
-	r.mu.Unlock()
 	if err != nil {
 		return err
 	}
@@ -400,7 +408,9 @@ func (r *republisher) publish(ctx context.Context, d Delivery, mv move, from str
 	if !ok {
 		return errors.New("nacked by the broker")
 	}
-	return nil
+	res := []Result{{ID: d.MessageId}}
+	markReturned(r.returns, res)
+	return res[0].Err
 }
 
 func truncate(s string, n int) string {

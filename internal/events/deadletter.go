@@ -69,6 +69,13 @@ func ReplayDeadLetters(ctx context.Context, conn *amqp.Connection, queue string,
 	if _, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil); err != nil {
 		return 0, fmt.Errorf("queue %s: %w", queue, err)
 	}
+	// Replay what is there now, no more: a message that fails again for
+	// good comes straight back and must not be replayed in a loop.
+	dlq, err := ch.QueueDeclarePassive(DeadLetterQueue(queue), true, false, false, false, nil)
+	if err != nil {
+		return 0, fmt.Errorf("dead-letter queue %s: %w", DeadLetterQueue(queue), err)
+	}
+	max = min(max, dlq.Messages)
 	moved := 0
 	for moved < max && ctx.Err() == nil {
 		d, ok, err := ch.Get(DeadLetterQueue(queue), false)

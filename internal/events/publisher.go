@@ -90,23 +90,32 @@ func (p *Publisher) Publish(ctx context.Context, msgs []Message) ([]Result, erro
 	// The broker sends basic.return before the confirm of the same message, and
 	// the client delivers it to the buffered returns channel before it
 	// processes the confirm, so every return for this batch is here now.
+	markReturned(p.returns, results)
+	if failed != nil {
+		p.closeLocked()
+	}
+	return results, failed
+}
+
+// markReturned marks the results of messages the broker returned. It stops
+// when the buffer is empty or closed: a channel that shut down mid-batch
+// closes its returns channel, and a receive from it must not spin.
+func markReturned(returns <-chan amqp.Return, results []Result) {
 	for {
 		select {
-		case r := <-p.returns:
+		case r, ok := <-returns:
+			if !ok {
+				return
+			}
 			for i := range results {
 				if results[i].ID == r.MessageId && results[i].Err == nil {
 					results[i].Err = fmt.Errorf("%w: %s (%s)", ErrUnroutable, r.RoutingKey, r.ReplyText)
 				}
 			}
-			continue
 		default:
+			return
 		}
-		break
 	}
-	if failed != nil {
-		p.closeLocked()
-	}
-	return results, failed
 }
 
 func (p *Publisher) open(ctx context.Context) error {

@@ -103,7 +103,7 @@ func (r *Relay) Run(ctx context.Context) {
 		default:
 			brokerDown = false
 		}
-		if err == nil && n == r.batch() {
+		if err == nil && n == r.batch() && ctx.Err() == nil {
 			continue // there is more
 		}
 		select {
