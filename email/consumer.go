@@ -65,7 +65,11 @@ func handlePaymentResult(log *slog.Logger, mailer *Mailer, broker *events.Broker
 				return events.ErrNotConnected
 			}
 			if err := mailer.Send(ctx, ml); err != nil {
-				return err
+				var accepted *acceptedError
+				if !errors.As(err, &accepted) {
+					return err
+				}
+				log.Warn("mail accepted, but the SMTP session did not end cleanly", "err", err)
 			}
 			sent.add(ml.MessageID)
 			log.Info("mail sent", "to", ml.To, "message_id", ml.MessageID)

@@ -85,11 +85,27 @@ func (m *Mailer) Send(ctx context.Context, ml Mail) error {
 	msg.SetGenHeader("X-Mail-Kind", ml.Kind)
 	msg.SetBodyString(gomail.TypeTextPlain, ml.Text)
 	msg.AddAlternativeString(gomail.TypeTextHTML, ml.HTML)
-	if err := m.client.DialAndSendWithContext(ctx, msg); err != nil {
+	err := m.client.DialAndSendWithContext(ctx, msg)
+	if err != nil && msg.IsDelivered() {
+		// The server accepted the DATA; what failed came after it (RSET,
+		// QUIT, closing the connection). Sending again would mail twice.
+		return &acceptedError{err: err}
+	}
+	if err != nil {
 		return fmt.Errorf("smtp send: %w", err)
 	}
 	return nil
 }
+
+// acceptedError is a failure after the SMTP server accepted the mail: the
+// mail counts as sent, and the caller only logs the error.
+type acceptedError struct{ err error }
+
+func (e *acceptedError) Error() string {
+	return "smtp: mail accepted, then: " + e.err.Error()
+}
+
+func (e *acceptedError) Unwrap() error { return e.err }
 
 type line struct {
 	ProductID int64
