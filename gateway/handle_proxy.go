@@ -96,5 +96,8 @@ func forward(w http.ResponseWriter, r *http.Request, log *slog.Logger, cfg Confi
 	w.WriteHeader(resp.StatusCode)
 	if _, err := io.Copy(w, resp.Body); err != nil {
 		log.Warn("relay upstream answer", "err", err, "request_id", web.RequestID(r.Context()))
+		// The status is out; a cut body must not reach the client as a
+		// complete answer. Aborting resets the connection instead.
+		panic(http.ErrAbortHandler)
 	}
 }

@@ -162,6 +162,34 @@ func TestGatewayErrors(t *testing.T) {
 	}
 }
 
+// An order service that dies halfway through its answer must not reach the
+// client as a complete (truncated) answer: the gateway resets the connection.
+func TestCheckoutUpstreamCutMidBody(t *testing.T) {
+	t.Parallel()
+	order := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Content-Length", "100")
+		w.WriteHeader(201)
+		_, _ = io.WriteString(w, `{"id":42,"status":"pen`)
+		w.(http.Flusher).Flush()
+		conn, _, err := http.NewResponseController(w).Hijack()
+		if err == nil {
+			conn.Close()
+		}
+	}))
+	t.Cleanup(order.Close)
+	gw := startGateway(t, Config{OrderServiceURL: order.URL})
+	resp, err := http.Post(gw+"/api/checkout", "application/json", strings.NewReader(`{}`))
+	if err != nil {
+		return // reset before the headers arrived: also not a complete answer
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err == nil {
+		t.Fatalf("client read a complete %d answer %q from a cut upstream body", resp.StatusCode, b)
+	}
+}
+
 func TestHealth(t *testing.T) {
 	t.Parallel()
 	var up upstream

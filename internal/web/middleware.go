@@ -52,6 +52,11 @@ func Middleware(log *slog.Logger, next http.Handler) http.Handler {
 		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
 		defer func() {
 			if p := recover(); p != nil {
+				if p == http.ErrAbortHandler {
+					// Deliberate: net/http resets the connection.
+					log.Warn("request aborted", "request_id", id, "method", r.Method, "path", r.URL.Path, "status", rec.status)
+					panic(p)
+				}
 				log.Error("panic in handler", "request_id", id, "panic", p)
 				if !rec.wrote {
 					WriteProblem(rec, r, http.StatusInternalServerError, "internal error")
