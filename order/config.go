@@ -16,6 +16,7 @@ type Config struct {
 	HandlerTimeout  time.Duration `envconfig:"CONSUMER_HANDLER_TIMEOUT" default:"30s"`
 	OutboxPoll      time.Duration `envconfig:"OUTBOX_POLL_INTERVAL" default:"1s"`
 	OutboxBatch     int           `envconfig:"OUTBOX_BATCH_SIZE" default:"200"`
+	RequestTimeout  time.Duration `envconfig:"REQUEST_TIMEOUT" default:"4s"`
 	ShutdownTimeout time.Duration `envconfig:"SHUTDOWN_TIMEOUT" default:"15s"`
 	LogFormat       string        `envconfig:"LOG_FORMAT" default:"json"`
 	LogLevel        string        `envconfig:"LOG_LEVEL" default:"info"`

@@ -39,7 +39,7 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 		return err
 	}
 	defer db.Close()
-	store := &Store{pool: db.Pool, ready: db.Ready}
+	store := &Store{pool: db.Pool, ready: db.Ready, timeout: cfg.RequestTimeout}
 
 	broker := events.NewBroker(cfg.AMQPURL, log)
 	pub := events.NewPublisher(broker)

@@ -34,11 +34,15 @@ type instance struct {
 
 // startService runs the service on port 0 against the given database and
 // broker, waits until /readyz answers 200, and stops it when the test ends.
-func startService(t *testing.T, dbURL, amqpURL string) instance {
+func startService(t *testing.T, dbURL, amqpURL string, opts ...func(*Config)) instance {
 	t.Helper()
 	cfg := Config{
 		Port: "0", DatabaseURL: dbURL, AMQPURL: amqpURL, DBMaxConns: 4,
-		OutboxPoll: 200 * time.Millisecond, OutboxBatch: 100, ShutdownTimeout: 5 * time.Second, LogLevel: "warn",
+		OutboxPoll: 200 * time.Millisecond, OutboxBatch: 100, RequestTimeout: 30 * time.Second,
+		ShutdownTimeout: 5 * time.Second, LogLevel: "warn",
+	}
+	for _, o := range opts {
+		o(&cfg)
 	}
 	base := testenv.Run(t, func(ctx context.Context, listening func(net.Addr)) error {
 		return run(ctx, cfg, io.Discard, listening)
@@ -223,6 +227,60 @@ func TestGetOrderErrors(t *testing.T) {
 		if resp.StatusCode != want || resp.Header.Get("Content-Type") != web.ProblemContentType {
 			t.Errorf("GET %s = %d %s, want %d problem+json", path, resp.StatusCode, resp.Header.Get("Content-Type"), want)
 		}
+	}
+}
+
+// A request stuck behind the database (here a table lock held by someone
+// else, as a long migration would) gets a 503 problem after
+// REQUEST_TIMEOUT instead of hanging, and the service serves again once the
+// lock is gone.
+func TestRequestTimeout(t *testing.T) {
+	t.Parallel()
+	svc := startService(t, testenv.Database(t), testenv.VHost(t), func(c *Config) { c.RequestTimeout = 300 * time.Millisecond })
+	resp, b := post(t, svc.URL+"/orders", seedBody)
+	var o Order
+	if err := json.Unmarshal(b, &o); resp.StatusCode != http.StatusCreated || err != nil {
+		t.Fatalf("checkout: %d %s", resp.StatusCode, b)
+	}
+
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, svc.DBURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `LOCK TABLE orders IN ACCESS EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	client := &http.Client{Timeout: 20 * time.Second}
+	for _, req := range []struct{ method, path, body string }{
+		{"GET", fmt.Sprintf("/orders/%d", o.ID), ""},
+		{"POST", "/orders", seedBody},
+	} {
+		r, _ := http.NewRequest(req.method, svc.URL+req.path, strings.NewReader(req.body))
+		r.Header.Set("Content-Type", "application/json")
+		resp, err := client.Do(r)
+		if err != nil {
+			t.Fatalf("%s %s behind a lock: %v (no answer)", req.method, req.path, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Content-Type") != web.ProblemContentType {
+			t.Fatalf("%s %s behind a lock = %d %s, want a 503 problem", req.method, req.path, resp.StatusCode, resp.Header.Get("Content-Type"))
+		}
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(t, svc.DBURL, `SELECT count(*) FROM orders`); n != 1 {
+		t.Fatalf("orders = %d after a timed-out checkout, want 1", n)
+	}
+	resp, b = post(t, svc.URL+"/orders", seedBody)
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("checkout after the lock: %d %s", resp.StatusCode, b)
 	}
 }
 

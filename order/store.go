@@ -30,6 +30,16 @@ type Store struct {
 	// ready reports whether the schema is in place; until then every call
 	// fails with postgres.ErrNotReady (a 503), not with a missing table.
 	ready func() bool
+	// timeout bounds one call (waiting for a pooled connection, a lock, a
+	// slow database): past it the caller gets a 503, not a hang.
+	timeout time.Duration
+}
+
+func (s *Store) bound(ctx context.Context) (context.Context, context.CancelFunc) {
+	if s.timeout <= 0 {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, s.timeout)
 }
 
 func (s *Store) check() error {
@@ -47,6 +57,8 @@ func (s *Store) Create(ctx context.Context, n NewOrder, key string) (o Order, re
 	if err := s.check(); err != nil {
 		return Order{}, false, err
 	}
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
 	if key != "" {
 		if o, err := s.byKey(ctx, key, n.Hash()); !errors.Is(err, ErrNotFound) {
 			return o, err == nil, err
@@ -175,8 +187,22 @@ func (s *Store) Get(ctx context.Context, id int64) (Order, error) {
 	if err := s.check(); err != nil {
 		return Order{}, err
 	}
+	ctx, cancel := s.bound(ctx)
+	defer cancel()
 	var o Order
-	err := s.pool.QueryRow(ctx, `
+	// One snapshot for the three reads, so the status and the timeline
+	// never disagree when a saga event lands in between.
+	err := pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+		var err error
+		o, err = getOrder(ctx, tx, id)
+		return err
+	})
+	return o, err
+}
+
+func getOrder(ctx context.Context, tx pgx.Tx, id int64) (Order, error) {
+	var o Order
+	err := tx.QueryRow(ctx, `
 		SELECT id, user_id, user_email, status, total_amount, created_at, updated_at
 		FROM orders WHERE id = $1`, id,
 	).Scan(&o.ID, &o.UserID, &o.UserEmail, &o.Status, &o.TotalAmount, &o.CreatedAt, &o.UpdatedAt)
@@ -188,7 +214,7 @@ func (s *Store) Get(ctx context.Context, id int64) (Order, error) {
 	}
 	o.CreatedAt, o.UpdatedAt = o.CreatedAt.UTC(), o.UpdatedAt.UTC()
 
-	rows, err := s.pool.Query(ctx, `SELECT product_id, quantity, price FROM order_items WHERE order_id = $1 ORDER BY line`, id)
+	rows, err := tx.Query(ctx, `SELECT product_id, quantity, price FROM order_items WHERE order_id = $1 ORDER BY line`, id)
 	if err != nil {
 		return Order{}, fmt.Errorf("select items: %w", err)
 	}
@@ -201,7 +227,7 @@ func (s *Store) Get(ctx context.Context, id int64) (Order, error) {
 		return Order{}, fmt.Errorf("select items: %w", err)
 	}
 
-	rows, err = s.pool.Query(ctx, `SELECT step, at FROM order_timeline WHERE order_id = $1 ORDER BY at, step`, id)
+	rows, err = tx.Query(ctx, `SELECT step, at FROM order_timeline WHERE order_id = $1 ORDER BY at, step`, id)
 	if err != nil {
 		return Order{}, fmt.Errorf("select timeline: %w", err)
 	}
