@@ -32,7 +32,7 @@ func handleSagaEvent(log *slog.Logger, store *Store) events.Handler {
 			step    string
 			decoded = json.Unmarshal(d.Body, &ev)
 		)
-		if decoded != nil || ev.EventID == "" || ev.OrderID <= 0 {
+		if decoded != nil || !events.ValidEventID(ev.EventID) || ev.OrderID <= 0 {
 			return events.Permanent(fmt.Errorf("decode %s: missing fields or %v", d.Type, decoded))
 		}
 		switch d.Type {

@@ -167,6 +167,14 @@ func TestUndecodableOrderCreated(t *testing.T) {
 	t.Parallel()
 	in := start(t)
 	publishRaw(t, in.AMQPURL, "garbage-1", events.TypeOrderCreated, []byte(`{"order_id": "not a number"`))
+	// Well formed but for its id, which the inbox (a uuid column) cannot hold.
+	ev, _ := orderCreated(t, 77, "5.00")
+	ev.EventID = "not-a-uuid"
+	body, err := json.Marshal(ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	publishRaw(t, in.AMQPURL, "garbage-2", events.TypeOrderCreated, body)
 	conn, err := amqp.Dial(in.AMQPURL)
 	if err != nil {
 		t.Fatal(err)
@@ -175,7 +183,8 @@ func TestUndecodableOrderCreated(t *testing.T) {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		dls, _, err := events.ListDeadLetters(context.Background(), conn, Queue, 10)
-		if err == nil && len(dls) == 1 && dls[0].EventID == "garbage-1" && dls[0].Attempts == 1 {
+		if err == nil && len(dls) == 2 && dls[0].Attempts == 1 && dls[1].Attempts == 1 &&
+			dls[0].EventID+dls[1].EventID == "garbage-1garbage-2" {
 			break
 		}
 		if time.Now().After(deadline) {

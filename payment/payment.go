@@ -86,8 +86,8 @@ func handleOrderCreated(log *slog.Logger, store *Store, provider Provider, relay
 		if err := json.Unmarshal(d.Body, &ev); err != nil {
 			return events.Permanent(fmt.Errorf("decode OrderCreated: %w", err))
 		}
-		if ev.EventID == "" || ev.OrderID <= 0 {
-			return events.Permanent(fmt.Errorf("OrderCreated without event id or order id"))
+		if !events.ValidEventID(ev.EventID) || ev.OrderID <= 0 {
+			return events.Permanent(fmt.Errorf("OrderCreated without a UUID event id or a positive order id"))
 		}
 		log := log.With("order_id", ev.OrderID, "event_id", ev.EventID)
 

@@ -53,6 +53,14 @@ func NewMeta(eventType string, at time.Time) Meta {
 	return Meta{EventID: uuid.Must(uuid.NewV7()).String(), EventType: eventType, Version: Version, OccurredAt: at.UTC()}
 }
 
+// ValidEventID reports whether id can be an event id: a UUID. A consumer
+// dead-letters an event whose id is not one at once, instead of failing on
+// it in the database attempt after attempt.
+func ValidEventID(id string) bool {
+	_, err := uuid.Parse(id)
+	return err == nil
+}
+
 // Item is one line of an order.
 type Item struct {
 	ProductID int64        `json:"product_id"`
