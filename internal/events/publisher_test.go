@@ -1,0 +1,113 @@
+package events_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"testing"
+	"time"
+
+	"github.com/checkout-demo/checkout/internal/events"
+	"github.com/checkout-demo/checkout/internal/testenv"
+	"github.com/checkout-demo/checkout/internal/web"
+)
+
+// A connection that drops in the middle of a batch makes Publish return
+// (not hang) with the unconfirmed messages marked failed. What it reported
+// as confirmed reached the queue, and once the broker is back the failed
+// ones go through on the same Publisher: at least once, nothing lost.
+func TestPublishSurvivesConnectionLossMidBatch(t *testing.T) {
+	t.Parallel()
+	url := testenv.VHost(t)
+	q := testenv.Watch(t, url, testKey)
+	proxy := testenv.NewProxy(t, "127.0.0.1:5672")
+	log := web.NewLogger(io.Discard, "error", "json", "test")
+	ctx, cancel := context.WithCancel(context.Background())
+	b := events.NewBroker(proxy.URL(url), log)
+	done := make(chan struct{})
+	go func() { b.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	pub := events.NewPublisher(b)
+	t.Cleanup(pub.Close)
+
+	msgs := make([]events.Message, events.MaxBatch)
+	for i := range msgs {
+		msgs[i] = events.Message{ID: fmt.Sprintf("m-%04d", i), Type: "Thing", RoutingKey: testKey,
+			Body: []byte(fmt.Sprintf(`{"n":%d,"pad":"%0512d"}`, i, 0))}
+	}
+	// Publish fails fast while the broker is not connected (the outbox
+	// tries again later); wait for the connection first.
+	waitFor(t, "broker connection", b.Connected)
+	pctx, pcancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer pcancel()
+
+	type outcome struct {
+		results []events.Result
+		err     error
+	}
+	out := make(chan outcome, 1)
+	go func() {
+		r, err := pub.Publish(pctx, msgs)
+		out <- outcome{r, err}
+	}()
+	time.Sleep(5 * time.Millisecond)
+	proxy.Cut()
+	var got outcome
+	select {
+	case got = <-out:
+	case <-time.After(15 * time.Second):
+		t.Fatal("Publish did not return after the connection dropped mid-batch")
+	}
+	if len(got.results) != len(msgs) {
+		t.Fatalf("%d results for %d messages (err %v)", len(got.results), len(msgs), got.err)
+	}
+	var retry []events.Message
+	for i, r := range got.results {
+		if r.ID != msgs[i].ID {
+			t.Fatalf("result %d is for %s, want %s", i, r.ID, msgs[i].ID)
+		}
+		if r.Err != nil {
+			retry = append(retry, msgs[i])
+		}
+	}
+	t.Logf("confirmed before the cut: %d of %d (err %v)", len(msgs)-len(retry), len(msgs), got.err)
+
+	proxy.Restore()
+	// As the outbox relay does: try what failed again until it is confirmed.
+	retryUntil := time.Now().Add(30 * time.Second)
+	for len(retry) > 0 {
+		if time.Now().After(retryUntil) {
+			t.Fatalf("%d messages still unconfirmed 30 s after the broker came back", len(retry))
+		}
+		rctx, rcancel := context.WithTimeout(context.Background(), 10*time.Second)
+		results, err := pub.Publish(rctx, retry)
+		rcancel()
+		if len(results) == 0 {
+			time.Sleep(50 * time.Millisecond) // not connected (yet) again
+			continue
+		}
+		var still []events.Message
+		for i, r := range results {
+			if r.Err != nil {
+				still = append(still, retry[i])
+			}
+		}
+		if len(still) > 0 && err == nil {
+			t.Fatalf("%d messages failed without an error from Publish", len(still))
+		}
+		retry = still
+	}
+
+	seen := map[string]bool{}
+	deadline := time.Now().Add(30 * time.Second)
+	for len(seen) < len(msgs) && time.Now().Before(deadline) {
+		for _, d := range q.Next(1, time.Until(deadline)) {
+			seen[d.MessageId] = true
+		}
+	}
+	for _, m := range msgs {
+		if !seen[m.ID] {
+			t.Fatalf("%s was never delivered", m.ID)
+		}
+	}
+}
