@@ -409,6 +409,7 @@ func reconcile(t *testing.T, s *testenv.System, res loadResult, vhost string, fl
 	}
 
 	var lost, unpaid, doublePaid, doubleEvent, wrongStatus, unmailed, dupMails, unacknowledged int
+	var dupTo []string
 	for id := range res.accepted {
 		if _, ok := orders[id]; !ok {
 			lost++
@@ -437,6 +438,9 @@ func reconcile(t *testing.T, s *testenv.System, res loadResult, vhost string, fl
 			unmailed++
 		case n > 1:
 			dupMails += n - 1
+			if len(dupTo) < 10 {
+				dupTo = append(dupTo, fmt.Sprintf("%s (order %d) ×%d", o.email, id, n))
+			}
 		}
 	}
 	fl.mu.Lock()
@@ -459,10 +463,10 @@ func reconcile(t *testing.T, s *testenv.System, res loadResult, vhost string, fl
   orders whose payment result was published as more or less than one event  %d (raw deliveries: %d)
   orders in the wrong status   %d
   customers without a mail     %d
-  duplicate mails              %d (email-service kills: %d)
+  duplicate mails              %d (email-service kills: %d) %s
   backlog paid after broker came back: %s`,
 		res.sent, strings.Join(codes, " "), len(res.accepted), len(res.declined), len(orders), unacknowledged,
-		lost, unpaid, doublePaid, doubleEvent, deliveries, wrongStatus, unmailed, dupMails, emailKills, recovery)
+		lost, unpaid, doublePaid, doubleEvent, deliveries, wrongStatus, unmailed, dupMails, emailKills, strings.Join(dupTo, ", "), recovery)
 
 	if lost > 0 || unpaid > 0 || doublePaid > 0 || doubleEvent > 0 || wrongStatus > 0 || unmailed > 0 || dupMails > emailKills {
 		t.Errorf("the system lost or doubled work:\n%s", report)

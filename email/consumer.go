@@ -25,7 +25,7 @@ var emailSentNamespace = uuid.MustParse("6f1c1a52-4bd0-4d1e-9a0c-8a3b7c2e5d10")
 
 // handlePaymentResult mails the customer after a payment result and
 // announces EmailSent once the SMTP server accepted the mail.
-func handlePaymentResult(log *slog.Logger, mailer *Mailer, broker *events.Broker, pub *events.Publisher, sent *sentCache, delay time.Duration) events.Handler {
+func handlePaymentResult(log *slog.Logger, mailer *Mailer, broker *events.Broker, pub *events.Batcher, sent *sentCache, delay time.Duration) events.Handler {
 	return func(ctx context.Context, d events.Delivery) error {
 		var (
 			ml  Mail
@@ -95,20 +95,20 @@ func unavailable(err error) bool {
 }
 
 // announce publishes EmailSent, trying again while the broker is away, until
-// it is confirmed or ctx ends. Failing here would send the mail again.
-func announce(ctx context.Context, pub *events.Publisher, ev events.EmailSent) error {
+// it is confirmed or ctx ends. Failing here would send the mail again. The
+// mail is accepted but not yet acked until this returns, so concurrent
+// announces share their confirm round trips (a Batcher): a crash then finds
+// as few mails as possible in that window.
+func announce(ctx context.Context, pub *events.Batcher, ev events.EmailSent) error {
 	m, err := events.Encode(ev)
 	if err != nil {
 		return events.Permanent(err)
 	}
 	backoff := events.Backoff{Base: 100 * time.Millisecond, Max: 2 * time.Second}
 	for attempt := 0; ; attempt++ {
-		res, err := pub.Publish(ctx, []events.Message{m})
-		if err == nil && res[0].Err == nil {
-			return nil
-		}
+		err := pub.Publish(ctx, m)
 		if err == nil {
-			err = res[0].Err
+			return nil
 		}
 		select {
 		case <-ctx.Done():

@@ -46,7 +46,7 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 		Prefetch: cfg.Prefetch, Concurrency: cfg.Concurrency, MaxAttempts: cfg.MaxAttempts,
 		RetryBase: cfg.RetryBase, RetryMax: cfg.RetryMax, HandlerTimeout: cfg.HandlerTimeout,
 		Unavailable: unavailable,
-	}, handlePaymentResult(log, mailer, broker, pub, newSentCache(time.Hour), cfg.EmailDelay), log)
+	}, handlePaymentResult(log, mailer, broker, events.NewBatcher(pub), newSentCache(time.Hour), cfg.EmailDelay), log)
 	bg := &service.Background{Log: log, Broker: broker, Consumer: consumer}
 	bg.Start(ctx)
 	defer bg.Stop()

@@ -152,3 +152,75 @@ func (p *Publisher) Close() {
 	defer p.mu.Unlock()
 	p.closeLocked()
 }
+
+// Batcher lets many goroutines publish one message each and wait for its
+// confirm, while the broker sees batches: whatever arrives while a batch
+// waits for its confirms goes out together in the next one. A Publisher
+// alone serves one caller at a time, so N concurrent callers would wait N
+// confirm round trips; through a Batcher they wait about one.
+type Batcher struct {
+	pub *Publisher
+	// Timeout bounds one batch's publish and confirms (default 10 s).
+	Timeout time.Duration
+
+	mu    sync.Mutex
+	queue []*batched
+	busy  bool
+}
+
+type batched struct {
+	msg  Message
+	done chan error
+}
+
+// NewBatcher returns a Batcher publishing through p.
+func NewBatcher(p *Publisher) *Batcher { return &Batcher{pub: p, Timeout: 10 * time.Second} }
+
+// Publish sends m and waits until the broker confirmed it (nil) or it
+// failed. When ctx ends first the message may still be published.
+func (b *Batcher) Publish(ctx context.Context, m Message) error {
+	req := &batched{msg: m, done: make(chan error, 1)}
+	b.mu.Lock()
+	b.queue = append(b.queue, req)
+	if !b.busy {
+		b.busy = true
+		go b.flush()
+	}
+	b.mu.Unlock()
+	select {
+	case err := <-req.done:
+		return err
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+}
+
+func (b *Batcher) flush() {
+	for {
+		b.mu.Lock()
+		n := min(len(b.queue), MaxBatch)
+		if n == 0 {
+			b.busy = false
+			b.mu.Unlock()
+			return
+		}
+		batch := b.queue[:n:n]
+		b.queue = b.queue[n:]
+		b.mu.Unlock()
+
+		msgs := make([]Message, n)
+		for i, req := range batch {
+			msgs[i] = req.msg
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), b.Timeout)
+		results, err := b.pub.Publish(ctx, msgs)
+		cancel()
+		for i, req := range batch {
+			if i < len(results) {
+				req.done <- results[i].Err
+			} else {
+				req.done <- err
+			}
+		}
+	}
+}

@@ -2,6 +2,7 @@ package events_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"testing"
@@ -108,6 +109,63 @@ func TestPublishSurvivesConnectionLossMidBatch(t *testing.T) {
 	for _, m := range msgs {
 		if !seen[m.ID] {
 			t.Fatalf("%s was never delivered", m.ID)
+		}
+	}
+}
+
+// Concurrent callers of a Batcher each get their own message's outcome: the
+// routable ones are confirmed and delivered once each, the one no queue is
+// bound for comes back as unroutable.
+func TestBatcherConcurrentPublishes(t *testing.T) {
+	t.Parallel()
+	url := testenv.VHost(t)
+	q := testenv.Watch(t, url, testKey)
+	log := web.NewLogger(io.Discard, "error", "json", "test")
+	ctx, cancel := context.WithCancel(context.Background())
+	b := events.NewBroker(url, log)
+	done := make(chan struct{})
+	go func() { b.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	pub := events.NewPublisher(b)
+	t.Cleanup(pub.Close)
+	batcher := events.NewBatcher(pub)
+
+	// A broker that is not connected (never run here): an error, not a hang.
+	idle := events.NewBatcher(events.NewPublisher(events.NewBroker(url, log)))
+	if err := idle.Publish(context.Background(), events.Message{ID: "early", Type: "Thing", RoutingKey: testKey, Body: []byte(`{}`)}); !errors.Is(err, events.ErrNotConnected) {
+		t.Fatalf("Publish without a connection = %v, want ErrNotConnected", err)
+	}
+	waitFor(t, "broker connection", b.Connected)
+
+	const n = 300
+	errs := make(chan error, n+1)
+	for i := range n {
+		go func() {
+			errs <- batcher.Publish(context.Background(), events.Message{ID: fmt.Sprintf("c-%03d", i), Type: "Thing", RoutingKey: testKey, Body: []byte(`{}`)})
+		}()
+	}
+	go func() {
+		err := batcher.Publish(context.Background(), events.Message{ID: "nowhere", Type: "Thing", RoutingKey: "no.queue.bound", Body: []byte(`{}`)})
+		if !errors.Is(err, events.ErrUnroutable) {
+			err = fmt.Errorf("unroutable message: got %v, want ErrUnroutable", err)
+		} else {
+			err = nil
+		}
+		errs <- err
+	}()
+	for range n + 1 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	seen := map[string]int{}
+	for _, d := range q.Next(n, 30*time.Second) {
+		seen[d.MessageId]++
+	}
+	q.None(300 * time.Millisecond)
+	for i := range n {
+		if id := fmt.Sprintf("c-%03d", i); seen[id] != 1 {
+			t.Fatalf("%s delivered %d times", id, seen[id])
 		}
 	}
 }
