@@ -39,6 +39,7 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 	}
 
 	broker := events.NewBroker(cfg.AMQPURL, log)
+	broker.Name = "email"
 	pub := events.NewPublisher(broker)
 	defer pub.Close()
 	consumer := events.NewConsumer(broker, events.ConsumerConfig{

@@ -42,6 +42,7 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 	store := &Store{pool: db.Pool, ready: db.Ready, timeout: cfg.RequestTimeout}
 
 	broker := events.NewBroker(cfg.AMQPURL, log)
+	broker.Name = "order"
 	pub := events.NewPublisher(broker)
 	defer pub.Close()
 	relay := outbox.NewRelay(db.Pool, pub, log)

@@ -15,10 +15,18 @@ import (
 // ErrNotConnected is returned by operations that need the broker while it is away.
 var ErrNotConnected = errors.New("rabbitmq: not connected")
 
-// Broker keeps one AMQP connection alive: it dials until the broker answers,
-// declares the exchange on every connect, and dials again when the connection
-// drops. Publishers and consumers take the current connection from it and open
-// their own channels.
+// Broker keeps a service's AMQP connections alive: it dials until the broker
+// answers, declares the exchange on every connect, and dials again when a
+// connection drops. Publishers and consumers take the current connection
+// from it and open their own channels.
+//
+// There are two connections, one for consuming (deliveries and acks) and one
+// for publishing (events, and consumers' moves to retry and dead-letter
+// queues), as RabbitMQ advises: under a memory or disk alarm the broker
+// blocks publishing connections, and acks on a blocked connection would not
+// get through, so the queues could not drain. Both are up, or the broker
+// counts as disconnected and redials both. Each is named after the service
+// in the management UI ("order consume", "order publish").
 //
 // amqp091-go has opt-in automatic recovery (Config.Recovery), but it gives up
 // after a bounded number of tries, does not cover the first dial (services
@@ -30,16 +38,20 @@ var ErrNotConnected = errors.New("rabbitmq: not connected")
 type Broker struct {
 	url string
 	log *slog.Logger
+	// Name names the connections in the management UI (set before Run).
+	Name string
 
 	mu        sync.Mutex
-	conn      *amqp.Connection
-	connected chan struct{} // closed while conn is usable; replaced when it drops
+	conn      *amqp.Connection // consuming
+	pubConn   *amqp.Connection // publishing
+	blocked   string           // why the broker blocks publishing, or ""
+	connected chan struct{}    // closed while both are usable; replaced when one drops
 	onConnect []func()
 }
 
 // NewBroker returns a broker for url. Call Run to connect.
 func NewBroker(url string, log *slog.Logger) *Broker {
-	return &Broker{url: url, log: log, connected: make(chan struct{})}
+	return &Broker{url: url, log: log, Name: "checkout", connected: make(chan struct{})}
 }
 
 // OnConnect registers f to run after every successful (re)connect, e.g. to
@@ -50,11 +62,18 @@ func (b *Broker) OnConnect(f func()) {
 	b.onConnect = append(b.onConnect, f)
 }
 
-// Run connects and keeps the connection alive until ctx is done, then closes it.
+// Run connects and keeps the connections alive until ctx is done, then
+// closes them.
 func (b *Broker) Run(ctx context.Context) {
 	backoff := Backoff{Base: 200 * time.Millisecond, Max: 5 * time.Second}
 	for attempt := 0; ; attempt++ {
-		conn, err := b.dial()
+		conn, err := b.dial("consume")
+		var pubConn *amqp.Connection
+		if err == nil {
+			if pubConn, err = b.dial("publish"); err != nil {
+				_ = conn.Close()
+			}
+		}
 		if err != nil {
 			d := backoff.Delay(attempt)
 			b.log.Warn("rabbitmq unavailable, retrying", "err", err, "retry_in", d.String())
@@ -67,8 +86,10 @@ func (b *Broker) Run(ctx context.Context) {
 		}
 		attempt = -1
 		closed := conn.NotifyClose(make(chan *amqp.Error, 1))
+		pubClosed := pubConn.NotifyClose(make(chan *amqp.Error, 1))
+		blocked := pubConn.NotifyBlocked(make(chan amqp.Blocking, 4))
 		b.mu.Lock()
-		b.conn = conn
+		b.conn, b.pubConn, b.blocked = conn, pubConn, ""
 		close(b.connected)
 		hooks := append([]func(){}, b.onConnect...)
 		b.mu.Unlock()
@@ -77,23 +98,45 @@ func (b *Broker) Run(ctx context.Context) {
 			f()
 		}
 
-		select {
-		case <-ctx.Done():
-			b.drop()
-			_ = conn.Close()
-			return
-		case err := <-closed:
-			b.drop()
-			b.log.Warn("rabbitmq connection lost", "err", err)
+		var lost *amqp.Error
+	watch:
+		for {
+			select {
+			case <-ctx.Done():
+				b.drop()
+				_ = pubConn.Close()
+				_ = conn.Close()
+				return
+			case bl := <-blocked:
+				b.mu.Lock()
+				b.blocked = bl.Reason
+				if !bl.Active {
+					b.blocked = ""
+				}
+				b.mu.Unlock()
+				if bl.Active {
+					b.log.Warn("rabbitmq blocks publishing (resource alarm); events wait in the outbox", "reason", bl.Reason)
+				} else {
+					b.log.Info("rabbitmq unblocked publishing")
+				}
+			case lost = <-closed:
+				break watch
+			case lost = <-pubClosed:
+				break watch
+			}
 		}
+		b.drop()
+		_ = pubConn.Close()
+		_ = conn.Close()
+		b.log.Warn("rabbitmq connection lost", "err", lost)
 	}
 }
 
-func (b *Broker) dial() (*amqp.Connection, error) {
+func (b *Broker) dial(role string) (*amqp.Connection, error) {
 	conn, err := amqp.DialConfig(b.url, amqp.Config{
 		Heartbeat:  10 * time.Second,
 		Locale:     "en_US",
-		Properties: amqp.Table{"connection_name": "checkout"},
+		Properties: amqp.Table{"connection_name": b.Name + " " + role},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("dial: %w", err)
@@ -119,24 +162,37 @@ func (b *Broker) drop() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.conn != nil {
-		b.conn = nil
+		b.conn, b.pubConn, b.blocked = nil, nil, ""
 		b.connected = make(chan struct{})
 	}
 }
 
-// Connected reports whether the broker connection is up.
+// Connected reports whether both connections are up.
 func (b *Broker) Connected() bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.conn != nil && !b.conn.IsClosed()
+	return b.conn != nil && !b.conn.IsClosed() && !b.pubConn.IsClosed()
 }
 
-// Channel opens a channel on the current connection, waiting for one until
-// ctx is done.
+// Channel opens a channel for consuming on the current connection, waiting
+// for one until ctx is done.
 func (b *Broker) Channel(ctx context.Context) (*amqp.Channel, error) {
+	return b.channel(ctx, false)
+}
+
+// PublishChannel opens a channel on the publishing connection, waiting for
+// one until ctx is done.
+func (b *Broker) PublishChannel(ctx context.Context) (*amqp.Channel, error) {
+	return b.channel(ctx, true)
+}
+
+func (b *Broker) channel(ctx context.Context, publish bool) (*amqp.Channel, error) {
 	for {
 		b.mu.Lock()
 		conn, connected := b.conn, b.connected
+		if publish {
+			conn = b.pubConn
+		}
 		b.mu.Unlock()
 		if conn != nil {
 			ch, err := conn.Channel()
@@ -182,10 +238,16 @@ func (bo Backoff) Delay(attempt int) time.Duration {
 	return half + rand.N(d-half+1)
 }
 
-// Check is a health check: nil while connected.
+// Check is a health check: nil while connected. A connection the broker
+// blocks (a resource alarm) is reported too: events then wait.
 func (b *Broker) Check(context.Context) error {
 	if !b.Connected() {
 		return ErrNotConnected
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.blocked != "" {
+		return fmt.Errorf("rabbitmq blocks publishing: %s", b.blocked)
 	}
 	return nil
 }

@@ -211,7 +211,7 @@ func (c *Consumer) consume(ctx context.Context, sem chan struct{}, inflight *syn
 	}
 	// Retries and dead letters are published on a channel of their own in
 	// confirm mode: the original is acked only once its copy is safe.
-	repub, err := c.broker.Channel(ctx)
+	repub, err := c.broker.PublishChannel(ctx)
 	if err != nil {
 		return err
 	}

@@ -126,7 +126,7 @@ func (p *Publisher) open(ctx context.Context) error {
 	if !p.broker.Connected() {
 		return ErrNotConnected
 	}
-	ch, err := p.broker.Channel(ctx)
+	ch, err := p.broker.PublishChannel(ctx)
 	if err != nil {
 		return err
 	}
