@@ -16,6 +16,12 @@ type Config struct {
 	EmailFrom    string        `envconfig:"EMAIL_FROM" default:"Checkout Shop <shop@checkout.local>"`
 	// EmailDelay simulates slow mail rendering and delivery.
 	EmailDelay time.Duration `envconfig:"EMAIL_DELAY" default:"2s"`
+	// EmailSentDir keeps the record of mails sent across a crash (see
+	// sentLog); empty keeps it in memory only.
+	EmailSentDir string `envconfig:"EMAIL_SENT_DIR" default:"/tmp/checkout-email-sent"`
+	// AcceptConcurrency is how many mails may be between the end of their
+	// data and their record at once: the most a crash can send twice.
+	AcceptConcurrency int `envconfig:"EMAIL_ACCEPT_CONCURRENCY" default:"1"`
 
 	Prefetch       int           `envconfig:"CONSUMER_PREFETCH" default:"600"`
 	Concurrency    int           `envconfig:"CONSUMER_CONCURRENCY" default:"600"`

@@ -25,7 +25,7 @@ var emailSentNamespace = uuid.MustParse("6f1c1a52-4bd0-4d1e-9a0c-8a3b7c2e5d10")
 
 // handlePaymentResult mails the customer after a payment result and
 // announces EmailSent once the SMTP server accepted the mail.
-func handlePaymentResult(log *slog.Logger, mailer *Mailer, broker *events.Broker, pub *events.Batcher, sent *sentCache, delay time.Duration) events.Handler {
+func handlePaymentResult(log *slog.Logger, mailer *Mailer, broker *events.Broker, pub *events.Batcher, sent *sentLog, delay time.Duration) events.Handler {
 	return func(ctx context.Context, d events.Delivery) error {
 		var (
 			ml  Mail
@@ -52,7 +52,7 @@ func handlePaymentResult(log *slog.Logger, mailer *Mailer, broker *events.Broker
 		}
 		log := log.With("order_id", ml.OrderID, "event_id", d.MessageId, "kind", ml.Kind)
 
-		if !sent.has(ml.MessageID) {
+		if !sent.has(d.MessageId) {
 			select {
 			case <-time.After(delay):
 			case <-ctx.Done():
@@ -64,14 +64,14 @@ func handlePaymentResult(log *slog.Logger, mailer *Mailer, broker *events.Broker
 			if !broker.Connected() {
 				return events.ErrNotConnected
 			}
-			if err := mailer.Send(ctx, ml); err != nil {
-				var accepted *acceptedError
-				if !errors.As(err, &accepted) {
-					return err
+			err := mailer.Send(ctx, ml, func() {
+				if err := sent.add(d.MessageId); err != nil {
+					log.Warn("mail sent, but not recorded on disk: a crash before the ack would send it again", "err", err)
 				}
-				log.Warn("mail accepted, but the SMTP session did not end cleanly", "err", err)
+			})
+			if err != nil {
+				return err
 			}
-			sent.add(ml.MessageID)
 			log.Info("mail sent", "to", ml.To, "message_id", ml.MessageID)
 		} else {
 			log.Info("mail was sent before; announcing it again only", "message_id", ml.MessageID)

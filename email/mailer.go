@@ -7,9 +7,7 @@ import (
 	htmltemplate "html/template"
 	"net/mail"
 	"strings"
-	"sync"
 	texttemplate "text/template"
-	"time"
 
 	gomail "github.com/wneessen/go-mail"
 
@@ -33,6 +31,10 @@ type Mailer struct {
 	client *gomail.Client
 	from   string
 	domain string
+	// finishing admits the mails that may be between the end of their data
+	// and their record at once (EMAIL_ACCEPT_CONCURRENCY): each of them is
+	// sent twice if the service dies right then.
+	finishing chan struct{}
 }
 
 // NewMailer returns a mailer for the SMTP server in cfg.
@@ -52,7 +54,7 @@ func NewMailer(cfg Config) (*Mailer, error) {
 	default:
 		return nil, fmt.Errorf("SMTP_TLS must be none, opportunistic or mandatory, got %q", cfg.SMTPTLS)
 	}
-	opts := []gomail.Option{gomail.WithPort(cfg.SMTPPort), gomail.WithTLSPolicy(policy), gomail.WithTimeout(cfg.SMTPTimeout)}
+	opts := []gomail.Option{gomail.WithPort(cfg.SMTPPort), gomail.WithTLSPolicy(policy), gomail.WithTimeout(cfg.SMTPTimeout), gomail.WithoutNoop()}
 	if cfg.SMTPUsername != "" {
 		opts = append(opts, gomail.WithSMTPAuth(gomail.SMTPAuthPlain), gomail.WithUsername(cfg.SMTPUsername), gomail.WithPassword(cfg.SMTPPassword))
 	}
@@ -60,7 +62,10 @@ func NewMailer(cfg Config) (*Mailer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("smtp client: %w", err)
 	}
-	return &Mailer{client: client, from: from.String(), domain: domain}, nil
+	if cfg.AcceptConcurrency < 1 {
+		return nil, fmt.Errorf("EMAIL_ACCEPT_CONCURRENCY must be at least 1, got %d", cfg.AcceptConcurrency)
+	}
+	return &Mailer{client: client, from: from.String(), domain: domain, finishing: make(chan struct{}, cfg.AcceptConcurrency)}, nil
 }
 
 // MessageID is derived from the order and the kind of mail, so a mail sent
@@ -69,8 +74,13 @@ func (m *Mailer) MessageID(orderID int64, kind string) string {
 	return fmt.Sprintf("order-%d.%s@%s", orderID, kind, m.domain)
 }
 
-// Send hands the mail to the SMTP server; nil means the server accepted it.
-func (m *Mailer) Send(ctx context.Context, ml Mail) error {
+// Send hands the mail to the SMTP server. accepted runs the moment the
+// server answered the end of the data with 250, before anything else (the
+// QUIT, the return): the caller records the mail there, so the window in
+// which a crash could send it twice is as short as it can be, and holds at
+// most EMAIL_ACCEPT_CONCURRENCY mails. After that
+// the mail counts as sent (nil), whatever the rest of the session does.
+func (m *Mailer) Send(ctx context.Context, ml Mail, accepted func()) error {
 	msg := gomail.NewMsg()
 	if err := msg.From(m.from); err != nil {
 		return events.Permanent(fmt.Errorf("from: %w", err))
@@ -85,27 +95,57 @@ func (m *Mailer) Send(ctx context.Context, ml Mail) error {
 	msg.SetGenHeader("X-Mail-Kind", ml.Kind)
 	msg.SetBodyString(gomail.TypeTextPlain, ml.Text)
 	msg.AddAlternativeString(gomail.TypeTextHTML, ml.HTML)
-	err := m.client.DialAndSendWithContext(ctx, msg)
-	if err != nil && msg.IsDelivered() {
-		// The server accepted the DATA; what failed came after it (RSET,
-		// QUIT, closing the connection). Sending again would mail twice.
-		return &acceptedError{err: err}
-	}
+	from, err := msg.GetSender(false)
 	if err != nil {
-		return fmt.Errorf("smtp send: %w", err)
+		return events.Permanent(fmt.Errorf("from: %w", err))
 	}
+	rcpts, err := msg.GetRecipients()
+	if err != nil {
+		return events.Permanent(fmt.Errorf("to: %w", err))
+	}
+
+	// go-mail's Send would also RSET (and DialAndSend QUIT) before it
+	// returns: round trips during which the mail is sent but not recorded.
+	// So the transaction is spoken here, on go-mail's connection (dial,
+	// STARTTLS and AUTH as configured).
+	c, err := m.client.DialToSMTPClientWithContext(ctx)
+	if err != nil {
+		return fmt.Errorf("smtp send: dial failed: %w", err)
+	}
+	stop := context.AfterFunc(ctx, func() { _ = c.Close() })
+	defer stop()
+	defer func() { _ = m.client.CloseWithSMTPClient(c) }()
+	if err := c.Mail(from); err != nil {
+		return fmt.Errorf("smtp send: MAIL FROM: %w", err)
+	}
+	for _, r := range rcpts {
+		if err := c.Rcpt(r); err != nil {
+			return fmt.Errorf("smtp send: RCPT TO %s: %w", r, err)
+		}
+	}
+	w, err := c.Data()
+	if err != nil {
+		return fmt.Errorf("smtp send: DATA: %w", err)
+	}
+	if _, err := msg.WriteTo(w); err != nil {
+		_ = w.Close()
+		return fmt.Errorf("smtp send: write: %w", err)
+	}
+	// The final "." is what makes the server take the mail. Mails are let
+	// through this step a few at a time (one by default), so a crash finds
+	// at most that many accepted but unrecorded, however many are in flight.
+	select {
+	case m.finishing <- struct{}{}:
+	case <-ctx.Done():
+		return fmt.Errorf("smtp send: %w", context.Cause(ctx))
+	}
+	defer func() { <-m.finishing }()
+	if err := w.Close(); err != nil {
+		return fmt.Errorf("smtp send: end of data: %w", err)
+	}
+	accepted()
 	return nil
 }
-
-// acceptedError is a failure after the SMTP server accepted the mail: the
-// mail counts as sent, and the caller only logs the error.
-type acceptedError struct{ err error }
-
-func (e *acceptedError) Error() string {
-	return "smtp: mail accepted, then: " + e.err.Error()
-}
-
-func (e *acceptedError) Unwrap() error { return e.err }
 
 type line struct {
 	ProductID int64
@@ -190,39 +230,4 @@ func (m *Mailer) compose(orderID int64, kind, to, subject string, d mailData, te
 	}
 	return Mail{OrderID: orderID, Kind: kind, To: to, Subject: subject, Text: tb.String(), HTML: hb.String(),
 		MessageID: m.MessageID(orderID, kind)}, nil
-}
-
-// sentCache remembers the Message-IDs this process handed to SMTP recently.
-// A message redelivered after a broker restart (its ack was lost) then skips
-// the SMTP send and only announces EmailSent again. Only a crash of this
-// process between the SMTP accept and the ack can still send a mail twice.
-type sentCache struct {
-	ttl  time.Duration
-	mu   sync.Mutex
-	sent map[string]time.Time
-}
-
-func newSentCache(ttl time.Duration) *sentCache {
-	return &sentCache{ttl: ttl, sent: map[string]time.Time{}}
-}
-
-func (c *sentCache) has(id string) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	at, ok := c.sent[id]
-	return ok && time.Since(at) < c.ttl
-}
-
-func (c *sentCache) add(id string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	now := time.Now()
-	c.sent[id] = now
-	if len(c.sent) > 100_000 {
-		for k, at := range c.sent {
-			if now.Sub(at) > c.ttl {
-				delete(c.sent, k)
-			}
-		}
-	}
 }

@@ -38,6 +38,17 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 		return err
 	}
 
+	// Records live an hour: a redelivery after a crash comes within
+	// seconds, a dead letter replayed later was never sent.
+	sent, err := openSentLog(cfg.EmailSentDir, time.Hour, time.Now())
+	if err != nil {
+		// Mails still go out; only a crash between the SMTP accept and the
+		// ack can then send one twice, as without the record.
+		log.Error("EMAIL_SENT_DIR unusable; the record of sent mails is kept in memory only", "dir", cfg.EmailSentDir, "err", err)
+		sent, _ = openSentLog("", time.Hour, time.Now())
+	}
+	defer sent.Close()
+
 	broker := events.NewBroker(cfg.AMQPURL, log)
 	broker.Name = "email"
 	pub := events.NewPublisher(broker)
@@ -47,7 +58,7 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 		Prefetch: cfg.Prefetch, Concurrency: cfg.Concurrency, MaxAttempts: cfg.MaxAttempts,
 		RetryBase: cfg.RetryBase, RetryMax: cfg.RetryMax, HandlerTimeout: cfg.HandlerTimeout,
 		Unavailable: unavailable,
-	}, handlePaymentResult(log, mailer, broker, events.NewBatcher(pub), newSentCache(time.Hour), cfg.EmailDelay), log)
+	}, handlePaymentResult(log, mailer, broker, events.NewBatcher(pub), sent, cfg.EmailDelay), log)
 	bg := &service.Background{Log: log, Broker: broker, Consumer: consumer}
 	bg.Start(ctx)
 	defer bg.Stop()

@@ -25,10 +25,17 @@ type instance struct {
 
 func start(t *testing.T, smtpPort int, mp testenv.Mailpit) instance {
 	t.Helper()
-	in := instance{AMQPURL: testenv.VHost(t), Mailpit: mp}
+	return startIn(t, smtpPort, mp, testenv.VHost(t), t.TempDir())
+}
+
+// startIn starts a service on the vhost of amqpURL keeping its record of
+// sent mails in sentDir.
+func startIn(t *testing.T, smtpPort int, mp testenv.Mailpit, amqpURL, sentDir string) instance {
+	t.Helper()
+	in := instance{AMQPURL: amqpURL, Mailpit: mp}
 	cfg := Config{
 		Port: "0", AMQPURL: in.AMQPURL, SMTPHost: "127.0.0.1", SMTPPort: smtpPort, SMTPTLS: "none",
-		SMTPTimeout: 5 * time.Second, EmailFrom: "Shop <shop@shop.test>", EmailDelay: 0,
+		SMTPTimeout: 5 * time.Second, EmailFrom: "Shop <shop@shop.test>", EmailDelay: 0, EmailSentDir: sentDir, AcceptConcurrency: 1,
 		Prefetch: 10, Concurrency: 10, MaxAttempts: 3, RetryBase: 50 * time.Millisecond, RetryMax: 200 * time.Millisecond,
 		HandlerTimeout: 10 * time.Second, ShutdownTimeout: 5 * time.Second, LogLevel: "warn",
 	}
@@ -223,5 +230,43 @@ func waitQueue(t *testing.T, url, queue string) {
 			t.Fatalf("queue %s not declared: %v", queue, err)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// A payment result delivered again to a new process (the first one died
+// after the SMTP server accepted the mail, before its ack reached the
+// broker) is announced again but not mailed again, because the record of
+// the mail is on disk. A process with another record directory would mail
+// it: that is what the record prevents.
+func TestSentRecordSurvivesRestart(t *testing.T) {
+	t.Parallel()
+	mp := testenv.StartMailpit(t)
+	dir := t.TempDir()
+	ev := events.PaymentProcessed{Meta: events.NewMeta(events.TypePaymentProcessed, time.Now()), PaymentID: 7,
+		OrderID: 77, UserID: 7, UserEmail: "once@example.com", TotalAmount: 1000, Items: items(1000)}
+	mails := func() int { return len(mp.Messages(t)) }
+
+	deliver := func(name, dir string) {
+		t.Helper()
+		in := startIn(t, mp.SMTPPort, mp, testenv.VHost(t), dir)
+		sent := testenv.Watch(t, in.AMQPURL, events.RouteEmailSent)
+		waitQueue(t, in.AMQPURL, Queue)
+		publish(t, in.AMQPURL, ev)
+		var got events.EmailSent
+		if err := json.Unmarshal(sent.Next(1, 15*time.Second)[0].Body, &got); err != nil || got.OrderID != 77 {
+			t.Fatalf("%s: EmailSent %+v %v", name, got, err)
+		}
+	}
+	deliver("first process", dir)
+	if n := mails(); n != 1 {
+		t.Fatalf("%d mails after the first delivery, want 1", n)
+	}
+	deliver("restarted process, same record", dir)
+	if n := mails(); n != 1 {
+		t.Fatalf("%d mails after a redelivery to a restarted process, want still 1", n)
+	}
+	deliver("process without the record", t.TempDir())
+	if n := mails(); n != 2 {
+		t.Fatalf("%d mails after a delivery to a process without the record, want 2", n)
 	}
 }

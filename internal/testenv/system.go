@@ -236,6 +236,10 @@ func StartSystem(tb testing.TB, env map[string]string) *System {
 	for _, name := range Services {
 		s.WaitReady(name, 60*time.Second)
 	}
+	// Ready is not yet all there: order is ready with its database alone,
+	// and its saga consumer may start a moment later. The gateway's
+	// aggregated /health says when everything runs.
+	WaitHTTP(tb, s.URL("gateway")+"/health", 60*time.Second)
 	return s
 }
 
@@ -275,6 +279,9 @@ func (s *System) env(name string) []string {
 		"CONSUMER_RETRY_BASE":   "200ms",
 		"CONSUMER_RETRY_MAX":    "2s",
 		"CONSUMER_MAX_ATTEMPTS": "5",
+		// The email service's record of sent mails: one per system, as one
+		// container's disk (kept across the system's restarts).
+		"EMAIL_SENT_DIR": filepath.Join(s.logDir, "email-sent"),
 	}
 	switch base(name) {
 	case "order":

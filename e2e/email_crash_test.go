@@ -1,0 +1,122 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/checkout-demo/checkout/internal/events"
+	"github.com/checkout-demo/checkout/internal/testenv"
+)
+
+// The email service is SIGKILLed in the middle of a burst of mails (as when
+// a backlog drains after a broker outage): many mails are then accepted by
+// SMTP but not yet acked. After the restart every customer has a mail, and
+// at most one (the one whose record the kill may have beaten) has two.
+func TestEmailKilledMidBurst(t *testing.T) {
+	t.Parallel()
+	const n = 300
+	s := testenv.NewSystem(t, "")
+	s.Env["EMAIL_DELAY"] = "300ms"
+	s.Start("email")
+	s.WaitReady("email", 60*time.Second) // its queue exists now
+	s.Kill("email")
+
+	// A backlog: every message is delivered at once when email comes back.
+	conn, err := amqp.Dial(s.AMQPURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.Confirm(false); err != nil {
+		t.Fatal(err)
+	}
+	var confirms []*amqp.DeferredConfirmation
+	for i := range n {
+		ev := events.PaymentProcessed{Meta: events.NewMeta(events.TypePaymentProcessed, time.Now()), PaymentID: int64(i + 1),
+			OrderID: int64(i + 1), UserID: int64(i + 1), UserEmail: fmt.Sprintf("burst%d@example.com", i),
+			TotalAmount: 500, Items: []events.Item{{ProductID: 1, Quantity: 1, Price: 500}}}
+		m, err := events.Encode(ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dc, err := ch.PublishWithDeferredConfirmWithContext(context.Background(), events.Exchange, m.RoutingKey, true, false, amqp.Publishing{
+			MessageId: m.ID, Type: m.Type, ContentType: events.ContentType, DeliveryMode: amqp.Persistent, Body: m.Body,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		confirms = append(confirms, dc)
+	}
+	for i, dc := range confirms {
+		if ok, err := dc.WaitContext(context.Background()); !ok || err != nil {
+			t.Fatalf("publish %d: confirmed %v, %v", i, ok, err)
+		}
+	}
+
+	s.Start("email")
+	mailed := func() map[string]int {
+		out := map[string]int{}
+		for _, m := range s.Mailpit.Messages(t) {
+			for _, to := range m.To {
+				out[strings.ToLower(to.Address)]++
+			}
+		}
+		return out
+	}
+	// Kill at the first mail: the burst is then in full swing.
+	total := func() int {
+		resp, err := http.Get(s.Mailpit.URL + "/api/v1/messages?limit=1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var page struct {
+			Total int `json:"total"`
+		}
+		if err := json.NewDecoder(resp.Body).Decode(&page); err != nil {
+			t.Fatal(err)
+		}
+		return page.Total
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for total() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the burst did not start")
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	s.Kill("email")
+	before := total()
+	s.Start("email")
+
+	deadline = time.Now().Add(90 * time.Second)
+	for {
+		got := mailed()
+		if len(got) == n {
+			dups := 0
+			for _, c := range got {
+				dups += c - 1
+			}
+			t.Logf("killed after %d of %d mails; %d duplicates after the restart", before, n, dups)
+			if dups > 1 {
+				t.Fatalf("%d duplicate mails from one kill, want at most 1", dups)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d customers got a mail", len(got), n)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
