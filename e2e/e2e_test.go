@@ -202,15 +202,7 @@ func TestRepublishedOrderCreatedChangesNothing(t *testing.T) {
 	orig := created.Next(1, 10*time.Second)[0]
 	processed.Next(1, 10*time.Second)
 
-	conn, err := amqp.Dial(s.AMQPURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
+	ch := testenv.Channel(t, s.AMQPURL)
 	for range 3 {
 		err := ch.PublishWithContext(context.Background(), events.Exchange, events.RouteOrderCreated, false, false, amqp.Publishing{
 			MessageId: orig.MessageId, Type: orig.Type, ContentType: orig.ContentType,

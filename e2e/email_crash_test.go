@@ -29,15 +29,7 @@ func TestEmailKilledMidBurst(t *testing.T) {
 	s.Kill("email")
 
 	// A backlog: every message is delivered at once when email comes back.
-	conn, err := amqp.Dial(s.AMQPURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
+	ch := testenv.Channel(t, s.AMQPURL)
 	if err := ch.Confirm(false); err != nil {
 		t.Fatal(err)
 	}

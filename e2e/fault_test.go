@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/checkout-demo/checkout/internal/events"
 	"github.com/checkout-demo/checkout/internal/testenv"
@@ -202,15 +201,7 @@ func pgCluster(t *testing.T) string {
 
 func declareAudit(t *testing.T, vhost string) string {
 	t.Helper()
-	conn, err := amqp.Dial(vhost)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
+	ch := testenv.Channel(t, vhost)
 	if err := events.DeclareExchange(ch); err != nil {
 		t.Fatal(err)
 	}
@@ -479,15 +470,7 @@ func reconcile(t *testing.T, s *testenv.System, res loadResult, vhost string, fl
 
 func drainAudit(t *testing.T, vhost string) (map[int64]int, int) {
 	t.Helper()
-	conn, err := amqp.Dial(vhost)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
+	ch := testenv.Channel(t, vhost)
 	seen := map[string]bool{}
 	perOrder := map[int64]int{}
 	n := 0

@@ -51,15 +51,7 @@ func publish(t *testing.T, url string, e events.Event) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn, err := amqp.Dial(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
+	ch := testenv.Channel(t, url)
 	if err := ch.PublishWithContext(context.Background(), events.Exchange, m.RoutingKey, false, false, amqp.Publishing{
 		MessageId: m.ID, Type: m.Type, ContentType: events.ContentType, DeliveryMode: amqp.Persistent, Body: m.Body,
 	}); err != nil {

@@ -41,15 +41,7 @@ func start(t *testing.T) instance {
 
 func publishRaw(t *testing.T, url, id, typ string, body []byte) {
 	t.Helper()
-	conn, err := amqp.Dial(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
+	ch := testenv.Channel(t, url)
 	if err := ch.PublishWithContext(context.Background(), events.Exchange, events.RouteOrderCreated, false, false, amqp.Publishing{
 		MessageId: id, Type: typ, ContentType: events.ContentType, DeliveryMode: amqp.Persistent, Body: body,
 	}); err != nil {

@@ -71,15 +71,7 @@ func startConsumer(t *testing.T, amqpURL string, cfg events.ConsumerConfig, r *r
 
 func publish(t *testing.T, amqpURL string, ids ...string) {
 	t.Helper()
-	conn, err := amqp.Dial(amqpURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
+	ch := testenv.Channel(t, amqpURL)
 	for _, id := range ids {
 		if err := ch.PublishWithContext(context.Background(), events.Exchange, testKey, true, false, amqp.Publishing{
 			MessageId: id, Type: "TestThing", DeliveryMode: amqp.Persistent, Body: []byte(id),

@@ -20,15 +20,7 @@ type Queue struct {
 // keys in the vhost of amqpURL.
 func Watch(tb testing.TB, amqpURL string, keys ...string) *Queue {
 	tb.Helper()
-	conn, err := amqp.Dial(amqpURL)
-	if err != nil {
-		tb.Fatalf("dial %s: %v", amqpURL, err)
-	}
-	tb.Cleanup(func() { conn.Close() })
-	ch, err := conn.Channel()
-	if err != nil {
-		tb.Fatalf("channel: %v", err)
-	}
+	ch := Channel(tb, amqpURL)
 	if err := events.DeclareExchange(ch); err != nil {
 		tb.Fatalf("declare exchange: %v", err)
 	}
@@ -72,4 +64,20 @@ func (q *Queue) None(wait time.Duration) {
 		q.tb.Fatalf("unexpected message %s (%s): %s", d.MessageId, d.RoutingKey, d.Body)
 	case <-time.After(wait):
 	}
+}
+
+// Channel opens a connection to amqpURL and a channel on it, both closed
+// when the test ends.
+func Channel(tb testing.TB, amqpURL string) *amqp.Channel {
+	tb.Helper()
+	conn, err := amqp.Dial(amqpURL)
+	if err != nil {
+		tb.Fatalf("dial %s: %v", amqpURL, err)
+	}
+	tb.Cleanup(func() { conn.Close() })
+	ch, err := conn.Channel()
+	if err != nil {
+		tb.Fatalf("channel: %v", err)
+	}
+	return ch
 }
