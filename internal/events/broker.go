@@ -107,7 +107,11 @@ func (b *Broker) Run(ctx context.Context) {
 				_ = pubConn.Close()
 				_ = conn.Close()
 				return
-			case bl := <-blocked:
+			case bl, ok := <-blocked:
+				if !ok {
+					blocked = nil // closed with the connection; closed or pubClosed follows
+					continue
+				}
 				b.mu.Lock()
 				b.blocked = bl.Reason
 				if !bl.Active {
@@ -115,7 +119,7 @@ func (b *Broker) Run(ctx context.Context) {
 				}
 				b.mu.Unlock()
 				if bl.Active {
-					b.log.Warn("rabbitmq blocks publishing (resource alarm); events wait in the outbox", "reason", bl.Reason)
+					b.log.Warn("rabbitmq blocks publishing (resource alarm); publishes wait until it lifts", "reason", bl.Reason)
 				} else {
 					b.log.Info("rabbitmq unblocked publishing")
 				}
