@@ -8,6 +8,7 @@ import (
 	"net/mail"
 	"strings"
 	texttemplate "text/template"
+	"time"
 
 	gomail "github.com/wneessen/go-mail"
 
@@ -35,6 +36,7 @@ type Mailer struct {
 	// and their record at once (EMAIL_ACCEPT_CONCURRENCY): each of them is
 	// sent twice if the service dies right then.
 	finishing chan struct{}
+	timeout   time.Duration // SMTP_TIMEOUT
 }
 
 // NewMailer returns a mailer for the SMTP server in cfg.
@@ -65,7 +67,7 @@ func NewMailer(cfg Config) (*Mailer, error) {
 	if cfg.AcceptConcurrency < 1 {
 		return nil, fmt.Errorf("EMAIL_ACCEPT_CONCURRENCY must be at least 1, got %d", cfg.AcceptConcurrency)
 	}
-	return &Mailer{client: client, from: from.String(), domain: domain, finishing: make(chan struct{}, cfg.AcceptConcurrency)}, nil
+	return &Mailer{client: client, from: from.String(), domain: domain, finishing: make(chan struct{}, cfg.AcceptConcurrency), timeout: cfg.SMTPTimeout}, nil
 }
 
 // MessageID is derived from the order and the kind of mail, so a mail sent
@@ -140,6 +142,11 @@ func (m *Mailer) Send(ctx context.Context, ml Mail, accepted func()) error {
 		return fmt.Errorf("smtp send: %w", context.Cause(ctx))
 	}
 	defer func() { <-m.finishing }()
+	// The connection's deadline was set at the dial; the wait for a turn
+	// must not eat into the server's time to answer.
+	if err := c.UpdateDeadline(m.timeout); err != nil {
+		return fmt.Errorf("smtp send: %w", err)
+	}
 	if err := w.Close(); err != nil {
 		return fmt.Errorf("smtp send: end of data: %w", err)
 	}
