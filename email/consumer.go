@@ -50,6 +50,10 @@ func handlePaymentResult(log *slog.Logger, mailer *Mailer, broker *events.Broker
 		if err != nil {
 			return events.Permanent(err)
 		}
+		// The event id keys the record of sent mails.
+		if !events.ValidEventID(d.MessageId) {
+			return events.Permanent(fmt.Errorf("message id %q is not a UUID event id", d.MessageId))
+		}
 		log := log.With("order_id", ml.OrderID, "event_id", d.MessageId, "kind", ml.Kind)
 
 		if !sent.has(d.MessageId) {

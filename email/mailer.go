@@ -114,9 +114,13 @@ func (m *Mailer) Send(ctx context.Context, ml Mail, accepted func()) error {
 	if err != nil {
 		return fmt.Errorf("smtp send: dial failed: %w", err)
 	}
-	stop := context.AfterFunc(ctx, func() { _ = c.Close() })
-	defer stop()
-	defer func() { _ = m.client.CloseWithSMTPClient(c) }()
+	// Every command is bounded by the connection's deadline (SMTP_TIMEOUT);
+	// QUIT politely, and close the socket when QUIT fails.
+	defer func() {
+		if err := m.client.CloseWithSMTPClient(c); err != nil {
+			_ = c.Close()
+		}
+	}()
 	if err := c.Mail(from); err != nil {
 		return fmt.Errorf("smtp send: MAIL FROM: %w", err)
 	}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -24,16 +25,19 @@ import (
 // server's 250 and that write. The records do not survive the machine or a
 // fresh container: the file lives where the container keeps it across
 // restarts (/tmp in the image; an emptyDir in Kubernetes). Several
-// processes may share dir: lines are appended with O_APPEND, and every
-// process reads the others' records when it starts.
+// processes may share dir (replicas on one volume): lines are appended
+// with O_APPEND, and a process that does not know an id reads what the
+// others appended since it last looked, so a message redelivered to a
+// sibling after a crash is found too.
 type sentLog struct {
 	dir string
 	ttl time.Duration
 
-	mu   sync.Mutex
-	sent map[string]time.Time
-	f    *os.File
-	hour string // the hour f is for
+	mu      sync.Mutex
+	sent    map[string]time.Time
+	offsets map[string]int64 // how far each file has been read
+	f       *os.File
+	hour    string // the hour f is for
 }
 
 const sentLogLayout = "2006010215"
@@ -41,16 +45,25 @@ const sentLogLayout = "2006010215"
 // openSentLog loads the records of the last ttl from dir and deletes older
 // files. An empty dir keeps the records in memory only.
 func openSentLog(dir string, ttl time.Duration, now time.Time) (*sentLog, error) {
-	l := &sentLog{dir: dir, ttl: ttl, sent: map[string]time.Time{}}
+	l := &sentLog{dir: dir, ttl: ttl, sent: map[string]time.Time{}, offsets: map[string]int64{}}
 	if dir == "" {
 		return l, nil
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	entries, err := os.ReadDir(dir)
-	if err != nil {
+	if err := l.refresh(now); err != nil {
 		return nil, err
+	}
+	return l, nil
+}
+
+// refresh reads what was appended to the files of the last ttl since the
+// last look, and deletes the files past it. The caller holds mu (or owns l).
+func (l *sentLog) refresh(now time.Time) error {
+	entries, err := os.ReadDir(l.dir)
+	if err != nil {
+		return err
 	}
 	for _, e := range entries {
 		name := e.Name()
@@ -63,21 +76,23 @@ func openSentLog(dir string, ttl time.Duration, now time.Time) (*sentLog, error)
 		if err != nil {
 			continue
 		}
-		path := filepath.Join(dir, name)
+		path := filepath.Join(l.dir, name)
 		// A file covers [hour, hour+1h): keep it while any of it is young.
-		if now.Sub(hour.Add(time.Hour)) > ttl {
+		if now.Sub(hour.Add(time.Hour)) > l.ttl {
 			_ = os.Remove(path)
+			delete(l.offsets, path)
 			continue
 		}
 		if err := l.load(path, hour.Add(time.Hour)); err != nil {
-			return nil, err
+			return err
 		}
 	}
-	return l, nil
+	return nil
 }
 
-// load reads one file's ids; at is taken as their time (the file's end, so
-// a record lives at least ttl).
+// load reads one file's ids from where it was last read to its last full
+// line; at is taken as their time (the file's end, so a record lives at
+// least ttl).
 func (l *sentLog) load(path string, at time.Time) error {
 	f, err := os.Open(path)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -87,18 +102,38 @@ func (l *sentLog) load(path string, at time.Time) error {
 		return err
 	}
 	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if id := strings.TrimSpace(sc.Text()); id != "" {
+	off := l.offsets[path]
+	if _, err := f.Seek(off, io.SeekStart); err != nil {
+		return err
+	}
+	r := bufio.NewReader(f)
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			break // EOF, or a line still being written: read it next time
+		}
+		off += int64(len(line))
+		if id := strings.TrimSpace(line); id != "" {
 			l.sent[id] = at
 		}
 	}
-	return sc.Err()
+	l.offsets[path] = off
+	return nil
 }
 
 func (l *sentLog) has(id string) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if at, ok := l.sent[id]; ok {
+		return time.Since(at) < l.ttl
+	}
+	if l.dir == "" {
+		return false
+	}
+	// Perhaps a sibling sent it: read what the others appended. A failure
+	// to read counts as not sent (the mail may go out twice, never zero
+	// times).
+	_ = l.refresh(time.Now())
 	at, ok := l.sent[id]
 	return ok && time.Since(at) < l.ttl
 }
@@ -124,6 +159,7 @@ func (l *sentLog) add(id string) error {
 		if l.f != nil {
 			_ = l.f.Close()
 			l.f = nil
+			_ = l.refresh(now) // a new hour: delete the files past the ttl
 		}
 		f, err := os.OpenFile(filepath.Join(l.dir, "sent-"+hour+".log"), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
 		if err != nil {

@@ -35,8 +35,29 @@ func TestSentLog(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	if !a.has("event-000") || a.has("event-001") {
-		t.Fatal("a process knows only its own records until it restarts")
+	// Each sees the other's records: a message redelivered to a sibling
+	// after a crash is found.
+	if !a.has("event-000") || !a.has("event-001") || !b.has("event-000") || a.has("event-999") {
+		t.Fatal("processes sharing the directory do not see each other's records")
+	}
+	// A line still being written (no newline yet) is not taken, and is
+	// read whole once it is complete.
+	f, err := os.OpenFile(filepath.Join(dir, "sent-"+now.UTC().Format(sentLogLayout)+".log"), os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteString("event-par"); err != nil {
+		t.Fatal(err)
+	}
+	if a.has("event-par") || a.has("event-partial") {
+		t.Fatal("a partial line was read as a record")
+	}
+	if _, err := f.WriteString("tial\n"); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if !a.has("event-partial") {
+		t.Fatal("the completed line was not read")
 	}
 	a.Close()
 	b.Close()

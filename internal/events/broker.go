@@ -242,6 +242,14 @@ func (bo Backoff) Delay(attempt int) time.Duration {
 	return half + rand.N(d-half+1)
 }
 
+// Blocked returns why RabbitMQ blocks this service's publishing (a memory
+// or disk alarm), or "" when it does not.
+func (b *Broker) Blocked() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.blocked
+}
+
 // Check is a health check: nil while connected. A connection the broker
 // blocks (a resource alarm) is reported too: events then wait.
 func (b *Broker) Check(context.Context) error {

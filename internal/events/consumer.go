@@ -219,7 +219,9 @@ func (c *Consumer) consume(ctx context.Context, sem chan struct{}, inflight *syn
 	if err := repub.Confirm(false); err != nil {
 		return fmt.Errorf("confirm mode: %w", err)
 	}
-	r := &republisher{ch: repub, returns: repub.NotifyReturn(make(chan amqp.Return, 16))}
+	// At most one move per handler is in flight, so the returns buffer never
+	// fills (a full one would stall the connection's reader).
+	r := &republisher{ch: repub, returns: repub.NotifyReturn(make(chan amqp.Return, c.cfg.Concurrency+1)), returned: map[string]bool{}}
 
 	tag := fmt.Sprintf("%s-%d", c.cfg.Queue, time.Now().UnixNano())
 	deliveries, err := ch.ConsumeWithContext(context.WithoutCancel(ctx), c.cfg.Queue, tag, false, false, false, false, nil)
@@ -352,12 +354,39 @@ func headerInt(h amqp.Table, key string) int {
 }
 
 // republisher moves a message to a retry or dead-letter queue and waits for
-// the broker's confirm. Moves are rare, so one at a time: that keeps a
-// returned message (its queue was deleted) matched to its own move.
+// the broker's confirm. Moves run concurrently (many handlers can fail at
+// once when a dependency goes away). A move the broker returned (its queue
+// was deleted) is a failure: the broker sends the return before the
+// confirm, so after its confirm a move drains the returns received so far
+// and looks for its own message id among them.
 type republisher struct {
-	mu      sync.Mutex
 	ch      *amqp.Channel
 	returns <-chan amqp.Return
+
+	mu       sync.Mutex
+	returned map[string]bool
+}
+
+func (r *republisher) wasReturned(id string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for drained := false; !drained; {
+		select {
+		case ret, ok := <-r.returns:
+			if !ok {
+				drained = true
+				break
+			}
+			r.returned[ret.MessageId] = true
+		default:
+			drained = true
+		}
+	}
+	if r.returned[id] {
+		delete(r.returned, id)
+		return true
+	}
+	return false
 }
 
 // move says where a failed message goes and what travels with it.
@@ -395,8 +424,6 @@ func (r *republisher) publish(ctx context.Context, d Delivery, mv move, from str
 	} else {
 		pub.Expiration = strconv.FormatInt(max(mv.delay.Milliseconds(), 1), 10)
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	dc, err := r.ch.PublishWithDeferredConfirmWithContext(ctx, "", queue, true, false, pub)
 	if err != nil {
 		return err
@@ -408,9 +435,10 @@ func (r *republisher) publish(ctx context.Context, d Delivery, mv move, from str
 	if !ok {
 		return errors.New("nacked by the broker")
 	}
-	res := []Result{{ID: d.MessageId}}
-	markReturned(r.returns, res)
-	return res[0].Err
+	if r.wasReturned(d.MessageId) {
+		return fmt.Errorf("%w: queue %s", ErrUnroutable, queue)
+	}
+	return nil
 }
 
 func truncate(s string, n int) string {

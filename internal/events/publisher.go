@@ -46,6 +46,12 @@ func (p *Publisher) Publish(ctx context.Context, msgs []Message) ([]Result, erro
 	if len(msgs) > MaxBatch {
 		return nil, fmt.Errorf("publish: %d messages, at most %d at once", len(msgs), MaxBatch)
 	}
+	// While RabbitMQ blocks publishing (a resource alarm) it reads nothing
+	// from the connection: fail fast, as while it is away; the outbox and
+	// the callers try again.
+	if reason := p.broker.Blocked(); reason != "" {
+		return nil, fmt.Errorf("%w: publishing blocked: %s", ErrNotConnected, reason)
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if err := p.open(ctx); err != nil {
@@ -141,7 +147,9 @@ func (p *Publisher) open(ctx context.Context) error {
 
 func (p *Publisher) closeLocked() {
 	if p.ch != nil {
-		_ = p.ch.Close()
+		// Close waits for the broker's close-ok, which a blocked or dying
+		// connection may never send: not while holding the lock.
+		go p.ch.Close()
 		p.ch = nil
 	}
 }
@@ -169,6 +177,7 @@ type Batcher struct {
 }
 
 type batched struct {
+	ctx  context.Context
 	msg  Message
 	done chan error
 }
@@ -179,7 +188,7 @@ func NewBatcher(p *Publisher) *Batcher { return &Batcher{pub: p, Timeout: 10 * t
 // Publish sends m and waits until the broker confirmed it (nil) or it
 // failed. When ctx ends first the message may still be published.
 func (b *Batcher) Publish(ctx context.Context, m Message) error {
-	req := &batched{msg: m, done: make(chan error, 1)}
+	req := &batched{ctx: ctx, msg: m, done: make(chan error, 1)}
 	b.mu.Lock()
 	b.queue = append(b.queue, req)
 	if !b.busy {
@@ -208,7 +217,20 @@ func (b *Batcher) flush() {
 		b.queue = b.queue[n:]
 		b.mu.Unlock()
 
-		msgs := make([]Message, n)
+		// Callers that gave up meanwhile are not published for.
+		live := batch[:0]
+		for _, req := range batch {
+			if err := req.ctx.Err(); err != nil {
+				req.done <- err
+				continue
+			}
+			live = append(live, req)
+		}
+		batch = live
+		if len(batch) == 0 {
+			continue
+		}
+		msgs := make([]Message, len(batch))
 		for i, req := range batch {
 			msgs[i] = req.msg
 		}
