@@ -5,6 +5,8 @@ import (
 	"context"
 	"net"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -14,6 +16,12 @@ import (
 // (dropAfterAccept) or before it answers the DATA. Mailpit cannot be made
 // to do either on cue.
 func smtpServer(t *testing.T, dropAfterAccept bool) int {
+	return slowSMTPServer(t, dropAfterAccept, 0, nil)
+}
+
+// slowSMTPServer is smtpServer taking finalDelay to answer the end of the
+// data, counting the mails it accepted in accepted (when not nil).
+func slowSMTPServer(t *testing.T, dropAfterAccept bool, finalDelay time.Duration, accepted *atomic.Int64) int {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -26,13 +34,13 @@ func smtpServer(t *testing.T, dropAfterAccept bool) int {
 			if err != nil {
 				return
 			}
-			go serveSMTP(conn, dropAfterAccept)
+			go serveSMTP(conn, dropAfterAccept, finalDelay, accepted)
 		}
 	}()
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
-func serveSMTP(conn net.Conn, dropAfterAccept bool) {
+func serveSMTP(conn net.Conn, dropAfterAccept bool, finalDelay time.Duration, accepted *atomic.Int64) {
 	defer conn.Close()
 	r := bufio.NewReader(conn)
 	say := func(s string) { _, _ = conn.Write([]byte(s + "\r\n")) }
@@ -60,6 +68,10 @@ func serveSMTP(conn net.Conn, dropAfterAccept bool) {
 			}
 			if !dropAfterAccept {
 				return // the mail was never accepted
+			}
+			time.Sleep(finalDelay)
+			if accepted != nil {
+				accepted.Add(1)
 			}
 			say("250 queued")
 		case strings.HasPrefix(cmd, "RSET"), strings.HasPrefix(cmd, "QUIT"):
@@ -96,5 +108,37 @@ func TestSendDroppedBeforeAccept(t *testing.T) {
 		func() { accepted = true })
 	if err == nil || accepted {
 		t.Fatalf("Send = %v, accepted %v: the server never accepted the mail", err, accepted)
+	}
+}
+
+// Mails queue for their turn at the final step; the wait must not use up
+// the time the server has to answer it. 30 mails against a server that
+// takes 100 ms for each end of data, with a 1 s SMTP timeout: all of them
+// are sent, and each one the server accepted was reported as accepted.
+func TestSendQueuedForTheFinalStep(t *testing.T) {
+	var accepted atomic.Int64
+	port := slowSMTPServer(t, true, 100*time.Millisecond, &accepted)
+	m, err := NewMailer(Config{SMTPHost: "127.0.0.1", SMTPPort: port, SMTPTimeout: time.Second, EmailFrom: "Shop <shop@shop.test>", AcceptConcurrency: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		wg       sync.WaitGroup
+		reported atomic.Int64
+		failed   atomic.Int64
+	)
+	for i := range 30 {
+		wg.Go(func() {
+			err := m.Send(context.Background(), Mail{OrderID: int64(i), Kind: "confirmation", To: "a@b.test", Subject: "s", Text: "t", HTML: "<p>h</p>", MessageID: "x@shop.test"},
+				func() { reported.Add(1) })
+			if err != nil {
+				failed.Add(1)
+				t.Log(err)
+			}
+		})
+	}
+	wg.Wait()
+	if failed.Load() != 0 || reported.Load() != 30 || accepted.Load() != 30 {
+		t.Fatalf("%d failed, %d reported accepted, server accepted %d; want 0, 30, 30", failed.Load(), reported.Load(), accepted.Load())
 	}
 }
