@@ -233,6 +233,7 @@ func (c *Consumer) consume(ctx context.Context, sem chan struct{}, inflight *syn
 	defer c.consuming.Store(false)
 	c.log.Info("consuming", "prefetch", c.cfg.Prefetch, "concurrency", c.cfg.Concurrency)
 	closed := ch.NotifyClose(make(chan *amqp.Error, 1))
+	repubClosed := repub.NotifyClose(make(chan *amqp.Error, 1))
 
 	for {
 		select {
@@ -246,6 +247,9 @@ func (c *Consumer) consume(ctx context.Context, sem chan struct{}, inflight *syn
 			return nil
 		case err := <-closed:
 			return fmt.Errorf("channel closed: %v", err)
+		case err := <-repubClosed:
+			// Failed messages could not be moved any more: start over.
+			return fmt.Errorf("move channel closed: %v", err)
 		case d, ok := <-deliveries:
 			if !ok {
 				return errors.New("deliveries closed")
@@ -316,6 +320,14 @@ func (c *Consumer) handle(ctx context.Context, r *republisher, amqpD amqp.Delive
 	pctx, cancelPub := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancelPub()
 	if err := r.publish(pctx, d, mv, c.cfg.Queue); err != nil {
+		if errors.Is(err, ErrUnroutable) {
+			// The retry or dead-letter queue is gone (deleted by hand):
+			// declare the topology again, or the message would bounce
+			// between the queue and this handler.
+			if derr := DeclareTopology(r.ch, c.cfg); derr != nil {
+				log.Warn("declare topology again", "err", derr)
+			}
+		}
 		// The copy is not safe: hand the original back instead.
 		log.Warn("could not move message, requeueing", "err", err, "to", mv.queue)
 		_ = d.Nack(false, true)

@@ -227,6 +227,39 @@ func TestTransientFailureIsRetried(t *testing.T) {
 	}
 }
 
+// A retry queue deleted by hand (an operator cleaning up) is declared again
+// the first time a failed message needs it, and the message gets its retry
+// instead of bouncing between its queue and the handler.
+func TestDeletedRetryQueueIsDeclaredAgain(t *testing.T) {
+	t.Parallel()
+	url := testenv.VHost(t)
+	r := &recorder{handled: map[string]int{}, fail: func(d events.Delivery) error {
+		if d.Attempt < 2 {
+			return errors.New("fails once")
+		}
+		return nil
+	}}
+	cfg := config("test.redeclare")
+	startConsumer(t, url, cfg, r)
+	ch := testenv.Channel(t, url)
+	retry := events.RetryQueue(cfg.Queue, 1)
+	if _, err := ch.QueueDelete(retry, false, false, false); err != nil {
+		t.Fatal(err)
+	}
+
+	publish(t, url, "bouncer")
+	waitFor(t, "handled after its retry", func() bool { _, h := r.snapshot(); return h["bouncer"] == 1 })
+	if _, err := ch.QueueDeclarePassive(retry, true, false, false, false, amqp.Table{
+		"x-dead-letter-exchange": "", "x-dead-letter-routing-key": cfg.Queue,
+	}); err != nil {
+		t.Fatalf("retry queue not declared again: %v", err)
+	}
+	attempts, _ := r.snapshot()
+	if len(attempts) > 4 {
+		t.Fatalf("the message bounced: %d attempts %v", len(attempts), attempts)
+	}
+}
+
 // The consumer rides out a dropped connection: messages published while it
 // was cut off are handled after it reconnects, without a restart.
 func TestConsumerResumesAfterConnectionLoss(t *testing.T) {
