@@ -1,12 +1,13 @@
 package main
 
 import (
-	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/google/uuid"
 )
 
 func TestSentLog(t *testing.T) {
@@ -22,14 +23,18 @@ func TestSentLog(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	ids := make([]string, 200)
+	for i := range ids {
+		ids[i] = uuid.NewString()
+	}
 	var wg sync.WaitGroup
-	for i := range 200 {
+	for i, id := range ids {
 		wg.Go(func() {
 			l := a
 			if i%2 == 1 {
 				l = b
 			}
-			if err := l.add(fmt.Sprintf("event-%03d", i)); err != nil {
+			if err := l.add(id); err != nil {
 				t.Error(err)
 			}
 		})
@@ -37,34 +42,36 @@ func TestSentLog(t *testing.T) {
 	wg.Wait()
 	// Each sees the other's records: a message redelivered to a sibling
 	// after a crash is found.
-	if !a.has("event-000") || !a.has("event-001") || !b.has("event-000") || a.has("event-999") {
+	if !a.has(ids[0]) || !a.has(ids[1]) || !b.has(ids[0]) || a.has(uuid.NewString()) {
 		t.Fatal("processes sharing the directory do not see each other's records")
 	}
 	// A line still being written (no newline yet) is not taken, and is
 	// read whole once it is complete.
-	f, err := os.OpenFile(filepath.Join(dir, "sent-"+now.UTC().Format(sentLogLayout)+".log"), os.O_WRONLY|os.O_APPEND, 0)
+	partial := uuid.NewString()
+	f, err := os.OpenFile(filepath.Join(dir, sentLogName(time.Now())), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.WriteString("event-par"); err != nil {
+	if _, err := f.WriteString(partial[:20]); err != nil {
 		t.Fatal(err)
 	}
-	if a.has("event-par") || a.has("event-partial") {
+	if a.has(partial) {
 		t.Fatal("a partial line was read as a record")
 	}
-	if _, err := f.WriteString("tial\n"); err != nil {
+	if _, err := f.WriteString(partial[20:] + "\n"); err != nil {
 		t.Fatal(err)
 	}
 	f.Close()
-	if !a.has("event-partial") {
+	if !a.has(partial) {
 		t.Fatal("the completed line was not read")
 	}
 	a.Close()
 	b.Close()
 
-	// An hour-old file that is past the ttl is deleted, not loaded.
-	old := filepath.Join(dir, "sent-"+now.Add(-3*time.Hour).UTC().Format(sentLogLayout)+".log")
-	if err := os.WriteFile(old, []byte("event-old\n"), 0o600); err != nil {
+	// A file past the ttl is deleted, not loaded.
+	old := uuid.NewString()
+	oldFile := filepath.Join(dir, sentLogName(now.Add(-3*time.Hour)))
+	if err := os.WriteFile(oldFile, []byte(old+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	c, err := openSentLog(dir, time.Hour, now)
@@ -72,16 +79,19 @@ func TestSentLog(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	for i := range 200 {
-		if id := fmt.Sprintf("event-%03d", i); !c.has(id) {
+	for _, id := range ids {
+		if !c.has(id) {
 			t.Fatalf("%s not loaded after a restart", id)
 		}
 	}
-	if c.has("event-old") {
+	if c.has(old) {
 		t.Fatal("a record past the ttl was loaded")
 	}
-	if _, err := os.Stat(old); !os.IsNotExist(err) {
+	if _, err := os.Stat(oldFile); !os.IsNotExist(err) {
 		t.Fatalf("the expired file is still there: %v", err)
+	}
+	if c.has("not-a-uuid") || c.add("not-a-uuid") == nil {
+		t.Fatal("an id that is not a UUID was accepted")
 	}
 
 	// Without a directory the records live in memory only.
@@ -89,7 +99,41 @@ func TestSentLog(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := m.add("x"); err != nil || !m.has("x") || m.has("y") {
+	x := uuid.NewString()
+	if err := m.add(x); err != nil || !m.has(x) || m.has(uuid.NewString()) {
 		t.Fatal("in-memory sent log")
+	}
+}
+
+// At the start of a new span the records past the ttl are forgotten and
+// their files deleted, in a process that runs for days.
+func TestSentLogPrunes(t *testing.T) {
+	dir := t.TempDir()
+	l, err := openSentLog(dir, time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	stale := uuid.New()
+	staleFile := filepath.Join(dir, sentLogName(time.Now().Add(-2*time.Hour)))
+	if err := os.WriteFile(staleFile, []byte(stale.String()+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	l.mu.Lock()
+	l.sent[stale] = time.Now().Add(-2 * time.Hour).Unix()
+	l.file = "sent-199001010000.log" // as if the last write was in an older span
+	l.mu.Unlock()
+	if err := l.add(uuid.NewString()); err != nil {
+		t.Fatal(err)
+	}
+	l.mu.Lock()
+	_, kept := l.sent[stale]
+	n := len(l.sent)
+	l.mu.Unlock()
+	if kept || n != 1 {
+		t.Fatalf("after a new span: stale record kept %v, %d records", kept, n)
+	}
+	if _, err := os.Stat(staleFile); !os.IsNotExist(err) {
+		t.Fatalf("the stale file is still there: %v", err)
 	}
 }
