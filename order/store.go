@@ -89,7 +89,7 @@ func (s *Store) byKey(ctx context.Context, key, hash string) (Order, error) {
 	if seen != hash {
 		return Order{}, ErrKeyReused
 	}
-	return s.Get(ctx, id)
+	return s.get(ctx, id) // within Create's check and timeout
 }
 
 // create writes the order, its items, its first timeline step and its
@@ -189,9 +189,13 @@ func (s *Store) Get(ctx context.Context, id int64) (Order, error) {
 	}
 	ctx, cancel := s.bound(ctx)
 	defer cancel()
+	return s.get(ctx, id)
+}
+
+// get reads the order in one snapshot, so the status and the timeline never
+// disagree when a saga event lands in between.
+func (s *Store) get(ctx context.Context, id int64) (Order, error) {
 	var o Order
-	// One snapshot for the three reads, so the status and the timeline
-	// never disagree when a saga event lands in between.
 	err := pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
 		var err error
 		o, err = getOrder(ctx, tx, id)

@@ -256,10 +256,8 @@ func (b *Broker) Check(context.Context) error {
 	if !b.Connected() {
 		return ErrNotConnected
 	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.blocked != "" {
-		return fmt.Errorf("rabbitmq blocks publishing: %s", b.blocked)
+	if reason := b.Blocked(); reason != "" {
+		return fmt.Errorf("rabbitmq blocks publishing: %s", reason)
 	}
 	return nil
 }
