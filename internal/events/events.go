@@ -20,17 +20,23 @@ const Exchange = "ecommerce_events"
 // Routing keys: <service>.<aggregate>.<what happened>.
 const (
 	RouteOrderCreated     = "order.order.created"
+	RouteOrderCancelled   = "order.order.cancelled"
 	RoutePaymentProcessed = "payment.payment.processed"
 	RoutePaymentFailed    = "payment.payment.failed"
+	RoutePaymentRefunded  = "payment.payment.refunded"
 	RouteEmailSent        = "email.email.sent"
+	RouteEmailFailed      = "email.email.failed"
 )
 
 // Event type names, sent as the AMQP type property and as event_type.
 const (
 	TypeOrderCreated     = "OrderCreated"
+	TypeOrderCancelled   = "OrderCancelled"
 	TypePaymentProcessed = "PaymentProcessed"
 	TypePaymentFailed    = "PaymentFailed"
+	TypePaymentRefunded  = "PaymentRefunded"
 	TypeEmailSent        = "EmailSent"
+	TypeEmailFailed      = "EmailFailed"
 )
 
 // ContentType of every message body.
@@ -78,6 +84,19 @@ type OrderCreated struct {
 	Items       []Item       `json:"items"`
 }
 
+// OrderCancelled is published by the order service when the saga gave up
+// on an order (no payment result after its retries). The payment service
+// refunds a charge that arrives for it anyway; the email service tells the
+// customer.
+type OrderCancelled struct {
+	Meta
+	OrderID     int64        `json:"order_id"`
+	UserID      int64        `json:"user_id"`
+	UserEmail   string       `json:"user_email"`
+	TotalAmount money.Amount `json:"total_amount"`
+	Reason      string       `json:"reason"`
+}
+
 // PaymentProcessed is published by the payment service when a payment succeeded.
 type PaymentProcessed struct {
 	Meta
@@ -101,10 +120,21 @@ type PaymentFailed struct {
 	Reason      string       `json:"reason"`
 }
 
-// Mail kinds carried by EmailSent.
+// PaymentRefunded is published by the payment service when it gave back a
+// charge, because the order had been cancelled before the charge was known.
+type PaymentRefunded struct {
+	Meta
+	PaymentID   int64        `json:"payment_id"`
+	OrderID     int64        `json:"order_id"`
+	TotalAmount money.Amount `json:"total_amount"`
+	Reason      string       `json:"reason"`
+}
+
+// Mail kinds carried by EmailSent and EmailFailed.
 const (
 	MailConfirmation  = "order_confirmation"
 	MailPaymentFailed = "payment_failed"
+	MailCancelled     = "order_cancelled"
 )
 
 // EmailSent is published by the email service after the SMTP server accepted a mail.
@@ -114,6 +144,18 @@ type EmailSent struct {
 	Kind      string `json:"kind"`
 	To        string `json:"to"`
 	MessageID string `json:"message_id"`
+}
+
+// EmailFailed is published by the email service when the SMTP server refused
+// a mail for good (a 5xx reply), or kept it from being delivered past the
+// retry window: the order's timeline says the mail could not be delivered.
+type EmailFailed struct {
+	Meta
+	OrderID   int64  `json:"order_id"`
+	Kind      string `json:"kind"`
+	To        string `json:"to"`
+	MessageID string `json:"message_id"`
+	Reason    string `json:"reason"` // the SMTP reply, e.g. "550 5.1.1 mailbox unavailable"
 }
 
 // Event is what a publisher can send.
@@ -127,6 +169,15 @@ func (m Meta) EventMeta() Meta { return m }
 
 // RoutingKey of the event.
 func (OrderCreated) RoutingKey() string { return RouteOrderCreated }
+
+// RoutingKey of the event.
+func (OrderCancelled) RoutingKey() string { return RouteOrderCancelled }
+
+// RoutingKey of the event.
+func (PaymentRefunded) RoutingKey() string { return RoutePaymentRefunded }
+
+// RoutingKey of the event.
+func (EmailFailed) RoutingKey() string { return RouteEmailFailed }
 
 // RoutingKey of the event.
 func (PaymentProcessed) RoutingKey() string { return RoutePaymentProcessed }

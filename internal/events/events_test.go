@@ -31,6 +31,9 @@ func TestWireFormat(t *testing.T) {
 		{"order_created.json", OrderCreated{Meta: meta(TypeOrderCreated), OrderID: 1, UserID: 1, UserEmail: "test@example.com", TotalAmount: 129999, Items: items}, &OrderCreated{}},
 		{"payment_processed.json", PaymentProcessed{Meta: meta(TypePaymentProcessed), PaymentID: 5, OrderID: 1, UserID: 1, UserEmail: "test@example.com", TotalAmount: 129999, Items: items}, &PaymentProcessed{}},
 		{"payment_failed.json", PaymentFailed{Meta: meta(TypePaymentFailed), PaymentID: 6, OrderID: 2, UserID: 1, UserEmail: "test@example.com", TotalAmount: 1500000, Items: items, Reason: "amount exceeds 10000.00"}, &PaymentFailed{}},
+		{"order_cancelled.json", OrderCancelled{Meta: meta(TypeOrderCancelled), OrderID: 3, UserID: 1, UserEmail: "test@example.com", TotalAmount: 129999, Reason: "no payment result after 3 tries"}, &OrderCancelled{}},
+		{"payment_refunded.json", PaymentRefunded{Meta: meta(TypePaymentRefunded), PaymentID: 7, OrderID: 3, TotalAmount: 129999, Reason: "order cancelled"}, &PaymentRefunded{}},
+		{"email_failed.json", EmailFailed{Meta: meta(TypeEmailFailed), OrderID: 1, Kind: MailConfirmation, To: "test@example.com", MessageID: "order-1.order_confirmation@checkout.local", Reason: "550 5.1.1 mailbox unavailable"}, &EmailFailed{}},
 		{"email_sent.json", EmailSent{Meta: meta(TypeEmailSent), OrderID: 1, Kind: MailConfirmation, To: "test@example.com", MessageID: "order-1.order_confirmation@checkout.local"}, &EmailSent{}},
 	}
 	for _, tt := range tests {
