@@ -54,7 +54,9 @@ func getWith(t *testing.T, url string, headers map[string]string) (*http.Respons
 	return resp, b
 }
 
-func bearer(token string) map[string]string { return map[string]string{"Authorization": "Bearer " + token} }
+func bearer(token string) map[string]string {
+	return map[string]string{"Authorization": "Bearer " + token}
+}
 
 // An order is read only with its access token: none is 401, another
 // order's is 404 like an unknown id, its own is 200. The token is at least

@@ -267,6 +267,7 @@ func TestRequestTimeout(t *testing.T) {
 	} {
 		r, _ := http.NewRequest(req.method, svc.URL+req.path, strings.NewReader(req.body))
 		r.Header.Set("Content-Type", "application/json")
+		r.Header.Set("Authorization", "Bearer "+o.AccessToken)
 		resp, err := client.Do(r)
 		if err != nil {
 			t.Fatalf("%s %s behind a lock: %v (no answer)", req.method, req.path, err)

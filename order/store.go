@@ -78,8 +78,8 @@ func (s *Store) Create(ctx context.Context, n NewOrder, key string) (o Order, re
 
 func (s *Store) byKey(ctx context.Context, key, requestHash string) (Order, error) {
 	var (
-		id          int64
-		seen        string
+		id               int64
+		seen             string
 		nonce, tokenHash []byte
 	)
 	err := s.pool.QueryRow(ctx, `
