@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
@@ -10,6 +11,8 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/checkout-demo/checkout/internal/testenv"
 	"github.com/checkout-demo/checkout/internal/web"
@@ -23,25 +26,21 @@ type created struct {
 
 func checkoutAs(t *testing.T, url string, headers map[string]string, body string) (*http.Response, created) {
 	t.Helper()
-	req, _ := http.NewRequest(http.MethodPost, url+"/orders", strings.NewReader(body))
-	req.Header.Set("Content-Type", "application/json")
-	for k, v := range headers {
-		req.Header.Set(k, v)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
+	resp, b := send(t, http.MethodPost, url+"/orders", headers, body)
 	var c created
-	b, _ := io.ReadAll(resp.Body)
 	_ = json.Unmarshal(b, &c)
 	return resp, c
 }
 
 func getWith(t *testing.T, url string, headers map[string]string) (*http.Response, []byte) {
 	t.Helper()
-	req, _ := http.NewRequest(http.MethodGet, url, nil)
+	return send(t, http.MethodGet, url, headers, "")
+}
+
+func send(t *testing.T, method, url string, headers map[string]string, body string) (*http.Response, []byte) {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
 	for k, v := range headers {
 		req.Header.Set(k, v)
 	}
@@ -203,5 +202,43 @@ func TestSignedInCustomer(t *testing.T) {
 	}
 	if resp, _ := getWith(t, svc.URL+"/orders", nil); resp.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("list without a user = %d, want 401", resp.StatusCode)
+	}
+}
+
+// Replicas share the token key: the database's own, or ACCESS_TOKEN_SECRET
+// when set. A replay on another replica returns the same token, and a token
+// opens the order on every replica.
+func TestAccessTokenKeyShared(t *testing.T) {
+	t.Parallel()
+	for name, secret := range map[string]string{"DatabaseKey": "", "Secret": strings.Repeat("s", 32)} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			db, amqpURL := testenv.Database(t), testenv.VHost(t)
+			withSecret := func(c *Config) { c.AccessTokenSecret = secret }
+			one, two := startService(t, db, amqpURL, withSecret), startService(t, db, amqpURL, withSecret)
+			key := map[string]string{IdempotencyKeyHeader: "shared-key"}
+			_, a := checkoutAs(t, one.URL, key, seedBody)
+			resp, b := checkoutAs(t, two.URL, key, seedBody)
+			if resp.Header.Get("Idempotent-Replayed") != "true" || a.AccessToken == "" || b.AccessToken != a.AccessToken {
+				t.Fatalf("replay on the other replica: token %q, first %q", b.AccessToken, a.AccessToken)
+			}
+			if resp, _ := getWith(t, fmt.Sprintf("%s/orders/%d", two.URL, a.ID), bearer(a.AccessToken)); resp.StatusCode != 200 {
+				t.Fatalf("token on the other replica = %d", resp.StatusCode)
+			}
+			if secret != "" {
+				conn, err := pgx.Connect(context.Background(), db)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer conn.Close(context.Background())
+				var nonce []byte
+				if err := conn.QueryRow(context.Background(), `SELECT nonce FROM order_access WHERE order_id = $1`, a.ID).Scan(&nonce); err != nil {
+					t.Fatal(err)
+				}
+				if deriveToken([]byte(secret), a.ID, nonce) != a.AccessToken {
+					t.Fatal("the token is not derived with ACCESS_TOKEN_SECRET")
+				}
+			}
+		})
 	}
 }
