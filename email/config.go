@@ -4,8 +4,11 @@ import "time"
 
 // Config is read from the environment (see the README's configuration table).
 type Config struct {
-	Port    string `envconfig:"PORT" default:"8003"`
-	AMQPURL string `envconfig:"AMQP_URL" default:"amqp://guest:guest@localhost:5672/"`
+	Port string `envconfig:"PORT" default:"8003"`
+	// ListenHost is the address the HTTP server binds: loopback unless
+	// opened (compose and Kubernetes set 0.0.0.0).
+	ListenHost string `envconfig:"LISTEN_HOST" default:"127.0.0.1"`
+	AMQPURL    string `envconfig:"AMQP_URL" default:"amqp://guest:guest@localhost:5672/"`
 
 	SMTPHost     string        `envconfig:"SMTP_HOST" default:"localhost"`
 	SMTPPort     int           `envconfig:"SMTP_PORT" default:"1026"`

@@ -66,6 +66,7 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 	smtpAddr := net.JoinHostPort(cfg.SMTPHost, fmt.Sprint(cfg.SMTPPort))
 	var stopping atomic.Bool
 	health := web.Health{
+		Log:     log,
 		Service: "email",
 		Ready: map[string]web.Check{
 			"rabbitmq": broker.Check,
@@ -84,6 +85,6 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 	r.Method(http.MethodGet, "/health", health.HandleHealth())
 	r.Method(http.MethodGet, "/livez", health.HandleLivez())
 	r.Method(http.MethodGet, "/readyz", health.HandleReadyz())
-	return service.Serve(ctx, log, cfg.Port, web.Middleware(log, r), cfg.ShutdownTimeout, &stopping, listening,
+	return service.Serve(ctx, log, net.JoinHostPort(cfg.ListenHost, cfg.Port), web.Middleware(log, r), cfg.ShutdownTimeout, &stopping, listening,
 		"smtp", smtpAddr, "email_delay", cfg.EmailDelay.String())
 }

@@ -63,7 +63,9 @@ func forward(w http.ResponseWriter, r *http.Request, log *slog.Logger, cfg Confi
 		web.WriteProblem(w, r, http.StatusInternalServerError, "internal error")
 		return
 	}
-	for _, h := range []string{"Content-Type", "Accept", "Idempotency-Key"} {
+	// Authorization carries an order's access token; web.UserHeader the
+	// signed-in customer, set by guard only.
+	for _, h := range []string{"Content-Type", "Accept", "Idempotency-Key", "Authorization", web.UserHeader} {
 		if v := r.Header.Get(h); v != "" {
 			req.Header.Set(h, v)
 		}

@@ -30,7 +30,12 @@ func handleCreateOrder(log *slog.Logger, store *Store, relay waker) http.Handler
 				web.FieldError{Field: IdempotencyKeyHeader, Message: "must be 1 to 255 printable ASCII characters"})
 			return
 		}
-		n, err := DecodeNewOrder(r.Body)
+		c, err := readCredentials(r)
+		if err != nil {
+			web.WriteProblem(w, r, http.StatusBadRequest, err.Error())
+			return
+		}
+		n, err := decodeNewOrder(r.Body, c.user)
 		if err != nil {
 			writeDecodeError(w, r, err)
 			return
@@ -67,7 +72,20 @@ func handleGetOrder(log *slog.Logger, store *Store) http.Handler {
 				web.FieldError{Field: "id", Message: "must be a positive integer"})
 			return
 		}
-		o, err := store.Get(r.Context(), id)
+		c, err := readCredentials(r)
+		if err != nil {
+			web.WriteProblem(w, r, http.StatusBadRequest, err.Error())
+			return
+		}
+		if c.none() {
+			writeUnauthorized(w, r)
+			return
+		}
+		err = store.Opens(r.Context(), id, c)
+		var o Order
+		if err == nil {
+			o, err = store.Get(r.Context(), id)
+		}
 		if errors.Is(err, ErrNotFound) {
 			web.WriteProblem(w, r, http.StatusNotFound, "order "+strconv.FormatInt(id, 10)+" does not exist")
 			return
@@ -88,6 +106,9 @@ func writeDecodeError(w http.ResponseWriter, r *http.Request, err error) {
 	switch {
 	case errors.Is(err, ErrBodyTooLarge):
 		web.WriteProblem(w, r, http.StatusRequestEntityTooLarge, err.Error())
+	case errors.Is(err, ErrUserMismatch):
+		web.WriteProblem(w, r, http.StatusForbidden, err.Error(),
+			web.FieldError{Field: "user_id", Message: "must be the signed-in customer's id, or left out"})
 	case errors.As(err, &verr):
 		web.WriteProblem(w, r, http.StatusUnprocessableEntity, verr.Error(), verr.Fields...)
 	case errors.As(err, &serr):

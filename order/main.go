@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -40,6 +41,12 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 	}
 	defer db.Close()
 	store := &Store{pool: db.Pool, ready: db.Ready, timeout: cfg.RequestTimeout}
+	if cfg.AccessTokenSecret != "" {
+		if len(cfg.AccessTokenSecret) < 32 {
+			return fmt.Errorf("ACCESS_TOKEN_SECRET must be at least 32 bytes")
+		}
+		store.key.key = []byte(cfg.AccessTokenSecret)
+	}
 
 	broker := events.NewBroker(cfg.AMQPURL, log)
 	broker.Name = "order"
@@ -61,6 +68,7 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 
 	var stopping atomic.Bool
 	health := web.Health{
+		Log:     log,
 		Service: "order",
 		// Checkout needs only the database: while RabbitMQ is away orders
 		// are still taken and their events wait in the outbox.
@@ -68,5 +76,5 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 		Extra:    map[string]web.Check{"rabbitmq": broker.Check, "consumer": consumer.Check},
 		Stopping: stopping.Load,
 	}
-	return service.Serve(ctx, log, cfg.Port, NewServer(log, store, relay, health), cfg.ShutdownTimeout, &stopping, listening)
+	return service.Serve(ctx, log, net.JoinHostPort(cfg.ListenHost, cfg.Port), NewServer(log, store, relay, health), cfg.ShutdownTimeout, &stopping, listening)
 }

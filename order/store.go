@@ -33,6 +33,8 @@ type Store struct {
 	// timeout bounds one call (waiting for a pooled connection, a lock, a
 	// slow database): past it the caller gets a 503, not a hang.
 	timeout time.Duration
+	// key derives the orders' access tokens (access.go).
+	key tokenKey
 }
 
 func (s *Store) bound(ctx context.Context) (context.Context, context.CancelFunc) {
@@ -74,22 +76,31 @@ func (s *Store) Create(ctx context.Context, n NewOrder, key string) (o Order, re
 	return o, false, err
 }
 
-func (s *Store) byKey(ctx context.Context, key, hash string) (Order, error) {
+func (s *Store) byKey(ctx context.Context, key, requestHash string) (Order, error) {
 	var (
-		id   int64
-		seen string
+		id               int64
+		seen             string
+		nonce, tokenHash []byte
 	)
-	err := s.pool.QueryRow(ctx, `SELECT id, request_hash FROM orders WHERE idempotency_key = $1`, key).Scan(&id, &seen)
+	err := s.pool.QueryRow(ctx, `
+		SELECT o.id, o.request_hash, a.nonce, a.token_hash
+		FROM orders o LEFT JOIN order_access a ON a.order_id = o.id
+		WHERE o.idempotency_key = $1`, key).Scan(&id, &seen, &nonce, &tokenHash)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Order{}, ErrNotFound
 	}
 	if err != nil {
 		return Order{}, fmt.Errorf("look up idempotency key: %w", err)
 	}
-	if seen != hash {
+	if seen != requestHash {
 		return Order{}, ErrKeyReused
 	}
-	return s.get(ctx, id) // within Create's check and timeout
+	o, err := s.get(ctx, id) // within Create's check and timeout
+	if err != nil {
+		return Order{}, err
+	}
+	o.AccessToken, err = s.replayToken(ctx, id, nonce, tokenHash)
+	return o, err
 }
 
 // create writes the order, its items, its first timeline step and its
@@ -108,8 +119,12 @@ func (s *Store) create(ctx context.Context, n NewOrder, key string) (Order, erro
 	for i, it := range n.Items {
 		productIDs[i], quantities[i], prices[i] = it.ProductID, int32(it.Quantity), it.Price.String()
 	}
+	token, nonce, tokenHash, err := s.newAccess(ctx, id)
+	if err != nil {
+		return Order{}, err
+	}
 	now := time.Now().UTC().Truncate(time.Microsecond)
-	o := Order{ID: id, UserID: n.UserID, UserEmail: n.UserEmail, Status: StatusPending, TotalAmount: n.Total,
+	o := Order{AccessToken: token, ID: id, UserID: n.UserID, UserEmail: n.UserEmail, Status: StatusPending, TotalAmount: n.Total,
 		Items: n.Items, CreatedAt: now, UpdatedAt: now, Timeline: []Step{{Step: StepCreated, At: now}}}
 	m, err := events.Encode(events.OrderCreated{
 		Meta:    events.NewMeta(events.TypeOrderCreated, now),
@@ -119,7 +134,7 @@ func (s *Store) create(ctx context.Context, n NewOrder, key string) (Order, erro
 		return Order{}, err
 	}
 	args := []any{o.ID, n.UserID, n.UserEmail, n.Total, productIDs, quantities, prices, key, hashIf(key, n), now,
-		m.ID, m.Type, m.RoutingKey, string(m.Body)}
+		m.ID, m.Type, m.RoutingKey, string(m.Body), nonce, tokenHash, nullIfZero(n.Owner)}
 	_, err = s.pool.Exec(ctx, insertOrder, args...)
 	if err != nil && pgconn.SafeToRetry(err) && ctx.Err() == nil {
 		// The pooled connection died before the server saw the statement
@@ -144,6 +159,8 @@ const insertOrder = `
 			FROM unnest($5::bigint[], $6::int[], $7::numeric[]) WITH ORDINALITY AS t(product_id, quantity, price, line)
 		), s AS (
 			INSERT INTO order_timeline (order_id, step, at) VALUES ($1, 'created', $10)
+		), a AS (
+			INSERT INTO order_access (order_id, nonce, token_hash, user_id) VALUES ($1, $15, $16, $17)
 		)
 		INSERT INTO outbox (event_id, event_type, routing_key, payload) VALUES ($11, $12, $13, $14)`
 
@@ -173,6 +190,13 @@ func (s *Store) nextID(ctx context.Context) (int64, error) {
 	id := s.ids.next
 	s.ids.next++
 	return id, nil
+}
+
+func nullIfZero(v int64) *int64 {
+	if v == 0 {
+		return nil
+	}
+	return &v
 }
 
 func hashIf(key string, n NewOrder) string {

@@ -73,10 +73,11 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 
 	var stopping atomic.Bool
 	health := web.Health{
+		Log:      log,
 		Service:  "payment",
 		Ready:    map[string]web.Check{"postgres": db.Ping, "rabbitmq": broker.Check, "consumer": consumer.Check},
 		Stopping: stopping.Load,
 	}
-	return service.Serve(ctx, log, cfg.Port, NewServer(log, store, health), cfg.ShutdownTimeout, &stopping, listening,
+	return service.Serve(ctx, log, net.JoinHostPort(cfg.ListenHost, cfg.Port), NewServer(log, store, health), cfg.ShutdownTimeout, &stopping, listening,
 		"payment_delay", cfg.PaymentDelay.String(), "max_amount", maxAmount.String(), "failure_rate", cfg.PaymentFailureRate)
 }

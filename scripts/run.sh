@@ -42,7 +42,8 @@ else
   bash scripts/mailpit-ui.sh || true
   MAILPIT_UI=${MAILPIT_UI_BIN:-$GOBIN_DIR/mailpit-ui}
   if [ -x "$MAILPIT_UI" ]; then MAILPIT=$MAILPIT_UI; fi
-  start mailpit 90 "$MAILPIT" --smtp 0.0.0.0:1026 --listen 0.0.0.0:8026 --max 0 --quiet \
+  # Loopback only unless LISTEN_HOST opens it (as it opens the services).
+  start mailpit 90 "$MAILPIT" --smtp "${LISTEN_HOST:-127.0.0.1}:1026" --listen "${LISTEN_HOST:-127.0.0.1}:8026" --max 0 --quiet \
     --smtp-auth-accept-any --smtp-auth-allow-insecure --disable-version-check
 fi
 start order 36 ./bin/order
