@@ -164,7 +164,7 @@ func mailpitTotal(ctx context.Context, api string) (float64, string, error) {
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, api+"/api/v1/messages?limit=1", nil)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return 0, "", fmt.Errorf("Mailpit API: %w", err)
+		return 0, "", fmt.Errorf("mailpit API: %w", err)
 	}
 	defer resp.Body.Close()
 	var m struct {
@@ -174,7 +174,7 @@ func mailpitTotal(ctx context.Context, api string) (float64, string, error) {
 		} `json:"messages"`
 	}
 	if err := json.NewDecoder(resp.Body).Decode(&m); err != nil {
-		return 0, "", fmt.Errorf("Mailpit API: %w", err)
+		return 0, "", fmt.Errorf("mailpit API: %w", err)
 	}
 	id := ""
 	if len(m.Messages) > 0 {
@@ -474,7 +474,7 @@ func mailRaw(ctx context.Context, api, id string) ([]byte, error) {
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("Mailpit raw message: %s", resp.Status)
+		return nil, fmt.Errorf("mailpit raw message: %s", resp.Status)
 	}
 	return io.ReadAll(resp.Body)
 }

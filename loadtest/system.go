@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -61,6 +62,9 @@ func (s *System) PID(name string) int {
 	return 0
 }
 
+// systems numbers the systems of this process, for unique names.
+var systems atomic.Int64
+
 // StartSystem creates the scratch state and starts Mailpit and the given
 // services (in this order: order, payment, email, gateway are waited for
 // until ready). Close undoes all of it, also after a failed start.
@@ -69,7 +73,7 @@ func StartSystem(ctx context.Context, in Infra, bin string, env map[string]strin
 	if err != nil {
 		return nil, err
 	}
-	s := &System{Infra: in, Tag: fmt.Sprintf("lt_%d_%d", os.Getpid(), time.Now().Unix()%100000), Bin: bin, Dir: dir, Env: env,
+	s := &System{Infra: in, Tag: fmt.Sprintf("lt_%d_%d_%d", os.Getpid(), systems.Add(1), time.Now().Unix()%1_000_000), Bin: bin, Dir: dir, Env: env,
 		Ports: map[string]int{}, procs: map[string]*exec.Cmd{}, done: map[string]chan struct{}{}}
 	if err := s.start(ctx, services); err != nil {
 		s.Close()
