@@ -192,10 +192,11 @@ type costTarget struct {
 	mailpitAPI string
 	smtpAddr   string
 	comps      []Component // the services
+	mailpit    Component
 	state      string
 }
 
-func runCost(ctx context.Context, cfg Config, stdout, progress io.Writer) error {
+func runCost(ctx context.Context, cfg Config, stdout, progress io.Writer) (err error) {
 	c := cfg.Cost
 	t := costTarget{}
 	if c.Attach {
@@ -213,7 +214,7 @@ func runCost(ctx context.Context, cfg Config, stdout, progress io.Writer) error 
 		}
 		_, smtpPort, _ := strings.Cut(c.SMTPAddr, ":")
 		p, _ := strconv.Atoi(smtpPort)
-		t.comps = append(t.comps, fixed("mailpit", listenerPID(p)))
+		t.mailpit = fixed("mailpit", listenerPID(p))
 		t.state = fmt.Sprintf("the running system at %s (order_db and payment_db reused after VACUUM ANALYZE; vhost %q; its Mailpit)", cfg.Target, cfg.VHost)
 	} else {
 		fmt.Fprintf(progress, "cost: starting the four services from %s against scratch state\n", c.Bin)
@@ -227,16 +228,17 @@ func runCost(ctx context.Context, cfg Config, stdout, progress io.Writer) error 
 		}
 		t.sys, t.dbs, t.vhost = sys, sys.Databases(), sys.VHost()
 		t.mailpitAPI, t.smtpAddr = sys.URL("mailpit"), fmt.Sprintf("127.0.0.1:%d", sys.Ports["smtp"])
-		for _, n := range []string{"gateway", "order", "payment", "email", "mailpit"} {
+		for _, n := range []string{"gateway", "order", "payment", "email"} {
 			t.comps = append(t.comps, fixed(n, sys.PID(n)))
 		}
+		t.mailpit = fixed("mailpit", sys.PID("mailpit"))
 		cfg.Target, cfg.VHost = sys.URL("gateway"), sys.VHost()
 		t.state = fmt.Sprintf("fresh scratch databases %s, a fresh vhost %s and a Mailpit of its own (removed at the end); services with their defaults%s",
 			strings.Join(sys.Databases(), ", "), sys.Tag, envText(c.Env))
 	}
 	fmt.Fprintf(progress, "cost: state: %s\n", t.state)
 	deps := []Component{named("postgres", "postgres"), named("rabbitmq", "beam.smp")}
-	actualComps := append(append(t.comps, deps...), fixed("load generator", os.Getpid()))
+	actualComps := append(append(t.comps, t.mailpit), append(deps, fixed("load generator", os.Getpid()))...)
 
 	// The counts before: PostgreSQL's statistics lag by up to 10 s (what
 	// idle backends have not flushed yet), so let the start-up settle.
@@ -365,6 +367,9 @@ func runCost(ctx context.Context, cfg Config, stdout, progress io.Writer) error 
 	cr.Notes = append(cr.Notes, notes...)
 	cr.build()
 	rep.Cost = cr
+	if !rep.Accounting.OK {
+		return errors.New("not every accepted order was accounted for; see the report")
+	}
 	return nil
 }
 
@@ -600,7 +605,7 @@ func runFloor(ctx context.Context, cfg Config, t costTarget, w Work, mail []byte
 		}
 		comps = append(comps, fixed(name, cmd.Process.Pid))
 	}
-	comps = append(append(comps, deps...), t.comps[len(t.comps)-1]) // and Mailpit
+	comps = append(append(comps, deps...), t.mailpit)
 	start := time.Now()
 	var fw CPUWindow
 	var a, b CPUSample

@@ -61,7 +61,12 @@ func binaries(t *testing.T) string {
 	return binDir
 }
 
-func infra() Infra {
+// infra is where the tests' PostgreSQL and RabbitMQ are; it skips (or
+// fails under CI) when they are not running.
+func infra(t *testing.T) Infra {
+	t.Helper()
+	testenv.Database(t)
+	testenv.VHost(t)
 	pg := strings.TrimSuffix(strings.Split(testenv.PostgresURL, "?")[0], "/postgres")
 	return Infra{PG: pg, AMQP: strings.TrimRight(testenv.AMQPURL, "/"), RabbitAPI: testenv.RabbitAPI}
 }
@@ -69,11 +74,10 @@ func infra() Infra {
 // startSystem is the four services against scratch state, with short delays.
 func startSystem(t *testing.T) *System {
 	t.Helper()
-	testenv.Database(t) // skips (or fails under CI) without PostgreSQL
-	testenv.VHost(t)
+	in := infra(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	s, err := StartSystem(ctx, infra(), binaries(t), map[string]string{"PAYMENT_DELAY": "100ms", "EMAIL_DELAY": "100ms"},
+	s, err := StartSystem(ctx, in, binaries(t), map[string]string{"PAYMENT_DELAY": "100ms", "EMAIL_DELAY": "100ms"},
 		"order", "payment", "email", "gateway")
 	if err != nil {
 		t.Fatal(err)
@@ -185,9 +189,7 @@ func TestKnee(t *testing.T) {
 // make bench on a tiny scale: its own system, the two phases, pgbench.
 func TestBench(t *testing.T) {
 	t.Parallel()
-	testenv.Database(t)
-	testenv.VHost(t)
-	in := infra()
+	in := infra(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
 	var stdout bytes.Buffer
@@ -214,9 +216,7 @@ func TestBench(t *testing.T) {
 // depends on the services and is only checked to be there.
 func TestCost(t *testing.T) {
 	t.Parallel()
-	testenv.Database(t)
-	testenv.VHost(t)
-	in := infra()
+	in := infra(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 180*time.Second)
 	defer cancel()
 	out := t.TempDir()
