@@ -8,11 +8,13 @@ import (
 	"github.com/checkout-demo/checkout/internal/web"
 )
 
-// healthAnswer is the seed's shape of the aggregated health.
+// healthAnswer is the seed's shape of the aggregated health, with the state
+// of the circuit breaker in front of each service the gateway forwards to.
 type healthAnswer struct {
 	Status   string            `json:"status"`
 	Gateway  string            `json:"gateway"`
 	Services map[string]string `json:"services"`
+	Breakers map[string]string `json:"circuit_breakers,omitempty"`
 }
 
 func services(cfg Config) map[string]string {
@@ -25,11 +27,12 @@ func services(cfg Config) map[string]string {
 
 // handleHealth asks every service's /health at once, each with a short
 // timeout, and answers 503 "degraded" when one is not healthy.
-func handleHealth(cfg Config, client *http.Client) http.Handler {
+func handleHealth(cfg Config, client *http.Client, breaker func() string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), cfg.HealthTimeout)
 		defer cancel()
-		ans := healthAnswer{Status: "healthy", Gateway: "operational", Services: map[string]string{}}
+		ans := healthAnswer{Status: "healthy", Gateway: "operational", Services: map[string]string{},
+			Breakers: map[string]string{"order-service": breaker()}}
 		var mu sync.Mutex
 		var wg sync.WaitGroup
 		for name, url := range services(cfg) {

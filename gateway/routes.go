@@ -10,9 +10,10 @@ import (
 )
 
 func addRoutes(r chi.Router, log *slog.Logger, cfg Config, client *http.Client, health web.Health) {
-	r.Method(http.MethodPost, "/api/checkout", handleCheckout(log, cfg, client))
-	r.Method(http.MethodGet, "/api/orders/{id}", handleGetOrder(log, cfg, client))
-	r.Method(http.MethodGet, "/health", handleHealth(cfg, client))
+	orders := newOrderClient(log, cfg, client)
+	r.Method(http.MethodPost, "/api/checkout", handleCheckout(log, orders))
+	r.Method(http.MethodGet, "/api/orders/{id}", handleGetOrder(log, orders))
+	r.Method(http.MethodGet, "/health", handleHealth(cfg, client, orders.State))
 	r.Method(http.MethodGet, "/livez", health.HandleLivez())
 	r.Method(http.MethodGet, "/readyz", health.HandleReadyz())
 }
