@@ -152,19 +152,25 @@ func CreateDatabase(ctx context.Context, cfg *pgx.ConnConfig) error {
 // Close closes the pool.
 func (db *DB) Close() { db.Pool.Close() }
 
-// ErrNotSent wraps a failure to get a connection from the pool: the
-// statement never left the service, so nothing was written.
-var ErrNotSent = errors.New("no database connection; nothing was sent")
+// ErrNothingWritten marks a failure that certainly wrote nothing, however
+// it looks: a connection the pool could not hand out (the statement never
+// left the service), or a read-only step before the write.
+var ErrNothingWritten = errors.New("nothing was written")
+
+// NothingWritten wraps err with ErrNothingWritten.
+func NothingWritten(err error) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("%w: %w", ErrNothingWritten, err)
+}
 
 // Acquire takes a connection from the pool. A failure (the pool is
 // exhausted past ctx's deadline, the database refuses connections) is
-// wrapped with ErrNotSent: it is certain that nothing was written.
+// wrapped with ErrNothingWritten.
 func Acquire(ctx context.Context, pool *pgxpool.Pool) (*pgxpool.Conn, error) {
 	c, err := pool.Acquire(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrNotSent, err)
-	}
-	return c, nil
+	return c, NothingWritten(err)
 }
 
 // IsUnavailable reports whether err means the database could not do the
@@ -184,7 +190,7 @@ func IsUnavailable(err error) bool {
 	switch {
 	case err == nil:
 		return false
-	case errors.Is(err, ErrNotReady), errors.Is(err, ErrNotSent), errors.As(err, &connErr), pgconn.SafeToRetry(err):
+	case errors.Is(err, ErrNotReady), errors.Is(err, ErrNothingWritten), errors.As(err, &connErr), pgconn.SafeToRetry(err):
 		return true
 	case errors.As(err, &pgErr):
 		// Class 08: connection exception; 57P01-03: admin shutdown, crash
