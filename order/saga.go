@@ -11,9 +11,10 @@ import (
 	"github.com/checkout-demo/checkout/internal/events"
 )
 
-// SagaQueue is the order service's queue of what happened to its orders
-// downstream: payment results, refunds and mail outcomes.
-const SagaQueue = events.QueueOrderSaga
+// SagaQueue is the order service's queue (events.QueueOrderSaga) of what
+// happened to its orders downstream: payment results, refunds and mail
+// outcomes.
+const SagaQueue = "order.saga-events"
 
 // SagaBindings are the routing keys the order follows (the contract's).
 var SagaBindings = events.QueueBindings(SagaQueue)

@@ -20,9 +20,9 @@ import (
 	"github.com/checkout-demo/checkout/payment/migrations"
 )
 
-// Queue is the payment service's queue: orders to charge and orders the
-// saga cancelled.
-const Queue = events.QueuePayment
+// Queue is the payment service's queue (events.QueuePayment): orders to
+// charge and orders the saga cancelled.
+const Queue = "payment.order-created"
 
 func main() {
 	var cfg Config
