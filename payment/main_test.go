@@ -295,3 +295,78 @@ func TestChargeIntentIsCommittedFirst(t *testing.T) {
 		t.Fatalf("the provider holds %d charges for order 500, want 1", n)
 	}
 }
+
+func publishEvent(t *testing.T, url string, e events.Event) {
+	t.Helper()
+	m, err := events.Encode(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch := testenv.Channel(t, url)
+	if err := ch.PublishWithContext(context.Background(), events.Exchange, m.RoutingKey, false, false, amqp.Publishing{
+		MessageId: m.ID, Type: m.Type, ContentType: events.ContentType, DeliveryMode: amqp.Persistent, Body: m.Body,
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func cancelledOrder(orderID int64, total money.Amount) events.OrderCancelled {
+	return events.OrderCancelled{Meta: events.NewMeta(events.TypeOrderCancelled, time.Now()), OrderID: orderID,
+		UserID: 9, UserEmail: "pay@example.com", TotalAmount: total, Reason: "no payment result"}
+}
+
+// The queue and its bindings are the contract's.
+func TestQueueIsTheContracts(t *testing.T) {
+	if Queue != events.QueuePayment || len(events.QueueBindings(Queue)) == 0 {
+		t.Fatalf("payment consumes %q, the contract says %q", Queue, events.QueuePayment)
+	}
+}
+
+// A charge of an order cancelled by the saga is refunded and announced;
+// an order cancelled before it was charged is not charged by a late
+// OrderCreated.
+func TestCancelledOrders(t *testing.T) {
+	t.Parallel()
+	in := start(t)
+	refunds := testenv.Watch(t, in.AMQPURL, events.RoutePaymentRefunded)
+	results := testenv.Watch(t, in.AMQPURL, events.RoutePaymentProcessed, events.RoutePaymentFailed)
+
+	t.Run("OKRefundsACharge", func(t *testing.T) {
+		ev, body := orderCreated(t, 600, "20.00")
+		publishRaw(t, in.AMQPURL, ev.EventID, ev.EventType, body)
+		results.Next(1, 10*time.Second)
+		publishEvent(t, in.AMQPURL, cancelledOrder(600, ev.TotalAmount))
+		var r events.PaymentRefunded
+		if err := json.Unmarshal(refunds.Next(1, 10*time.Second)[0].Body, &r); err != nil || r.OrderID != 600 || r.TotalAmount != ev.TotalAmount {
+			t.Fatalf("refund %+v %v", r, err)
+		}
+		if n := countRows(t, in.DBURL, `SELECT count(*) FROM provider_ledger WHERE key = 600 AND refunded_at IS NOT NULL`); n != 1 {
+			t.Fatal("the provider did not refund the charge")
+		}
+		publishEvent(t, in.AMQPURL, cancelledOrder(600, ev.TotalAmount)) // again: refunds nothing more
+		refunds.None(500 * time.Millisecond)
+	})
+	t.Run("OKTombstoneStopsALateCharge", func(t *testing.T) {
+		amount, _ := money.Parse("21.00")
+		publishEvent(t, in.AMQPURL, cancelledOrder(601, amount))
+		deadline := time.Now().Add(10 * time.Second)
+		for countRows(t, in.DBURL, `SELECT count(*) FROM payments WHERE order_id = 601 AND status = 'cancelled'`) == 0 {
+			if time.Now().After(deadline) {
+				t.Fatal("no tombstone for the cancelled order")
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		deadline = time.Now().Add(10 * time.Second)
+		ev, body := orderCreated(t, 601, "21.00")
+		publishRaw(t, in.AMQPURL, ev.EventID, ev.EventType, body)
+		for countRows(t, in.DBURL, `SELECT count(*) FROM inbox WHERE event_id = $1`, ev.EventID) == 0 {
+			if time.Now().After(deadline) {
+				t.Fatal("the late OrderCreated was not handled")
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if n := countRows(t, in.DBURL, `SELECT count(*) FROM provider_ledger WHERE key = 601`); n != 0 {
+			t.Fatal("a cancelled order was charged")
+		}
+	})
+}
