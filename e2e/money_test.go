@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -163,4 +164,78 @@ func TestLateChargeIsRefunded(t *testing.T) {
 	if n := queryInt(t, s.PaymentDB, `SELECT count(*) FROM provider_ledger WHERE key = $1 AND refunded_at IS NOT NULL`, o.ID); n != 1 {
 		t.Fatalf("the provider holds %d refunds for order %d, want 1", n, o.ID)
 	}
+}
+
+// With the order service frozen (SIGSTOP), the gateway's breaker opens
+// after a few timeouts and further checkouts are refused at once with 503;
+// after SIGCONT checkouts succeed again. The durations are logged (the
+// README's figures), not asserted: the machine is shared.
+func TestBreakerAgainstAFrozenOrderService(t *testing.T) {
+	t.Parallel()
+	s := testenv.NewSystem(t, "")
+	for k, v := range fast {
+		s.Env[k] = v
+	}
+	s.ServiceEnv["gateway"] = map[string]string{"UPSTREAM_TIMEOUT": "1s"}
+	for _, name := range testenv.Services {
+		s.Start(name)
+	}
+	for _, name := range testenv.Services {
+		s.WaitReady(name, 60*time.Second)
+	}
+	const body = `{"user_id":1,"user_email":"frozen@example.com","items":[{"product_id":1,"quantity":1,"price":"5.00"}]}`
+	timed := func() (int, time.Duration) {
+		start := time.Now()
+		code, _, err := s.Checkout(context.Background(), body)
+		if err != nil {
+			t.Fatalf("checkout: %v", err)
+		}
+		return code, time.Since(start)
+	}
+	if code, _ := timed(); code != http.StatusCreated {
+		t.Fatalf("checkout before the freeze = %d", code)
+	}
+
+	s.Signal("order", syscall.SIGSTOP)
+	thawed := false
+	defer func() {
+		if !thawed {
+			s.Signal("order", syscall.SIGCONT)
+		}
+	}()
+	var first []string
+	for i := 0; ; i++ {
+		code, d := timed()
+		first = append(first, fmt.Sprintf("%d in %v", code, d.Round(time.Millisecond)))
+		if code == http.StatusServiceUnavailable {
+			break
+		}
+		if code != http.StatusGatewayTimeout || i == 20 {
+			t.Fatalf("checkouts against a frozen order service: %v; want 504s, then the breaker's 503", first)
+		}
+	}
+	var open []time.Duration
+	for range 10 {
+		code, d := timed()
+		if code != http.StatusServiceUnavailable {
+			t.Fatalf("with the breaker open a checkout got %d", code)
+		}
+		open = append(open, d.Round(time.Microsecond))
+	}
+	t.Logf("frozen order service: first checkouts %v; with the breaker open %v", first, open)
+
+	s.Signal("order", syscall.SIGCONT)
+	thawed = true
+	thaw := time.Now()
+	for {
+		code, _ := timed()
+		if code == http.StatusCreated {
+			break
+		}
+		if time.Since(thaw) > 60*time.Second {
+			t.Fatalf("checkouts still fail (%d) a minute after SIGCONT", code)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("first 201 %v after SIGCONT", time.Since(thaw).Round(time.Millisecond))
 }

@@ -36,11 +36,22 @@ var (
 	// errClientGone is a call the client abandoned: not the order
 	// service's fault, so the breaker does not count it.
 	errClientGone = errors.New("the client went away")
+	// errQuickRefusal marks an answer that is a prompt, certain refusal
+	// (the order service's 503: its database is away, nothing written).
+	// It costs the client no wait, so the breaker does not count it.
+	errQuickRefusal = errors.New("order service refused at once")
 )
 
+// excluded tells the failures the breaker does not count: they fail fast
+// already (a refused connection, a prompt 503) or are the client's doing.
+// The breaker is there for the slow failures: timeouts, dropped answers.
+func excluded(err error) bool {
+	return errors.Is(err, errClientGone) || errors.Is(err, errQuickRefusal) || neverSent(err)
+}
+
 // orderClient calls the order service through a circuit breaker: when the
-// order service keeps failing or not answering, the breaker opens and calls
-// fail at once (503) instead of each waiting for its timeout; after
+// order service keeps timing out or dropping answers, the breaker opens and
+// calls fail at once (503) instead of each waiting for its timeout; after
 // BREAKER_OPEN_TIMEOUT it lets one call through (half-open) to find out
 // whether the service is back.
 type orderClient struct {
@@ -67,7 +78,7 @@ func newOrderClient(log *slog.Logger, cfg Config, client *http.Client) *orderCli
 			MaxRequests: 1,
 			Timeout:     cfg.BreakerOpenTimeout,
 			ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= failures },
-			IsExcluded:  func(err error) bool { return errors.Is(err, errClientGone) },
+			IsExcluded:  excluded,
 			OnStateChange: func(name string, from, to gobreaker.State) {
 				log.Warn("circuit breaker changed state", "upstream", name, "from", from.String(), "to", to.String())
 			},
@@ -98,8 +109,9 @@ func (c *orderClient) call(ctx context.Context, method, url string, body []byte,
 			return nil, errClientGone
 		case err != nil:
 			return nil, err
-		case resp.StatusCode == http.StatusBadGateway || resp.StatusCode == http.StatusServiceUnavailable ||
-			resp.StatusCode == http.StatusGatewayTimeout:
+		case resp.StatusCode == http.StatusServiceUnavailable:
+			return resp, errQuickRefusal
+		case resp.StatusCode == http.StatusBadGateway || resp.StatusCode == http.StatusGatewayTimeout:
 			return resp, errUpstreamFailing
 		}
 		return resp, nil
