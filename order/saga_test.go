@@ -153,7 +153,11 @@ func TestMismatchedPaymentIsDeadLettered(t *testing.T) {
 		name string
 		ev   func() events.PaymentProcessed
 	}{
-		{"ErrAmount", func() events.PaymentProcessed { e := processed(o); e.TotalAmount = o.TotalAmount + money.Amount(1); return e }},
+		{"ErrAmount", func() events.PaymentProcessed {
+			e := processed(o)
+			e.TotalAmount = o.TotalAmount + money.Amount(1)
+			return e
+		}},
 		{"ErrCustomer", func() events.PaymentProcessed { e := processed(o); e.UserEmail = "someone@example.com"; return e }},
 	}
 	conn, err := amqp.Dial(s.amqpURL)

@@ -332,7 +332,7 @@ func (s *Store) Advance(ctx context.Context, e SagaEvent) (bool, error) {
 				return nil // the order had ended: this step did not happen
 			}
 		}
-		if applied, err = addStep(ctx, tx, e.OrderID, e.Step, e.At, e.EventID); err != nil {
+		if applied, err = addStep(ctx, tx, e.OrderID, e.Step, e.At, e.EventID); err != nil || !applied {
 			return err
 		}
 		return settle(ctx, tx, e.OrderID)

@@ -82,16 +82,15 @@ func (p Provider) Charge(ctx context.Context, key int64, amount money.Amount) (D
 	if p.Ledger == nil {
 		return d, nil
 	}
-	if _, err := p.Ledger.Exec(ctx, `
+	// A key charged before keeps its first answer (the no-op update makes
+	// RETURNING give the stored row).
+	if err := p.Ledger.QueryRow(ctx, `
 		INSERT INTO provider_ledger (key, amount, approved, reason, ref) VALUES ($1, $2, $3, $4, $5)
-		ON CONFLICT (key) DO NOTHING`, key, amount, d.Approved, d.Reason, d.Ref); err != nil {
+		ON CONFLICT (key) DO UPDATE SET key = EXCLUDED.key
+		RETURNING approved, reason, ref`, key, amount, d.Approved, d.Reason, d.Ref).Scan(&d.Approved, &d.Reason, &d.Ref); err != nil {
 		return Decision{}, fmt.Errorf("payment provider: charge: %w", err)
 	}
-	d, found, err := p.Lookup(ctx, key)
-	if err == nil && !found {
-		err = fmt.Errorf("payment provider: charge %d not found after it was made", key)
-	}
-	return d, err
+	return d, nil
 }
 
 // Lookup asks the provider what it did with key: found is false when it
@@ -157,10 +156,18 @@ type charger struct {
 // provider what it did with the order (a crash may have come after the
 // charge), charges now if it did nothing (unless the order was cancelled),
 // and records the outcome.
-func (c *charger) complete(ctx context.Context, p Payment) error {
-	d, found, err := c.provider.Lookup(ctx, p.OrderID)
-	if err != nil {
-		return err
+// A fresh intent (asked=false) skips the question: the provider cannot
+// have seen an order whose intent was only just written.
+func (c *charger) complete(ctx context.Context, p Payment, asked bool) error {
+	var (
+		d     Decision
+		found bool
+		err   error
+	)
+	if asked {
+		if d, found, err = c.provider.Lookup(ctx, p.OrderID); err != nil {
+			return err
+		}
 	}
 	if !found && !p.Cancelled {
 		if d, err = c.provider.Charge(ctx, p.OrderID, p.Amount); err != nil {
@@ -198,7 +205,7 @@ func (c *charger) handleOrderCreated(ctx context.Context, d events.Delivery) err
 	}
 	switch outcome {
 	case intentNew, intentUnfinished:
-		return c.complete(ctx, p)
+		return c.complete(ctx, p, outcome == intentUnfinished)
 	case intentAnswered:
 		c.relay.Wake()
 		log.Info("order asked again; result published again", "status", p.Status)
@@ -255,7 +262,7 @@ func (c *charger) reconcile(ctx context.Context, interval, age time.Duration) {
 			c.log.Warn("reconcile payments", "err", err)
 		}
 		for _, p := range ps {
-			if err := c.complete(ctx, p); err != nil && ctx.Err() == nil {
+			if err := c.complete(ctx, p, true); err != nil && ctx.Err() == nil {
 				c.log.Warn("reconcile payment", "order_id", p.OrderID, "err", err)
 			}
 		}
