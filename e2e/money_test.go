@@ -15,6 +15,16 @@ import (
 	"github.com/checkout-demo/checkout/internal/testenv"
 )
 
+// startAll starts the four services and waits until each is ready.
+func startAll(s *testenv.System) {
+	for _, name := range testenv.Services {
+		s.Start(name)
+	}
+	for _, name := range testenv.Services {
+		s.WaitReady(name, 60*time.Second)
+	}
+}
+
 // loseFirstAnswer is an HTTP proxy in front of the order service that
 // forwards every request and relays every answer, except that it drops the
 // answer to the first checkout: the order service did the work, the
@@ -64,12 +74,7 @@ func TestLostAnswerIsRecovered(t *testing.T) {
 	}
 	proxy, dropped := loseFirstAnswer(t, s.URL("order"))
 	s.ServiceEnv["gateway"] = map[string]string{"ORDER_SERVICE_URL": proxy}
-	for _, name := range testenv.Services {
-		s.Start(name)
-	}
-	for _, name := range testenv.Services {
-		s.WaitReady(name, 60*time.Second)
-	}
+	startAll(s)
 
 	code, body, err := s.Checkout(context.Background(), `{"user_id":1,"user_email":"lost@example.com","items":[{"product_id":1,"quantity":1,"price":"1299.99"}]}`)
 	if err != nil || code != http.StatusCreated {
@@ -93,12 +98,7 @@ func TestPurgedOrderCreatedEnds(t *testing.T) {
 		s.Env[k] = v
 	}
 	s.ServiceEnv["order"] = map[string]string{"ORDER_PAYMENT_TIMEOUT": "10s"}
-	for _, name := range testenv.Services {
-		s.Start(name)
-	}
-	for _, name := range testenv.Services {
-		s.WaitReady(name, 60*time.Second)
-	}
+	startAll(s)
 	s.Stop("payment", 15*time.Second)
 
 	const n = 3
@@ -147,12 +147,7 @@ func TestLateChargeIsRefunded(t *testing.T) {
 	s.Env["EMAIL_DELAY"] = "100ms"
 	s.ServiceEnv["payment"] = map[string]string{"PAYMENT_DELAY": "4s"}
 	s.ServiceEnv["order"] = map[string]string{"ORDER_PAYMENT_TIMEOUT": "1s", "ORDER_PAYMENT_TRIES": "0"}
-	for _, name := range testenv.Services {
-		s.Start(name)
-	}
-	for _, name := range testenv.Services {
-		s.WaitReady(name, 60*time.Second)
-	}
+	startAll(s)
 	o := checkout(t, s, 1, "late@example.com", "30.00")
 	o = waitOrder(t, s, o.ID, 60*time.Second, finished("refunded"))
 	if o.Status != "cancelled" || !finished("cancelled")(o) {
@@ -177,12 +172,7 @@ func TestBreakerAgainstAFrozenOrderService(t *testing.T) {
 		s.Env[k] = v
 	}
 	s.ServiceEnv["gateway"] = map[string]string{"UPSTREAM_TIMEOUT": "1s"}
-	for _, name := range testenv.Services {
-		s.Start(name)
-	}
-	for _, name := range testenv.Services {
-		s.WaitReady(name, 60*time.Second)
-	}
+	startAll(s)
 	const body = `{"user_id":1,"user_email":"frozen@example.com","items":[{"product_id":1,"quantity":1,"price":"5.00"}]}`
 	timed := func() (int, time.Duration) {
 		start := time.Now()
