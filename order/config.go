@@ -4,25 +4,26 @@ import "time"
 
 // Config is read from the environment (see the README's configuration table).
 type Config struct {
-	Port           string        `envconfig:"PORT" default:"8001"`
-	DatabaseURL    string        `envconfig:"DATABASE_URL" default:"postgres://postgres@localhost:5432/order_db?sslmode=disable"`
-	AMQPURL        string        `envconfig:"AMQP_URL" default:"amqp://guest:guest@localhost:5672/"`
-	DBMaxConns     int32         `envconfig:"DB_MAX_CONNS" default:"20"`
-	Prefetch       int           `envconfig:"CONSUMER_PREFETCH" default:"100"`
-	Concurrency    int           `envconfig:"CONSUMER_CONCURRENCY" default:"32"`
-	MaxAttempts    int           `envconfig:"CONSUMER_MAX_ATTEMPTS" default:"5"`
-	RetryBase      time.Duration `envconfig:"CONSUMER_RETRY_BASE" default:"1s"`
-	RetryMax       time.Duration `envconfig:"CONSUMER_RETRY_MAX" default:"30s"`
-	HandlerTimeout time.Duration `envconfig:"CONSUMER_HANDLER_TIMEOUT" default:"30s"`
-	OutboxPoll     time.Duration `envconfig:"OUTBOX_POLL_INTERVAL" default:"1s"`
-	OutboxBatch    int           `envconfig:"OUTBOX_BATCH_SIZE" default:"200"`
-	RequestTimeout time.Duration `envconfig:"REQUEST_TIMEOUT" default:"4s"`
-	// PaymentTimeout is how long an order may wait for its payment result
-	// (or an ended order for its mail step) before the saga asks again;
-	// PaymentTries is how many times it asks before it cancels the order.
-	PaymentTimeout  time.Duration `envconfig:"ORDER_PAYMENT_TIMEOUT" default:"3m"`
-	PaymentTries    int           `envconfig:"ORDER_PAYMENT_TRIES" default:"3"`
+	Port            string        `envconfig:"PORT" default:"8001"`
+	DatabaseURL     string        `envconfig:"DATABASE_URL" default:"postgres://postgres@localhost:5432/order_db?sslmode=disable"`
+	AMQPURL         string        `envconfig:"AMQP_URL" default:"amqp://guest:guest@localhost:5672/"`
+	DBMaxConns      int32         `envconfig:"DB_MAX_CONNS" default:"20"`
+	Prefetch        int           `envconfig:"CONSUMER_PREFETCH" default:"100"`
+	Concurrency     int           `envconfig:"CONSUMER_CONCURRENCY" default:"32"`
+	MaxAttempts     int           `envconfig:"CONSUMER_MAX_ATTEMPTS" default:"5"`
+	RetryBase       time.Duration `envconfig:"CONSUMER_RETRY_BASE" default:"1s"`
+	RetryMax        time.Duration `envconfig:"CONSUMER_RETRY_MAX" default:"30s"`
+	HandlerTimeout  time.Duration `envconfig:"CONSUMER_HANDLER_TIMEOUT" default:"30s"`
+	OutboxPoll      time.Duration `envconfig:"OUTBOX_POLL_INTERVAL" default:"1s"`
+	OutboxBatch     int           `envconfig:"OUTBOX_BATCH_SIZE" default:"200"`
+	RequestTimeout  time.Duration `envconfig:"REQUEST_TIMEOUT" default:"4s"`
 	ShutdownTimeout time.Duration `envconfig:"SHUTDOWN_TIMEOUT" default:"15s"`
 	LogFormat       string        `envconfig:"LOG_FORMAT" default:"json"`
 	LogLevel        string        `envconfig:"LOG_LEVEL" default:"info"`
+
+	// PaymentTimeout is how long an order may wait for its payment result
+	// (or an ended order for its mail step) before the saga asks again;
+	// PaymentTries is how many times it asks before it cancels the order.
+	PaymentTimeout time.Duration `envconfig:"ORDER_PAYMENT_TIMEOUT" default:"3m"`
+	PaymentTries   int           `envconfig:"ORDER_PAYMENT_TRIES" default:"3"`
 }
