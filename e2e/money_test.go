@@ -128,7 +128,9 @@ func TestPurgedOrderCreatedEnds(t *testing.T) {
 	back := time.Now()
 	s.Start("payment")
 	s.WaitReady("payment", 60*time.Second)
-	defer func() { t.Logf("all %d orders ended with their mail %v after the payment service was started again", n, time.Since(back)) }()
+	defer func() {
+		t.Logf("all %d orders ended with their mail %v after the payment service was started again", n, time.Since(back))
+	}()
 	for i, id := range ids {
 		o := waitOrder(t, s, id, 90*time.Second, func(o order) bool {
 			return (o.Status == "paid" && finished("confirmation_sent")(o)) ||
