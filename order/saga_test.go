@@ -233,3 +233,31 @@ func TestWatchAsksAgainThenCancels(t *testing.T) {
 		t.Fatal("the cancelled order with its mail outcome is not settled")
 	}
 }
+
+// An order whose payment result came but whose mail step did not is asked
+// about again (payment answers with its result, the email service mails
+// once per order and kind), and after the tries it settles saying so.
+func TestWatchAsksAgainForAMissingMail(t *testing.T) {
+	t.Parallel()
+	amqpURL := testenv.VHost(t)
+	created := testenv.Watch(t, amqpURL, events.RouteOrderCreated)
+	svc := startService(t, testenv.Database(t), amqpURL, func(c *Config) {
+		c.PaymentTimeout, c.PaymentTries = 500*time.Millisecond, 1
+	})
+	s := sagaSystem{svc: svc, amqpURL: amqpURL}
+	o := s.checkout(t)
+	created.Next(1, 30*time.Second)
+	s.publish(t, processed(o))
+	var again events.OrderCreated
+	if err := json.Unmarshal(created.Next(1, 30*time.Second)[0].Body, &again); err != nil || again.OrderID != o.ID {
+		t.Fatalf("asked again with %+v %v", again, err)
+	}
+	got := s.waitFor(t, o.ID, "notice_unconfirmed", func(o Order) bool { return slices.Contains(o.steps(), StepNoticeUnconfirmed) })
+	if want := []string{StepCreated, StepPaid, StepNoticeAskedAgain(1), StepNoticeUnconfirmed}; got.Status != StatusPaid || !slices.Equal(got.steps(), want) {
+		t.Fatalf("%s %v, want paid %v", got.Status, got.steps(), want)
+	}
+	if n := count(t, svc.DBURL, fmt.Sprintf(`SELECT count(*) FROM orders WHERE id = %d AND settled`, o.ID)); n != 1 {
+		t.Fatal("the order is not settled after the tries")
+	}
+	created.None(time.Second) // settled: no more asks
+}
