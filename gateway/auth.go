@@ -156,14 +156,14 @@ func requireCredential(next http.Handler) http.Handler {
 }
 
 // handleListOrders lists the signed-in customer's orders.
-func handleListOrders(log *slog.Logger, cfg Config, client *http.Client) http.Handler {
+func handleListOrders(log *slog.Logger, orders *orderClient) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get(web.UserHeader) == "" {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="orders"`)
 			web.WriteProblem(w, r, http.StatusUnauthorized, "listing orders needs a sign-in token: Authorization: Bearer <JWT>")
 			return
 		}
-		forward(w, r, log, cfg, client, http.MethodGet, cfg.OrderServiceURL+"/orders", nil)
+		forward(w, r, log, orders, http.MethodGet, orders.cfg.OrderServiceURL+"/orders", nil, upstreamHeader(r))
 	})
 }
 

@@ -32,4 +32,13 @@ type Config struct {
 	JWKSURL     string `envconfig:"AUTH_JWT_JWKS_URL"`
 	JWTIssuer   string `envconfig:"AUTH_JWT_ISSUER"`
 	JWTAudience string `envconfig:"AUTH_JWT_AUDIENCE"`
+
+	// UpstreamAttempts bounds the calls of one request whose outcome stays
+	// unknown (a checkout is retried with the same idempotency key).
+	UpstreamAttempts int `envconfig:"UPSTREAM_ATTEMPTS" default:"3"`
+	// BreakerFailures timed-out calls or dropped answers in a row open the
+	// circuit breaker to the order service; BreakerOpenTimeout later it
+	// lets one call through to see whether the order service is back.
+	BreakerFailures    int           `envconfig:"BREAKER_FAILURES" default:"5"`
+	BreakerOpenTimeout time.Duration `envconfig:"BREAKER_OPEN_TIMEOUT" default:"5s"`
 }

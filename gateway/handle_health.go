@@ -14,6 +14,9 @@ type healthAnswer struct {
 	Status   string            `json:"status"`
 	Gateway  string            `json:"gateway"`
 	Services map[string]string `json:"services"`
+	// Breakers is the state of the circuit breaker in front of each
+	// service the gateway forwards to ("closed", "open", "half-open").
+	Breakers map[string]string `json:"circuit_breakers,omitempty"`
 }
 
 func services(cfg Config) map[string]string {
@@ -29,7 +32,8 @@ func services(cfg Config) map[string]string {
 // is reused for HEALTH_CACHE_TTL, and requests arriving while the services
 // are being asked wait for that one fan-out: however often /health is
 // called, each service is asked at most once per TTL.
-func handleHealth(cfg Config, client *http.Client) http.Handler {
+// The breaker's state is read fresh for every answer.
+func handleHealth(cfg Config, client *http.Client, breaker func() string) http.Handler {
 	var (
 		mu     sync.Mutex // held during a fan-out
 		cached healthAnswer
@@ -44,6 +48,7 @@ func handleHealth(cfg Config, client *http.Client) http.Handler {
 		}
 		ans, c := cached, code
 		mu.Unlock()
+		ans.Breakers = map[string]string{"order-service": breaker()}
 		web.WriteJSON(w, c, ans)
 	})
 }

@@ -26,4 +26,10 @@ type Config struct {
 	// AccessTokenSecret derives the orders' access tokens (at least 32
 	// bytes); empty: a random key kept in the database (access.go).
 	AccessTokenSecret string `envconfig:"ACCESS_TOKEN_SECRET"`
+
+	// PaymentTimeout is how long an order may wait for its payment result
+	// (or an ended order for its mail step) before the saga asks again;
+	// PaymentTries is how many times it asks before it cancels the order.
+	PaymentTimeout time.Duration `envconfig:"ORDER_PAYMENT_TIMEOUT" default:"3m"`
+	PaymentTries   int           `envconfig:"ORDER_PAYMENT_TRIES" default:"3"`
 }

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"sync/atomic"
+	"time"
 
 	"github.com/checkout-demo/checkout/internal/events"
 	"github.com/checkout-demo/checkout/internal/outbox"
@@ -58,13 +59,29 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 		Queue: SagaQueue, Bindings: SagaBindings,
 		Prefetch: cfg.Prefetch, Concurrency: cfg.Concurrency, MaxAttempts: cfg.MaxAttempts,
 		RetryBase: cfg.RetryBase, RetryMax: cfg.RetryMax, HandlerTimeout: cfg.HandlerTimeout,
-		Unavailable: postgres.IsUnavailable,
+		Unavailable: postgres.IsTransient,
 	}, handleSagaEvent(log, store), log)
 
 	bg := &service.Background{Log: log, Broker: broker, DB: db, Migrations: migrations.FS,
 		Relay: relay, Consumer: consumer, FlushTimeout: cfg.ShutdownTimeout}
 	bg.Start(ctx)
 	defer bg.Stop()
+
+	if cfg.PaymentTimeout <= 0 {
+		cfg.PaymentTimeout = 3 * time.Minute
+	}
+	watch := &watcher{log: log, store: store, relay: relay, timeout: cfg.PaymentTimeout, tries: max(cfg.PaymentTries, 0)}
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		select {
+		case <-db.Prepared():
+			watch.run(watchCtx)
+		case <-watchCtx.Done():
+		}
+	}()
+	defer func() { stopWatch(); <-watched }()
 
 	var stopping atomic.Bool
 	health := web.Health{

@@ -17,11 +17,14 @@ import (
 )
 
 // Order statuses. An order only moves forward: pending → paid, or
-// pending → payment_failed (the saga's compensation: the order is cancelled).
+// pending → payment_failed (the saga's compensation: the order is
+// cancelled), or pending → cancelled when no payment result came after the
+// saga's re-asks (a charge that arrives later is refunded).
 const (
 	StatusPending       = "pending"
 	StatusPaid          = "paid"
 	StatusPaymentFailed = "payment_failed"
+	StatusCancelled     = "cancelled"
 )
 
 // Timeline steps.
@@ -29,9 +32,27 @@ const (
 	StepCreated           = "created"
 	StepPaid              = "paid"
 	StepPaymentFailed     = "payment_failed"
+	StepCancelled         = "cancelled"
+	StepRefunded          = "refunded"
 	StepConfirmationSent  = "confirmation_sent"
 	StepFailureNoticeSent = "payment_failed_notice_sent"
+	StepCancelNoticeSent  = "cancellation_notice_sent"
+	// The mail of that kind could not be delivered (EmailFailed).
+	StepConfirmationUndelivered  = "confirmation_not_delivered"
+	StepFailureNoticeUndelivered = "payment_failed_notice_not_delivered"
+	StepCancelNoticeUndelivered  = "cancellation_notice_not_delivered"
+	// The saga gave up waiting for the mail step after its re-asks.
+	StepNoticeUnconfirmed = "notice_unconfirmed"
 )
+
+// StepAskedAgain is the timeline step of the saga's n-th re-ask (from 1)
+// of a pending order: its OrderCreated was published again because no
+// payment result came.
+func StepAskedAgain(n int) string { return fmt.Sprintf("payment_asked_again_%d", n) }
+
+// StepNoticeAskedAgain is the step of the n-th re-ask of an ended order
+// whose mail step did not come.
+func StepNoticeAskedAgain(n int) string { return fmt.Sprintf("notice_asked_again_%d", n) }
 
 // Limits on a checkout request.
 const (
@@ -60,6 +81,7 @@ type Order struct {
 	ProcessingDurationMS *float64     `json:"processing_duration_ms,omitempty"`
 	CreatedAt            time.Time    `json:"created_at"`
 	UpdatedAt            time.Time    `json:"updated_at"`
+	CancelReason         string       `json:"cancel_reason,omitempty"`
 	Timeline             []Step       `json:"timeline,omitempty"`
 	// AccessToken opens the order (GET with Authorization: Bearer); it is
 	// in the checkout answer only.

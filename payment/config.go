@@ -19,6 +19,9 @@ type Config struct {
 	// PaymentFailureRate declines this share of the other orders (0 to 1),
 	// chosen by a hash of the order id so that a retry gets the same answer.
 	PaymentFailureRate float64 `envconfig:"PAYMENT_FAILURE_RATE" default:"0"`
+	// ReconcileInterval is how often payments left charging (between their
+	// intent and their result) are finished by asking the provider again.
+	ReconcileInterval time.Duration `envconfig:"PAYMENT_RECONCILE_INTERVAL" default:"30s"`
 
 	Prefetch       int           `envconfig:"CONSUMER_PREFETCH" default:"400"`
 	Concurrency    int           `envconfig:"CONSUMER_CONCURRENCY" default:"400"`

@@ -345,6 +345,17 @@ func (s *System) WaitReady(name string, timeout time.Duration) {
 	WaitHTTP(s.tb, s.URL(name)+"/readyz", timeout)
 }
 
+// Signal sends sig to a running service and returns at once (SIGSTOP and
+// SIGCONT freeze and thaw it).
+func (s *System) Signal(name string, sig syscall.Signal) {
+	s.mu.Lock()
+	p := s.procs[name]
+	s.mu.Unlock()
+	if p != nil {
+		_ = p.cmd.Process.Signal(sig)
+	}
+}
+
 // Kill sends SIGKILL to a service and waits for it to die.
 func (s *System) Kill(name string) { s.signal(name, syscall.SIGKILL, 5*time.Second) }
 
