@@ -20,6 +20,7 @@ import (
 type sagaSystem struct {
 	svc     instance
 	amqpURL string
+	tokens  map[int64]string // each order's access token, for get
 }
 
 func startSaga(t *testing.T, opts ...func(*Config)) sagaSystem {
@@ -39,7 +40,7 @@ func startSaga(t *testing.T, opts ...func(*Config)) sagaSystem {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return sagaSystem{svc: svc, amqpURL: amqpURL}
+	return sagaSystem{svc: svc, amqpURL: amqpURL, tokens: map[int64]string{}}
 }
 
 func (s sagaSystem) checkout(t *testing.T) Order {
@@ -49,6 +50,7 @@ func (s sagaSystem) checkout(t *testing.T) Order {
 	if err := json.Unmarshal(b, &o); err != nil || resp.StatusCode != http.StatusCreated {
 		t.Fatalf("checkout: %d %s", resp.StatusCode, b)
 	}
+	s.tokens[o.ID] = o.AccessToken
 	return o
 }
 
@@ -69,11 +71,19 @@ func (s sagaSystem) publish(t *testing.T, e events.Event) string {
 
 func (s sagaSystem) get(t *testing.T, id int64) Order {
 	t.Helper()
-	resp, err := http.Get(fmt.Sprintf("%s/orders/%d", s.svc.URL, id))
+	req, err := http.NewRequest(http.MethodGet, fmt.Sprintf("%s/orders/%d", s.svc.URL, id), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+s.tokens[id])
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("get order %d: %d", id, resp.StatusCode)
+	}
 	var o Order
 	if err := json.NewDecoder(resp.Body).Decode(&o); err != nil {
 		t.Fatal(err)
@@ -197,7 +207,7 @@ func TestWatchAsksAgainThenCancels(t *testing.T) {
 	svc := startService(t, testenv.Database(t), amqpURL, func(c *Config) {
 		c.PaymentTimeout, c.PaymentTries = 300*time.Millisecond, 1
 	})
-	s := sagaSystem{svc: svc, amqpURL: amqpURL}
+	s := sagaSystem{svc: svc, amqpURL: amqpURL, tokens: map[int64]string{}}
 	o := s.checkout(t)
 
 	first := created.Next(2, 30*time.Second)
@@ -244,7 +254,7 @@ func TestWatchAsksAgainForAMissingMail(t *testing.T) {
 	svc := startService(t, testenv.Database(t), amqpURL, func(c *Config) {
 		c.PaymentTimeout, c.PaymentTries = 500*time.Millisecond, 1
 	})
-	s := sagaSystem{svc: svc, amqpURL: amqpURL}
+	s := sagaSystem{svc: svc, amqpURL: amqpURL, tokens: map[int64]string{}}
 	o := s.checkout(t)
 	created.Next(1, 30*time.Second)
 	s.publish(t, processed(o))
