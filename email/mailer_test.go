@@ -82,12 +82,15 @@ func serveSMTP(conn net.Conn, dropAfterAccept bool, finalDelay time.Duration, ac
 	}
 }
 
+func notSent() bool { return false }
+
 func testMailer(t *testing.T, port int) *Mailer {
 	t.Helper()
-	m, err := NewMailer(Config{SMTPHost: "127.0.0.1", SMTPPort: port, SMTPTimeout: 2 * time.Second, EmailFrom: "Shop <shop@shop.test>", AcceptConcurrency: 1})
+	m, err := NewMailer(Config{SMTPHost: "127.0.0.1", SMTPPort: port, SMTPTimeout: 2 * time.Second, EmailFrom: "Shop <shop@shop.test>", AcceptConcurrency: 1, SMTPSessions: 16})
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(m.Close)
 	return m
 }
 
@@ -95,7 +98,7 @@ func TestSendAcceptedThenDropped(t *testing.T) {
 	m := testMailer(t, smtpServer(t, true))
 	accepted := false
 	err := m.Send(context.Background(), Mail{OrderID: 1, Kind: "confirmation", To: "a@b.test", Subject: "s", Text: "t", HTML: "<p>h</p>", MessageID: "x@shop.test"},
-		func() { accepted = true })
+		notSent, func() { accepted = true })
 	if err != nil || !accepted {
 		t.Fatalf("Send = %v, accepted %v: the server took the mail, so it counts as sent and must not be sent again", err, accepted)
 	}
@@ -105,7 +108,7 @@ func TestSendDroppedBeforeAccept(t *testing.T) {
 	m := testMailer(t, smtpServer(t, false))
 	accepted := false
 	err := m.Send(context.Background(), Mail{OrderID: 1, Kind: "confirmation", To: "a@b.test", Subject: "s", Text: "t", HTML: "<p>h</p>", MessageID: "x@shop.test"},
-		func() { accepted = true })
+		notSent, func() { accepted = true })
 	if err == nil || accepted {
 		t.Fatalf("Send = %v, accepted %v: the server never accepted the mail", err, accepted)
 	}
@@ -118,10 +121,11 @@ func TestSendDroppedBeforeAccept(t *testing.T) {
 func TestSendQueuedForTheFinalStep(t *testing.T) {
 	var accepted atomic.Int64
 	port := slowSMTPServer(t, true, 100*time.Millisecond, &accepted)
-	m, err := NewMailer(Config{SMTPHost: "127.0.0.1", SMTPPort: port, SMTPTimeout: time.Second, EmailFrom: "Shop <shop@shop.test>", AcceptConcurrency: 1})
+	m, err := NewMailer(Config{SMTPHost: "127.0.0.1", SMTPPort: port, SMTPTimeout: time.Second, EmailFrom: "Shop <shop@shop.test>", AcceptConcurrency: 1, SMTPSessions: 16})
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer m.Close()
 	var (
 		wg       sync.WaitGroup
 		reported atomic.Int64
@@ -130,7 +134,7 @@ func TestSendQueuedForTheFinalStep(t *testing.T) {
 	for i := range 30 {
 		wg.Go(func() {
 			err := m.Send(context.Background(), Mail{OrderID: int64(i), Kind: "confirmation", To: "a@b.test", Subject: "s", Text: "t", HTML: "<p>h</p>", MessageID: "x@shop.test"},
-				func() { reported.Add(1) })
+				notSent, func() { reported.Add(1) })
 			if err != nil {
 				failed.Add(1)
 				t.Log(err)
@@ -140,5 +144,51 @@ func TestSendQueuedForTheFinalStep(t *testing.T) {
 	wg.Wait()
 	if failed.Load() != 0 || reported.Load() != 30 || accepted.Load() != 30 {
 		t.Fatalf("%d failed, %d reported accepted, server accepted %d; want 0, 30, 30", failed.Load(), reported.Load(), accepted.Load())
+	}
+}
+
+// A mail whose handler gives up while it waits for its turn at the final
+// step is cut off: the relay never gets its final ".", so it is not sent
+// behind the caller's back (a polite QUIT would write it).
+func TestSendAbandonedIsCut(t *testing.T) {
+	r := startRelay(t, 300*time.Millisecond, nil)
+	m := testMailer(t, r.Port)
+	first := Mail{OrderID: 1, Kind: "confirmation", To: "a@b.test", Subject: "s", Text: "t", HTML: "<p>h</p>", MessageID: "first@shop.test"}
+	second := first
+	second.OrderID, second.MessageID = 2, "second@shop.test"
+
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if err := m.Send(context.Background(), first, notSent, func() {}); err != nil {
+			t.Errorf("first: %v", err)
+		}
+	})
+	// The first mail holds the final step: its end of data reached the relay.
+	waitFor(t, func() bool { r.mu.Lock(); defer r.mu.Unlock(); return r.ends[first.MessageID] == 1 })
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := m.Send(ctx, second, notSent, func() { t.Error("second reported accepted") }); err == nil {
+		t.Fatal("second: Send = nil after its context ended")
+	}
+	wg.Wait()
+	// The second transaction ends at the relay one way or the other.
+	waitFor(t, func() bool {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		return r.abandoned.Load() == 1 || r.ends[second.MessageID] > 0
+	})
+	if got := r.Accepted(); got[second.MessageID] != 0 || got[first.MessageID] != 1 {
+		t.Fatalf("accepted %v: the abandoned mail was finished", got)
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 10s")
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
