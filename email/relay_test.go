@@ -22,6 +22,12 @@ type relay struct {
 	// its Message-ID, and the how-manieth time this mail got there, from 1);
 	// "" or a 2xx reply accepts it.
 	Reply func(messageID string, n int) string
+	// HangUp closes each connection after the reply to its first mail,
+	// without a word (as a server that times idle sessions out).
+	HangUp bool
+	// Drop closes the connection at the end of the data instead of
+	// answering: the mail is not accepted.
+	Drop bool
 
 	mu       sync.Mutex
 	accepted map[string]int // Message-ID → times accepted
@@ -35,11 +41,20 @@ type relay struct {
 // startRelay starts a relay answering the end of the data after delay.
 func startRelay(t *testing.T, delay time.Duration, reply func(messageID string, n int) string) *relay {
 	t.Helper()
+	r := &relay{Delay: delay, Reply: reply}
+	r.start(t)
+	return r
+}
+
+// start serves until the test ends.
+func (r *relay) start(t *testing.T) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &relay{Port: ln.Addr().(*net.TCPAddr).Port, Delay: delay, Reply: reply, accepted: map[string]int{}, ends: map[string]int{}}
+	r.Port = ln.Addr().(*net.TCPAddr).Port
+	r.accepted, r.ends = map[string]int{}, map[string]int{}
 	var (
 		wg    sync.WaitGroup
 		mu    sync.Mutex
@@ -67,7 +82,6 @@ func startRelay(t *testing.T, delay time.Duration, reply func(messageID string, 
 			wg.Go(func() { r.serve(conn) })
 		}
 	})
-	return r
 }
 
 // Accepted returns how many times each mail was accepted.
@@ -122,6 +136,9 @@ func (r *relay) serve(conn net.Conn) {
 				r.abandoned.Add(1)
 				return
 			}
+			if r.Drop {
+				return
+			}
 			r.mu.Lock()
 			r.ends[id]++
 			n := r.ends[id]
@@ -138,7 +155,7 @@ func (r *relay) serve(conn net.Conn) {
 				reply = "250 2.0.0 queued"
 			}
 			say(reply)
-			if strings.HasPrefix(reply, "421") {
+			if strings.HasPrefix(reply, "421") || r.HangUp {
 				return
 			}
 		case strings.HasPrefix(cmd, "QUIT"):
