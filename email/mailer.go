@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	htmltemplate "html/template"
+	"log/slog"
 	"net/mail"
 	"net/textproto"
 	"strconv"
@@ -52,8 +53,9 @@ type Mailer struct {
 // would have been finished (a sibling sharing the record sent it).
 var errSentBefore = errors.New("smtp send: the mail was sent before")
 
-// NewMailer returns a mailer for the SMTP server in cfg.
-func NewMailer(cfg Config) (*Mailer, error) {
+// NewMailer returns a mailer for the SMTP server in cfg; log hears when
+// the final step opens beyond one mail and closes again.
+func NewMailer(cfg Config, log *slog.Logger) (*Mailer, error) {
 	from, err := mail.ParseAddress(cfg.EmailFrom)
 	if err != nil {
 		return nil, fmt.Errorf("EMAIL_FROM: %w", err)
@@ -91,7 +93,7 @@ func NewMailer(cfg Config) (*Mailer, error) {
 	}
 	return &Mailer{client: client, from: from.String(), domain: domain, timeout: cfg.SMTPTimeout,
 		pool:   newSessionPool(client, cfg.SMTPSessions),
-		window: &window{max: min(cfg.AcceptConcurrency, cfg.SMTPSessions), budget: budget}}, nil
+		window: &window{max: min(cfg.AcceptConcurrency, cfg.SMTPSessions), budget: budget, log: log}}, nil
 }
 
 // Close ends the idle SMTP sessions.

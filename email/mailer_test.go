@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -14,7 +15,7 @@ func notSent() bool { return false }
 
 func testMailer(t *testing.T, port int) *Mailer {
 	t.Helper()
-	m, err := NewMailer(Config{SMTPHost: "127.0.0.1", SMTPPort: port, SMTPTimeout: 2 * time.Second, EmailFrom: "Shop <shop@shop.test>", AcceptConcurrency: 1, SMTPSessions: 16})
+	m, err := NewMailer(Config{SMTPHost: "127.0.0.1", SMTPPort: port, SMTPTimeout: 2 * time.Second, EmailFrom: "Shop <shop@shop.test>", AcceptConcurrency: 1, SMTPSessions: 16}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,7 +56,7 @@ func TestSendDroppedBeforeAccept(t *testing.T) {
 // server accepted was reported as accepted.
 func TestSendQueuedForTheFinalStep(t *testing.T) {
 	r := startRelay(t, 100*time.Millisecond, nil)
-	m, err := NewMailer(Config{SMTPHost: "127.0.0.1", SMTPPort: r.Port, SMTPTimeout: time.Second, EmailFrom: "Shop <shop@shop.test>", AcceptConcurrency: 1, SMTPSessions: 16})
+	m, err := NewMailer(Config{SMTPHost: "127.0.0.1", SMTPPort: r.Port, SMTPTimeout: time.Second, EmailFrom: "Shop <shop@shop.test>", AcceptConcurrency: 1, SMTPSessions: 16}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -34,7 +34,7 @@ func main() {
 // deliveries and lets the mails in flight finish.
 func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.Addr)) error {
 	log := web.NewLogger(stdout, cfg.LogLevel, cfg.LogFormat, "email")
-	mailer, err := NewMailer(cfg)
+	mailer, err := NewMailer(cfg, log)
 	if err != nil {
 		return err
 	}

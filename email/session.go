@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"slices"
 	"sync"
@@ -167,10 +168,12 @@ func (p *sessionPool) Close() {
 type window struct {
 	max    int
 	budget time.Duration
+	log    *slog.Logger
 
 	mu      sync.Mutex
 	in      int
 	open    int           // how many may be in now
+	widest  int           // the most it was open since it last was one
 	latency time.Duration // moving average of the reply to the end of the data
 	queue   []waiter
 }
@@ -234,9 +237,18 @@ func (w *window) admit(backlog int64) {
 	// backlog drains at the pace it opened for, not ever slower.
 	if len(w.queue) == 0 {
 		w.open = w.allowed(backlog)
+		if w.open == 1 && w.widest > 1 {
+			w.log.Info("final step back to one mail at a time", "widest", w.widest)
+			w.widest = 1
+		}
 		return
 	}
 	w.open = max(w.open, w.allowed(backlog))
+	if w.open > max(w.widest, 1) {
+		// Each mail that far in is one more a crash now can send twice.
+		w.log.Info("final step opened for a backlog", "mails_at_once", w.open, "backlog", backlog, "reply_time", w.latency.String())
+		w.widest = w.open
+	}
 	now := time.Now()
 	for len(w.queue) > 0 && w.in < w.max {
 		head := w.queue[0]
