@@ -117,9 +117,9 @@ func (m *Mailer) MessageID(orderID int64, kind string) string {
 // written the reply is awaited whatever ctx says (SMTP_TIMEOUT bounds it):
 // it is what says whether the mail went out.
 //
-// A failure is a *textproto.Error when the server refused (its reply code
-// says for how long), a sessionError when no session could be opened, and
-// connection trouble otherwise.
+// A failure wraps the server's *textproto.Error when it refused (its reply
+// code says for how long), is a sessionError when no session could be
+// opened, and connection trouble otherwise.
 func (m *Mailer) Send(ctx context.Context, ml Mail, sentBefore func() bool, accepted func()) error {
 	m.pending.Add(1)
 	defer m.pending.Add(-1)
@@ -157,7 +157,7 @@ func (m *Mailer) Send(ctx context.Context, ml Mail, sentBefore func() bool, acce
 		if err != nil {
 			return err
 		}
-		err, stale := m.transact(ctx, s, from, rcpts, data.Bytes(), sentBefore, accepted)
+		stale, err := m.transact(ctx, s, from, rcpts, data.Bytes(), sentBefore, accepted)
 		// A pooled session the server had closed fails at its first
 		// command, before anything of the mail was sent: once more on a
 		// new one.
@@ -171,7 +171,7 @@ func (m *Mailer) Send(ctx context.Context, ml Mail, sentBefore func() bool, acce
 // transact runs one mail transaction on s and gives s back to the pool, or
 // closes it. stale says that s had carried mails before and failed at its
 // first command with connection trouble or a 421.
-func (m *Mailer) transact(ctx context.Context, s *session, from string, rcpts []string, data []byte, sentBefore func() bool, accepted func()) (err error, stale bool) {
+func (m *Mailer) transact(ctx context.Context, s *session, from string, rcpts []string, data []byte, sentBefore func() bool, accepted func()) (stale bool, err error) {
 	// Until the final ".", an ended ctx cuts the socket: whatever the
 	// session is blocked on fails at once, and nothing finishes the mail.
 	stop := context.AfterFunc(ctx, s.cut)
@@ -195,15 +195,15 @@ func (m *Mailer) transact(ctx context.Context, s *session, from string, rcpts []
 	}
 	// Before DATA a refused command leaves a session that RSET makes
 	// ready for the next mail.
-	refused := func(what string, err error, first bool) (error, bool) {
+	refused := func(what string, err error, first bool) (bool, error) {
 		var reply *textproto.Error
 		if errors.As(err, &reply) && reply.Code != 421 && ctx.Err() == nil {
 			keep = s.c.Reset() == nil
 		}
-		return fail(what, err), first && s.reused && (reply == nil || reply.Code == 421)
+		return first && s.reused && (reply == nil || reply.Code == 421), fail(what, err)
 	}
 	if err := s.c.UpdateDeadline(m.timeout); err != nil {
-		return fail("deadline", err), false
+		return false, fail("deadline", err)
 	}
 	if err := s.c.Mail(from); err != nil {
 		return refused("MAIL FROM", err, true)
@@ -221,26 +221,26 @@ func (m *Mailer) transact(ctx context.Context, s *session, from string, rcpts []
 	// the transaction: never w.Close after a failed write, it would finish
 	// a truncated mail.
 	if _, err := w.Write(data); err != nil {
-		return fail("write", err), false
+		return false, fail("write", err)
 	}
 	backlog := m.pending.Load
 	if err := m.window.enter(ctx, backlog()); err != nil {
-		return fail("final step", err), false
+		return false, fail("final step", err)
 	}
 	took := time.Duration(0)
 	defer func() { m.window.leave(took, backlog()) }()
 	// Past this point ctx no longer cuts the socket; if it did already,
 	// the transaction is gone.
 	if !stop() {
-		return fail("final step", context.Cause(ctx)), false
+		return false, fail("final step", context.Cause(ctx))
 	}
 	stop = func() bool { return true } // for the deferred put
 	if sentBefore() {
-		return errSentBefore, false // keep is false: cut, the "." is never written
+		return false, errSentBefore // keep is false: cut, the "." is never written
 	}
 	// The wait for a turn must not eat into the server's time to answer.
 	if err := s.c.UpdateDeadline(m.timeout); err != nil {
-		return fail("deadline", err), false
+		return false, fail("deadline", err)
 	}
 	start := time.Now()
 	err = w.Close()
@@ -250,11 +250,11 @@ func (m *Mailer) transact(ctx context.Context, s *session, from string, rcpts []
 		// carries on, unless the server is closing it (421).
 		var reply *textproto.Error
 		keep = errors.As(err, &reply) && reply.Code != 421
-		return fail("end of data", err), false
+		return false, fail("end of data", err)
 	}
 	accepted()
 	keep = true
-	return nil, false
+	return false, nil
 }
 
 // replyError is the server's refusal of a step of a mail transaction.

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -133,5 +134,24 @@ func TestSentLogPrunes(t *testing.T) {
 	}
 	if _, err := os.Stat(staleFile); !os.IsNotExist(err) {
 		t.Fatalf("the stale file is still there: %v", err)
+	}
+}
+
+// A line that is no record, however long, is skipped: the records after it
+// are read.
+func TestSentLogSkipsGarbage(t *testing.T) {
+	dir := t.TempDir()
+	key := mailKey("order-1.order_confirmation@shop.test")
+	body := strings.Repeat("x", 10000) + "\nnot a uuid\n" + key.String() + "\n"
+	if err := os.WriteFile(filepath.Join(dir, sentLogName(time.Now())), []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	l, err := openSentLog(dir, time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if !l.has(key) {
+		t.Fatal("the record after a garbage line was not read")
 	}
 }
