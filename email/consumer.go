@@ -15,6 +15,11 @@ import (
 	"github.com/checkout-demo/checkout/internal/events"
 )
 
+// Queue is the queue the service consumes, events.QueueEmail, spelled out
+// for the deploy checks that read it from this source (TestQueue holds the
+// two equal).
+const Queue = "email.payment-results"
+
 // mailHandler mails the customer after a payment result or a cancelled
 // order, and announces EmailSent once the SMTP server accepted the mail,
 // or EmailFailed once it refused it for good.

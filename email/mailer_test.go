@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/checkout-demo/checkout/internal/events"
 )
 
 func notSent() bool { return false }
@@ -182,5 +184,11 @@ func TestRefusal(t *testing.T) {
 	err = testMailer(t, port).Send(context.Background(), testMail(1), notSent, func() {})
 	if _, final := refusal(err); err == nil || final {
 		t.Fatalf("no server: %v, final %v", err, final)
+	}
+}
+
+func TestQueue(t *testing.T) {
+	if Queue != events.QueueEmail || len(events.QueueBindings(Queue)) == 0 {
+		t.Fatalf("Queue %q, the contract's %q with bindings %v", Queue, events.QueueEmail, events.QueueBindings(Queue))
 	}
 }

@@ -26,7 +26,7 @@ func main() {
 	service.Main("email", &cfg,
 		func(ctx context.Context) error { return run(ctx, cfg, os.Stdout, nil) },
 		func() []service.Command {
-			return []service.Command{service.Healthcheck(cfg.Port), service.DeadLetters(cfg.AMQPURL, events.QueueEmail)}
+			return []service.Command{service.Healthcheck(cfg.Port), service.DeadLetters(cfg.AMQPURL, Queue)}
 		})
 }
 
@@ -58,7 +58,7 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 	h := &mailHandler{log: log, mailer: mailer, broker: broker, pub: events.NewBatcher(pub), sent: sent,
 		delay: cfg.EmailDelay, retryWindow: cfg.RetryWindow}
 	consumer := events.NewConsumer(broker, events.ConsumerConfig{
-		Queue: events.QueueEmail, Bindings: events.QueueBindings(events.QueueEmail),
+		Queue: Queue, Bindings: events.QueueBindings(Queue),
 		Prefetch: cfg.Prefetch, Concurrency: cfg.Concurrency, MaxAttempts: cfg.MaxAttempts,
 		RetryBase: cfg.RetryBase, RetryMax: cfg.RetryMax, HandlerTimeout: cfg.HandlerTimeout,
 		Unavailable: unavailable,
