@@ -4,7 +4,7 @@ package main
 
 import (
 	"context"
-	"fmt"
+	"errors"
 	"io"
 	"net"
 	"os"
@@ -41,7 +41,7 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 		// The gateway can serve checkouts only while the order service can.
 		Ready: map[string]web.Check{"order-service": func(ctx context.Context) error {
 			if s := probe(ctx, client, cfg.OrderServiceURL+"/readyz"); s != "healthy" {
-				return fmt.Errorf("%s", s)
+				return errors.New(s)
 			}
 			return nil
 		}},
