@@ -6,8 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
 	"maps"
+	"net/http"
 	"net/url"
 	"os/exec"
 	"slices"
@@ -300,4 +300,3 @@ func rabbitAPI(method, path, body string) error {
 	}
 	return nil
 }
-
