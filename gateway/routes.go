@@ -10,6 +10,7 @@ import (
 )
 
 func addRoutes(r chi.Router, log *slog.Logger, cfg Config, client *http.Client, health web.Health) {
+	r.Method(http.MethodGet, "/", web.HandleAbout("gateway", r, web.SystemLinks))
 	r.Method(http.MethodPost, "/api/checkout", handleCheckout(log, cfg, client))
 	r.Method(http.MethodGet, "/api/orders/{id}", handleGetOrder(log, cfg, client))
 	r.Method(http.MethodGet, "/health", handleHealth(cfg, client))
