@@ -268,7 +268,7 @@ type networkPolicy struct {
 type cnpgCluster struct {
 	Spec struct {
 		EnableSuperuserAccess bool
-		Bootstrap struct {
+		Bootstrap             struct {
 			Initdb struct{ Database, Owner string }
 		}
 		PostgreSQL struct{ Parameters map[string]string }
