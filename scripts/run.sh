@@ -42,7 +42,7 @@ RUN_DIR=$(mktemp -d "${TMPDIR:-/tmp}/checkout-run.XXXXXX")
 
 pids=() builder=""
 stop() {
-  trap - INT TERM EXIT
+  trap - INT TERM HUP EXIT
   echo; echo "run: stopping…"
   # A Mailpit UI build still running goes on by itself, for the next run.
   [ -z "$builder" ] || kill -TERM "$builder" 2>/dev/null || true
@@ -50,8 +50,13 @@ stop() {
   wait 2>/dev/null || true
   rm -rf "$RUN_DIR"
 }
-trap stop INT TERM EXIT
+trap stop INT TERM HUP EXIT
 
+# Job control: each supervisor (and what it runs) in a process group of its
+# own, so that Ctrl-C reaches this script only, which then stops them all
+# with one SIGTERM each (a service that saw Ctrl-C itself would exit before
+# its supervisor knew it was asked to, and be restarted).
+set -m
 start() { # name colour command…
   SUPERVISE_PIDFILE="$RUN_DIR/$1.pid" bash scripts/supervise.sh "$@" &
   pids+=($!)

@@ -41,6 +41,7 @@ stop() {
 }
 trap stop INT TERM
 
+parent=$PPID
 fails=0
 while :; do
   started=$SECONDS
@@ -55,6 +56,8 @@ while :; do
     kill -0 "$child" 2>/dev/null || break
   done
   [ "$stopping" = 0 ] || exit 0
+  # `make run` itself is gone (killed): nothing to restart for.
+  kill -0 "$parent" 2>/dev/null || exit 0
 
   if [ "$rc" -gt 128 ]; then how="signal $((rc - 128))"; else how="status $rc"; fi
   if [ $((SECONDS - started)) -lt "$START_GRACE" ] && [ "$rc" != 0 ]; then
