@@ -14,7 +14,9 @@ build:
 	@for s in $(SERVICES); do CGO_ENABLED=0 $(GO) build $(BUILD_FLAGS) -o bin/$$s ./$$s || exit 1; done
 	@echo "built bin/{$(shell echo $(SERVICES) | tr ' ' ',')}"
 
-## run: the whole system natively, in the foreground (Ctrl-C stops it)
+## run: the whole system natively, in the foreground, each service under its own
+## RabbitMQ user and PostgreSQL role (created if missing); what dies is restarted;
+## Ctrl-C stops it
 run: build
 	@bash scripts/run.sh
 

@@ -86,6 +86,7 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 		Stopping: stopping.Load,
 	}
 	r := chi.NewRouter()
+	r.Method(http.MethodGet, "/", web.HandleAbout("email", r, nil))
 	r.Method(http.MethodGet, "/health", health.HandleHealth())
 	r.Method(http.MethodGet, "/livez", health.HandleLivez())
 	r.Method(http.MethodGet, "/readyz", health.HandleReadyz())

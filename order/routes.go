@@ -10,6 +10,7 @@ import (
 )
 
 func addRoutes(r chi.Router, log *slog.Logger, store *Store, relay waker, health web.Health) {
+	r.Method(http.MethodGet, "/", web.HandleAbout("order", r, nil))
 	r.Method(http.MethodPost, "/orders", handleCreateOrder(log, store, relay))
 	r.Method(http.MethodGet, "/orders", handleListOrders(log, store))
 	r.Method(http.MethodGet, "/orders/{id}", handleGetOrder(log, store))
