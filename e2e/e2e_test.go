@@ -53,24 +53,32 @@ func checkout(t *testing.T, s *testenv.System, userID int, email, price string) 
 	if err := json.Unmarshal(b, &o); err != nil {
 		t.Fatal(err)
 	}
-	tokens.Store(o.ID, o.AccessToken)
+	tokens.Store(orderKey{s, o.ID}, o.AccessToken)
 	return o
 }
 
-// tokens keeps the access token of every order checkout placed, by id, for
-// getOrder.
+// tokens keeps the access token of every order checkout placed, by system
+// and id (every system's ids start at 1), for getOrder.
 var tokens sync.Map
+
+type orderKey struct {
+	s  *testenv.System
+	id int64
+}
 
 func getOrder(t *testing.T, s *testenv.System, id int64) order {
 	t.Helper()
 	req, _ := http.NewRequest(http.MethodGet, fmt.Sprintf("%s/api/orders/%d", s.URL("gateway"), id), nil)
-	tok, _ := tokens.Load(id)
+	tok, _ := tokens.Load(orderKey{s, id})
 	req.Header.Set("Authorization", fmt.Sprintf("Bearer %v", tok))
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("get order %d: %d", id, resp.StatusCode)
+	}
 	var o order
 	if err := json.NewDecoder(resp.Body).Decode(&o); err != nil {
 		t.Fatal(err)
