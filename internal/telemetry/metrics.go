@@ -63,6 +63,7 @@ type Metrics struct {
 	handleDuration   *prometheus.HistogramVec
 	confirms         *prometheus.CounterVec
 	sagaOutcomes     *prometheus.CounterVec
+	timeToMail       prometheus.Histogram
 	smtpDuration     *prometheus.HistogramVec
 	smtpFailures     *prometheus.CounterVec
 	providerDuration *prometheus.HistogramVec
@@ -98,6 +99,11 @@ func NewMetrics() *Metrics {
 			Namespace: Namespace, Subsystem: "saga", Name: "outcomes_total",
 			Help: "Orders that reached an end of the payment saga: paid, declined, cancelled, timed_out, refunded.",
 		}, []string{"outcome"}),
+		timeToMail: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: Namespace, Subsystem: "saga", Name: "time_to_mail_seconds",
+			Help:    "Time from an order's creation to its confirmation mail being sent, as the order service learns it.",
+			Buckets: []float64{.5, 1, 2, 3, 4, 5, 7.5, 10, 15, 30, 60, 120, 300, 900},
+		}),
 		smtpDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: Namespace, Subsystem: "smtp", Name: "send_duration_seconds",
 			Help:    "Time to hand one mail to the SMTP server, by result (ok, error).",
@@ -117,7 +123,7 @@ func NewMetrics() *Metrics {
 			Help: "State of a circuit breaker: 0 closed, 1 half-open, 2 open.",
 		}, []string{"breaker"}),
 	}
-	reg.MustRegister(m.httpDuration, m.consumerMessages, m.handleDuration, m.confirms, m.sagaOutcomes,
+	reg.MustRegister(m.httpDuration, m.consumerMessages, m.handleDuration, m.confirms, m.sagaOutcomes, m.timeToMail,
 		m.smtpDuration, m.smtpFailures, m.providerDuration, m.breakerState)
 	return m
 }
@@ -179,6 +185,15 @@ func (m *Metrics) SagaOutcome(outcome string) {
 		outcome = "other"
 	}
 	m.sagaOutcomes.WithLabelValues(outcome).Inc()
+}
+
+// TimeToMail records how long after its creation an order's confirmation
+// mail went out (the order service, on EmailSent: time.Since(created_at)).
+func (m *Metrics) TimeToMail(d time.Duration) {
+	if m == nil {
+		return
+	}
+	m.timeToMail.Observe(d.Seconds())
 }
 
 // SMTPSend records one attempt to send a mail that took d and ended with

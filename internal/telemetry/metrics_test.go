@@ -47,6 +47,7 @@ func TestMetrics(t *testing.T) {
 	m.PublishConfirm(telemetry.ConfirmNack)
 	m.SagaOutcome(telemetry.SagaPaid)
 	m.SagaOutcome("something new")
+	m.TimeToMail(3 * time.Second)
 	m.SMTPSend(30*time.Millisecond, nil)
 	m.SMTPSend(time.Millisecond, fmt.Errorf("send: %w", &textproto.Error{Code: 451, Msg: "try later"}))
 	m.SMTPSend(time.Millisecond, fmt.Errorf("send: %w", codedErr(550)))
@@ -65,6 +66,7 @@ func TestMetrics(t *testing.T) {
 		`checkout_publisher_confirms_total{result="nack"} 1`,
 		`checkout_saga_outcomes_total{outcome="paid"} 1`,
 		`checkout_saga_outcomes_total{outcome="other"} 1`,
+		`checkout_saga_time_to_mail_seconds_count 1`,
 		`checkout_smtp_send_duration_seconds_count{result="ok"} 1`,
 		`checkout_smtp_send_duration_seconds_count{result="error"} 3`,
 		`checkout_smtp_send_failures_total{reply_class="4xx"} 1`,
@@ -97,6 +99,7 @@ func TestMetricsNil(t *testing.T) {
 	m.PublishConfirm(telemetry.ConfirmAck)
 	m.SagaOutcome(telemetry.SagaPaid)
 	m.SMTPSend(time.Second, nil)
+	m.TimeToMail(time.Second)
 	m.ProviderCall(telemetry.ProviderError, time.Second)
 	m.BreakerState("b", telemetry.BreakerClosed)
 	m.ObserveHTTP("/", "GET", 200, time.Second)
