@@ -204,6 +204,7 @@ func layout(tr *jaegerTrace) waterfall {
 			Width:  max(100*float64(s.Duration)/float64(total), 0.2),
 			Colour: colours[svc],
 		}
+		rw.Width = min(rw.Width, 100-rw.Left)
 		for _, t := range s.Tags {
 			switch t.Key {
 			case "error":
