@@ -2,19 +2,14 @@ package telemetry_test
 
 import (
 	"context"
-	"io"
-	"net/http"
-	"net/http/httptest"
-	"sync"
 	"testing"
+	"time"
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
-	"go.opentelemetry.io/otel/trace"
-	coltrace "go.opentelemetry.io/proto/otlp/collector/trace/v1"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/checkout-demo/checkout/internal/telemetry"
+	"github.com/checkout-demo/checkout/internal/telemetry/telemetrytest"
 )
 
 // clearOTEL unsets every variable Setup reads, for the test.
@@ -93,25 +88,7 @@ func TestSetup(t *testing.T) {
 	})
 	t.Run("EndpointExportsOTLP", func(t *testing.T) {
 		clearOTEL(t)
-		var (
-			mu  sync.Mutex
-			got []*coltrace.ExportTraceServiceRequest
-		)
-		collector := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			body, _ := io.ReadAll(r.Body)
-			var req coltrace.ExportTraceServiceRequest
-			if r.URL.Path != "/v1/traces" || proto.Unmarshal(body, &req) != nil {
-				http.Error(w, "bad export", http.StatusBadRequest)
-				return
-			}
-			mu.Lock()
-			got = append(got, &req)
-			mu.Unlock()
-			w.Header().Set("Content-Type", "application/x-protobuf")
-			b, _ := proto.Marshal(&coltrace.ExportTraceServiceResponse{})
-			w.Write(b)
-		}))
-		defer collector.Close()
+		collector := telemetrytest.NewCollector(t)
 		t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.URL)
 		t.Setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment.name=test")
 		prev := otel.GetTracerProvider()
@@ -130,29 +107,12 @@ func TestSetup(t *testing.T) {
 		if err := shutdown(context.Background()); err != nil { // flushes
 			t.Fatal(err)
 		}
-		mu.Lock()
-		defer mu.Unlock()
-		var service string
-		var found bool
-		for _, req := range got {
-			for _, rs := range req.ResourceSpans {
-				for _, a := range rs.Resource.Attributes {
-					if a.Key == "service.name" {
-						service = a.Value.GetStringValue()
-					}
-				}
-				for _, ss := range rs.ScopeSpans {
-					for _, s := range ss.Spans {
-						found = found || (trace.SpanID(s.SpanId) == want && s.Name == "charge")
-					}
-				}
-			}
+		spans := collector.Wait(t, 10*time.Second, func(s []telemetrytest.Span) bool { return len(s) > 0 })
+		if len(spans) != 1 || spans[0].SpanID != want.String() || spans[0].Name != "charge" {
+			t.Fatalf("the collector got %+v, want span %s named charge", spans, want)
 		}
-		if !found {
-			t.Fatalf("the collector got no span %s named charge (%d exports)", want, len(got))
-		}
-		if service != "payment" {
-			t.Errorf("service.name = %q, want payment", service)
+		if spans[0].Service != "payment" {
+			t.Errorf("service.name = %q, want payment", spans[0].Service)
 		}
 	})
 	t.Run("ServiceNameFromEnv", func(t *testing.T) {
