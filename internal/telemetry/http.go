@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/felixge/httpsnoop"
 	"github.com/go-chi/chi/v5"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
@@ -33,8 +34,8 @@ func Middleware(m *Metrics) func(http.Handler) http.Handler {
 				rctx = chi.NewRouteContext()
 				r = r.WithContext(context.WithValue(r.Context(), chi.RouteCtxKey, rctx))
 			}
+			var res httpsnoop.Metrics
 			start := time.Now()
-			rec := &statusWriter{ResponseWriter: w, status: http.StatusOK}
 			defer func() {
 				route := rctx.RoutePattern()
 				if route == "" {
@@ -44,9 +45,13 @@ func Middleware(m *Metrics) func(http.Handler) http.Handler {
 					span.SetName(r.Method + " " + route)
 					span.SetAttributes(semconv.HTTPRoute(route))
 				}
-				m.ObserveHTTP(route, r.Method, rec.status, time.Since(start))
+				code := res.Code
+				if code == 0 { // the handler panicked before it answered
+					code = http.StatusInternalServerError
+				}
+				m.ObserveHTTP(route, r.Method, code, time.Since(start))
 			}()
-			next.ServeHTTP(rec, r)
+			res = httpsnoop.CaptureMetrics(next, w, r)
 		})
 		return otelhttp.NewHandler(routed, "http.server",
 			otelhttp.WithFilter(func(r *http.Request) bool { return !quiet[r.URL.Path] }),
@@ -65,24 +70,3 @@ func Transport(base http.RoundTripper) http.RoundTripper {
 	return otelhttp.NewTransport(base,
 		otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string { return r.Method + " " + r.URL.Host }))
 }
-
-type statusWriter struct {
-	http.ResponseWriter
-	status int
-	wrote  bool
-}
-
-func (s *statusWriter) WriteHeader(code int) {
-	if !s.wrote {
-		s.status, s.wrote = code, true
-	}
-	s.ResponseWriter.WriteHeader(code)
-}
-
-func (s *statusWriter) Write(b []byte) (int, error) {
-	s.wrote = true
-	return s.ResponseWriter.Write(b)
-}
-
-// Unwrap lets http.ResponseController reach the underlying writer.
-func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
