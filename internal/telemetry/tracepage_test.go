@@ -71,6 +71,9 @@ func TestTracePage(t *testing.T) {
 			t.Errorf("the page lacks %s", s)
 		}
 	}
+	if strings.Contains(page, "ZgotmplZ") || !strings.Contains(page, `style="left:0.890%;width:99.110%"`) {
+		t.Error("the bars are not placed on the time axis (the consumer starts 8.9 ms into a 1011 ms trace)")
+	}
 	if strings.Count(page, `class="err"`) != 1 {
 		t.Error("want exactly the charge span marked as an error")
 	}
