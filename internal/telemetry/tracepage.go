@@ -171,11 +171,20 @@ func layout(tr *jaegerTrace) waterfall {
 	var roots []*jaegerSpan
 	for i := range tr.Spans {
 		s := &tr.Spans[i]
+		// The parent is the CHILD_OF reference; failing that a FOLLOWS_FROM
+		// one in the same trace: Jaeger reports a consumer's parent that is
+		// also its link (StartConsume) as FOLLOWS_FROM.
 		parent := ""
 		for _, ref := range s.References {
-			if ref.RefType == "CHILD_OF" && ref.TraceID == tr.TraceID && byID[ref.SpanID] != nil {
+			if ref.TraceID != tr.TraceID || byID[ref.SpanID] == nil {
+				continue
+			}
+			if ref.RefType == "CHILD_OF" {
 				parent = ref.SpanID
 				break
+			}
+			if parent == "" {
+				parent = ref.SpanID
 			}
 		}
 		if parent == "" {
@@ -190,8 +199,13 @@ func layout(tr *jaegerTrace) waterfall {
 	total := max(end-start, 1)
 	colours := map[string]int{}
 	page := waterfall{TraceID: tr.TraceID, Total: micros(end - start)}
+	visited := map[*jaegerSpan]bool{}
 	var walk func(s *jaegerSpan, depth int)
 	walk = func(s *jaegerSpan, depth int) {
+		if visited[s] {
+			return
+		}
+		visited[s] = true
 		svc := tr.Processes[s.ProcessID].ServiceName
 		if _, ok := colours[svc]; !ok {
 			colours[svc] = len(colours) % 8
@@ -225,6 +239,11 @@ func layout(tr *jaegerTrace) waterfall {
 	slices.SortFunc(roots, byStart)
 	for _, s := range roots {
 		walk(s, 0)
+	}
+	// Spans whose references go round in a circle (never from a real
+	// tracer) still show, at the top level.
+	for i := range tr.Spans {
+		walk(&tr.Spans[i], 0)
 	}
 	return page
 }

@@ -94,3 +94,26 @@ func TestTracePage(t *testing.T) {
 		})
 	}
 }
+
+// TestTracePageRecorded renders an answer recorded from a real Jaeger
+// (v2.13, built by scripts/jaeger.sh) for spans made with this package:
+// Jaeger turns the consumer's parent, which is also its link, into a
+// FOLLOWS_FROM reference, and the consumer must still hang under the
+// publish.
+func TestTracePageRecorded(t *testing.T) {
+	const id = "4d8f408c3e19465e49f7536c733ad85f"
+	jaeger := fakeJaeger(t, "testdata/jaeger-recorded.json", id)
+	code, page := servePage(t, jaeger.URL, "/traces/"+id)
+	if code != http.StatusOK {
+		t.Fatalf("status %d:\n%s", code, page)
+	}
+	var got []string
+	for _, m := range rowOp.FindAllStringSubmatch(page, -1) {
+		got = append(got, m[1]+" "+strings.TrimSpace(m[2]))
+	}
+	want := []string{"0.0 POST /api/checkout", "1.2 insert order", "2.4 publish ecommerce_events",
+		"3.6 process payment.order-created", "4.8 charge"}
+	if strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Errorf("rows\n %q\nwant\n %q", got, want)
+	}
+}
