@@ -3,15 +3,16 @@
 # default: OTLP on :4317 gRPC and :4318 HTTP, the query API on :16686, spans
 # kept in memory).
 #
-#   scripts/jaeger.sh build   build it once into the cache (about 9 minutes on
-#                             a 2-core machine; skipped when it is there)
+#   scripts/jaeger.sh build   build it once into the cache (9 minutes on an
+#                             idle 2-core machine, 54 niced behind other
+#                             builds; skipped when it is there)
 #   scripts/jaeger.sh start   build if needed, then run it in the foreground
 #   scripts/jaeger.sh path    print where the binary is (or would be)
 #
 # Jaeger's binary installs from the Go module proxy, but its web UI does not:
 # the UI is a separate npm project (jaeger-ui) that the release builds embed
 # and the module does not carry, so this binary answers the query API
-# (/api/traces/{id}, /api/services) and serves no usable page. The gateway's
+# (/api/traces/{id}, /api/services) and serves only a placeholder page. The gateway's
 # /traces/{trace_id} page draws one trace from that API instead.
 #
 # The build happens in a scratch module (go mod init x; go get -tool), so no
@@ -43,7 +44,7 @@ build() {
     flock -w 1800 9 || give_up "another build holds $CACHE/jaeger.lock"
     [ -x "$BIN" ] && return 0
   fi
-  say "building Jaeger $JAEGER_VERSION into $BIN (about 9 minutes once; log: $LOG)"
+  say "building Jaeger $JAEGER_VERSION into $BIN (a long compile, once; log: $LOG)"
   local started work
   started=$(date +%s)
   work=$(mktemp -d "$DIR/build.XXXXXX") || give_up "cannot make a build dir in $DIR"
