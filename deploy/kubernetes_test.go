@@ -882,6 +882,7 @@ var outside = map[string]map[string]string{
 	"keda":            {"app": "keda-operator"},
 	"rabbitmq-system": {"app.kubernetes.io/name": "messaging-topology-operator"},
 	"cnpg-system":     {"app.kubernetes.io/name": "cloudnative-pg"},
+	"monitoring":      {"app.kubernetes.io/name": "prometheus"},
 	"elsewhere":       {"app": "anything"},
 }
 
@@ -903,7 +904,7 @@ func pods(t *testing.T, r *rendered) []pod {
 	for _, o := range r.all("RabbitmqCluster") {
 		out = append(out, pod{What: "RabbitmqCluster " + o.Name, Namespace: o.Namespace,
 			Labels: map[string]string{"app.kubernetes.io/name": o.Name, "app.kubernetes.io/component": "rabbitmq", "app.kubernetes.io/part-of": "rabbitmq"},
-			Ports:  map[int]string{5672: "amqp", 15672: "management", 4369: "epmd", 25672: "cluster-rpc"}})
+			Ports:  map[int]string{5672: "amqp", 15672: "management", 15692: "prometheus", 4369: "epmd", 25672: "cluster-rpc"}})
 	}
 	for _, o := range r.all("Cluster") {
 		out = append(out, pod{What: "Cluster " + o.Name, Namespace: o.Namespace,
@@ -1055,6 +1056,7 @@ func checkNetworkPolicies(t *testing.T, r *rendered, ws map[string]*workload) {
 	for _, o := range r.all("RabbitmqCluster") {
 		need = append(need, edge{"a pod in keda", "RabbitmqCluster " + o.Name, 5672, "KEDA's RabbitMQ scaler"})
 	}
+	need = append(need, scrapeEdges(t, r, all, ns)...)
 	gw := byWhat["Deployment gateway"]
 	gwPort, _ := strconv.Atoi(services(t)["gateway"].Port(ws["gateway"].Env))
 	need = append(need, edge{"a pod in ingress-nginx", gw.What, gwPort, "the Ingress"})
@@ -1114,6 +1116,74 @@ func probePaths(t *testing.T) map[string][]string {
 					}
 				}
 			}
+		}
+	}
+	return out
+}
+
+// scrapeEdges are the connections the ServiceMonitors ask for: Prometheus
+// (in the monitoring namespace) to every port they name on the pods behind
+// the Services they select, the RabbitMQ operator's Service among them
+// (port prometheus, 15692, on the cluster's pods).
+func scrapeEdges(t *testing.T, r *rendered, all []pod, ns string) []edge {
+	t.Helper()
+	type monitor struct {
+		Spec struct {
+			Selector  labelSelector
+			Endpoints []struct{ Port string }
+		}
+	}
+	type svc struct {
+		Metadata struct{ Labels map[string]string }
+		Spec     struct {
+			Selector map[string]string
+			Ports    []struct {
+				Name       string
+				TargetPort intOrString
+			}
+		}
+	}
+	var out []edge
+	for _, o := range r.all("ServiceMonitor") {
+		m := decode[monitor](t, o)
+		matched := false
+		for _, so := range r.all("Service") {
+			s := decode[svc](t, so)
+			if !m.Spec.Selector.matches(s.Metadata.Labels) {
+				continue
+			}
+			for _, ep := range m.Spec.Endpoints {
+				for _, sp := range s.Spec.Ports {
+					if sp.Name != ep.Port {
+						continue
+					}
+					for _, p := range all {
+						if p.Namespace != ns || !(labelSelector{MatchLabels: s.Spec.Selector}).matches(p.Labels) {
+							continue
+						}
+						for n, name := range p.Ports {
+							if string(sp.TargetPort) == name || string(sp.TargetPort) == strconv.Itoa(n) {
+								out = append(out, edge{"a pod in monitoring", p.What, n, "ServiceMonitor " + o.Name})
+								matched = true
+							}
+						}
+					}
+				}
+			}
+		}
+		for _, c := range r.all("RabbitmqCluster") {
+			// The operator's Service carries the cluster's pod labels.
+			if m.Spec.Selector.matches(map[string]string{"app.kubernetes.io/name": c.Name, "app.kubernetes.io/component": "rabbitmq", "app.kubernetes.io/part-of": "rabbitmq"}) {
+				for _, ep := range m.Spec.Endpoints {
+					if ep.Port == "prometheus" {
+						out = append(out, edge{"a pod in monitoring", "RabbitmqCluster " + c.Name, 15692, "ServiceMonitor " + o.Name})
+						matched = true
+					}
+				}
+			}
+		}
+		if !matched {
+			t.Errorf("ServiceMonitor %s selects no port of any Service", o.Name)
 		}
 	}
 	return out

@@ -97,11 +97,27 @@ else
     builder=$!
   fi
 fi
+# Traces: Jaeger when it has been built (scripts/jaeger.sh build, once: a
+# long compile, so never here), and the services export to it. A caller's
+# own OTEL_EXPORTER_OTLP_ENDPOINT wins.
+JAEGER=$(bash scripts/jaeger.sh path)
+if [ -n "${OTEL_EXPORTER_OTLP_ENDPOINT:-}" ]; then
+  traces="traces to $OTEL_EXPORTER_OTLP_ENDPOINT"
+elif (exec 3<>/dev/tcp/127.0.0.1/4318) 2>/dev/null || [ -x "$JAEGER" ]; then
+  if ! (exec 3<>/dev/tcp/127.0.0.1/4318) 2>/dev/null; then
+    start jaeger 37 "$JAEGER"
+  fi
+  export OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4318
+  traces="traces http://localhost:9000/traces/{trace_id} (Jaeger API :16686)"
+else
+  traces="traces: off (scripts/jaeger.sh build once, then make run again)"
+fi
 start order 36 env AMQP_URL="$ORDER_AMQP_URL" DATABASE_URL="$ORDER_DATABASE_URL" ./bin/order
 start payment 33 env AMQP_URL="$PAYMENT_AMQP_URL" DATABASE_URL="$PAYMENT_DATABASE_URL" ./bin/payment
 start email 35 env AMQP_URL="$EMAIL_AMQP_URL" ./bin/email
 start gateway 32 ./bin/gateway
 
+echo "run: metrics http://localhost:{9000,8001,8002,8003}/metrics · $traces"
 cat <<MSG
 run: gateway http://localhost:9000 · RabbitMQ UI http://localhost:15672 (guest/guest) · Mailpit http://localhost:8026
 run: listening on $LISTEN_HOST (LISTEN_HOST=0.0.0.0 opens the services and Mailpit to the network)

@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/exaring/otelpgx"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
@@ -26,6 +27,7 @@ import (
 	"github.com/pressly/goose/v3/lock"
 
 	"github.com/checkout-demo/checkout/internal/events"
+	"github.com/checkout-demo/checkout/internal/telemetry"
 )
 
 // ErrNotReady is returned while the database has not been prepared yet.
@@ -59,6 +61,11 @@ func Open(url string, maxConns int32) (*DB, error) {
 	// behind a lock would still commit after the client was told 503.
 	cfg.ConnConfig.BuildContextWatcherHandler = func(c *pgconn.PgConn) ctxwatch.Handler {
 		return &pgconn.CancelRequestContextWatcherHandler{Conn: c, DeadlineDelay: 2 * time.Second}
+	}
+	// Query spans under the caller's span, when tracing is on (call
+	// telemetry.Setup before Open). Off, the hook is not installed at all.
+	if telemetry.Enabled() {
+		cfg.ConnConfig.Tracer = otelpgx.NewTracer(otelpgx.WithDisableAcquireTracer())
 	}
 	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
 	if err != nil {

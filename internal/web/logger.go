@@ -4,11 +4,15 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+
+	"github.com/checkout-demo/checkout/internal/telemetry"
 )
 
 // NewLogger returns the logger a service passes down from run: JSON lines,
 // or logfmt-style text when format is "text" (make run uses it for people to
-// read). Every line carries the service's name.
+// read). Every line carries the service's name, and every line logged with
+// a context that holds a span (log.InfoContext(ctx, …)) its trace_id and
+// span_id.
 func NewLogger(w io.Writer, level, format, service string) *slog.Logger {
 	var l slog.Level
 	switch strings.ToLower(level) {
@@ -24,5 +28,5 @@ func NewLogger(w io.Writer, level, format, service string) *slog.Logger {
 	if format == "text" {
 		h = slog.NewTextHandler(w, opts)
 	}
-	return slog.New(h).With("service", service)
+	return slog.New(telemetry.LogHandler(h)).With("service", service)
 }

@@ -6,7 +6,10 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/go-chi/chi/v5"
 	"github.com/google/uuid"
+
+	"github.com/checkout-demo/checkout/internal/telemetry"
 )
 
 // RequestIDHeader carries the request id from the gateway downstream.
@@ -46,7 +49,9 @@ func validRequestID(id string) bool {
 
 // Middleware takes the request id from X-Request-ID (or makes one), echoes it
 // in the response, and logs one line per request. Requests for the probes are
-// not logged: they would drown everything else.
+// and the metric scrapes are not logged: they would drown everything else.
+// The lines carry the request's trace_id when Observed (or
+// telemetry.Middleware) runs outside it.
 func Middleware(log *slog.Logger, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id := r.Header.Get(RequestIDHeader)
@@ -61,21 +66,21 @@ func Middleware(log *slog.Logger, next http.Handler) http.Handler {
 			if p := recover(); p != nil {
 				if p == http.ErrAbortHandler {
 					// Deliberate: net/http resets the connection.
-					log.Warn("request aborted", "request_id", id, "method", r.Method, "path", r.URL.Path, "status", rec.status)
+					log.WarnContext(r.Context(), "request aborted", "request_id", id, "method", r.Method, "path", r.URL.Path, "status", rec.status)
 					panic(p)
 				}
-				log.Error("panic in handler", "request_id", id, "panic", p)
+				log.ErrorContext(r.Context(), "panic in handler", "request_id", id, "panic", p)
 				if !rec.wrote {
 					WriteProblem(rec, r, http.StatusInternalServerError, "internal error")
 				}
 			}
 			switch r.URL.Path {
-			case "/livez", "/readyz", "/health":
+			case "/livez", "/readyz", "/health", "/metrics":
 				if rec.status < 500 {
 					return
 				}
 			}
-			log.Info("request", "request_id", id, "method", r.Method, "path", r.URL.Path,
+			log.InfoContext(r.Context(), "request", "request_id", id, "method", r.Method, "path", r.URL.Path,
 				"status", rec.status, "duration_ms", float64(time.Since(start).Microseconds())/1000)
 		}()
 		next.ServeHTTP(rec, r)
@@ -98,4 +103,15 @@ func (s *statusRecorder) WriteHeader(code int) {
 func (s *statusRecorder) Write(b []byte) (int, error) {
 	s.wrote = true
 	return s.ResponseWriter.Write(b)
+}
+
+// Observed is Middleware with tracing and metrics around it: it serves m's
+// metrics at GET /metrics on r, and returns r behind Middleware behind
+// telemetry.Middleware (a server span per request continuing the caller's
+// trace, and the request duration histogram by route, method and status).
+// A service's NewServer returns web.Observed(log, metrics, r) where it
+// returned web.Middleware(log, r).
+func Observed(log *slog.Logger, m *telemetry.Metrics, r chi.Router) http.Handler {
+	r.Method(http.MethodGet, "/metrics", m.Handler())
+	return telemetry.Middleware(m)(Middleware(log, r))
 }
