@@ -231,6 +231,11 @@ func (b *Broker) channel(ctx context.Context, publish bool) (*amqp.Channel, erro
 			if errors.Is(err, ErrNotConnected) && ctx.Err() != nil {
 				return nil, err
 			}
+			if publish {
+				// Publishers do not wait for the next connection: the
+				// outbox tries again when the broker is back.
+				return nil, fmt.Errorf("%w: %w", ErrNotConnected, err)
+			}
 			// The connection just closed and Run has not noticed yet.
 			select {
 			case <-ctx.Done():
