@@ -96,4 +96,3 @@ func waitTimeout(t *testing.T, what string, cond func() bool) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
-
