@@ -14,9 +14,12 @@
 //	    created_at      timestamptz NOT NULL DEFAULT now(),
 //	    published_at    timestamptz,
 //	    attempts        int NOT NULL DEFAULT 0,
-//	    next_attempt_at timestamptz NOT NULL DEFAULT now(),
+//	    next_attempt_at timestamptz NOT NULL DEFAULT now(), -- also the claim's lease
 //	    last_error      text
 //	);
+//	CREATE INDEX outbox_unpublished ON outbox (id) WHERE published_at IS NULL;
+//	CREATE INDEX outbox_published_at ON outbox (published_at) WHERE published_at IS NOT NULL;
+//	CREATE INDEX inbox_handled_at ON inbox (handled_at); -- for the inbox clean-up
 package outbox
 
 import (
@@ -51,7 +54,9 @@ func Add(ctx context.Context, tx pgx.Tx, evs ...events.Event) error {
 }
 
 // Relay publishes unpublished outbox rows. Several relays (one per replica)
-// may run against one database: rows are claimed with FOR UPDATE SKIP LOCKED.
+// may run against one database: rows are claimed with FOR UPDATE SKIP LOCKED
+// in one short statement that leases them (next_attempt_at moves past the
+// lease), so no transaction stays open while the relay talks to the broker.
 type Relay struct {
 	pool *pgxpool.Pool
 	pub  *events.Publisher
