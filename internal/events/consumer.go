@@ -209,12 +209,16 @@ func (c *Consumer) consume(ctx context.Context, sem chan struct{}, inflight *syn
 		return err
 	}
 	defer repub.Close()
-	if err := repub.Confirm(false); err != nil {
+	pubConn := c.broker.publishConn()
+	if pubConn == nil {
+		return ErrNotConnected
+	}
+	if err := bounded(ctx, pubConn, func() error { return repub.Confirm(false) }); err != nil {
 		return fmt.Errorf("confirm mode: %w", err)
 	}
 	// At most one move per handler is in flight, so the returns buffer never
 	// fills (a full one would stall the connection's reader).
-	r := &republisher{broker: c.broker, spec: spec, ch: repub, returns: repub.NotifyReturn(make(chan amqp.Return, c.cfg.Concurrency+1)), returned: map[string]bool{}}
+	r := &republisher{broker: c.broker, conn: pubConn, spec: spec, ch: repub, returns: repub.NotifyReturn(make(chan amqp.Return, c.cfg.Concurrency+1)), returned: map[string]bool{}}
 
 	tag := fmt.Sprintf("%s-%d", c.cfg.Queue, time.Now().UnixNano())
 	var deliveries <-chan amqp.Delivery
@@ -333,7 +337,9 @@ func (c *Consumer) handle(ctx, chCtx context.Context, r *republisher, acks *acke
 	}
 	pctx, cancelPub := context.WithTimeout(context.WithoutCancel(ctx), CallTimeout)
 	defer cancelPub()
-	if err := r.publish(pctx, d, mv, c.cfg.Queue); err != nil {
+	// The move is bounded as a whole: a write to a stalled socket blocks
+	// whatever pctx says.
+	if err := bounded(pctx, r.conn, func() error { return r.publish(pctx, d, mv, c.cfg.Queue) }); err != nil {
 		if errors.Is(err, ErrUnroutable) {
 			// The retry or dead-letter queue is gone (deleted by hand):
 			// declare the topology again, or the message would bounce
@@ -397,7 +403,8 @@ func headerInt(h amqp.Table, key string) int {
 // and looks for its own message id among them.
 type republisher struct {
 	broker  *Broker
-	spec    QueueSpec // the queue it moves messages of, declared again when a move comes back
+	conn    *amqp.Connection // the connection ch is on
+	spec    QueueSpec        // the queue it moves messages of, declared again when a move comes back
 	ch      *amqp.Channel
 	returns <-chan amqp.Return
 
