@@ -18,12 +18,16 @@ const AckInterval = 5 * time.Millisecond
 // order, multiple=true only ever covers delivery tags that are all
 // finished: a finished delivery behind a running one waits for it.
 // Deliveries handed back (requeued) are nacked one by one in their turn.
+// A finished delivery held up longer than ackHold by a slow one ahead of it
+// is settled alone, so one slow handler cannot fill the prefetch window
+// with finished, unacked messages.
 type acker struct {
 	ch *amqp.Channel
 
 	mu      sync.Mutex
-	pending []uint64         // unsettled delivery tags in the order received (ascending)
-	state   map[uint64]uint8 // 0 running, settleAck, settleRequeue
+	pending []uint64           // unsettled delivery tags in the order received (ascending)
+	state   map[uint64]settled // by tag; st 0 while running
+	now     func() time.Time
 	kick    chan struct{}
 	done    chan struct{}
 	stopped chan struct{}
@@ -34,8 +38,17 @@ const (
 	settleRequeue
 )
 
+type settled struct {
+	st uint8
+	at time.Time // when it finished
+}
+
+// ackHold is how long a finished delivery may wait for a slower one ahead
+// of it before it is acked alone.
+const ackHold = 50 * time.Millisecond
+
 func newAcker(ch *amqp.Channel) *acker {
-	a := &acker{ch: ch, state: map[uint64]uint8{}, kick: make(chan struct{}, 1), done: make(chan struct{}), stopped: make(chan struct{})}
+	a := &acker{ch: ch, state: map[uint64]settled{}, now: time.Now, kick: make(chan struct{}, 1), done: make(chan struct{}), stopped: make(chan struct{})}
 	go a.run()
 	return a
 }
@@ -45,7 +58,7 @@ func (a *acker) add(tag uint64) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.pending = append(a.pending, tag)
-	a.state[tag] = 0
+	a.state[tag] = settled{}
 }
 
 // settle marks a delivery finished: acked, or handed back to the queue.
@@ -55,11 +68,11 @@ func (a *acker) settle(tag uint64, ack bool) {
 	if _, ok := a.state[tag]; !ok {
 		return
 	}
+	st := settleRequeue
 	if ack {
-		a.state[tag] = settleAck
-	} else {
-		a.state[tag] = settleRequeue
+		st = settleAck
 	}
+	a.state[tag] = settled{st: st, at: a.now()}
 	select {
 	case a.kick <- struct{}{}:
 	default:
@@ -108,7 +121,7 @@ func (a *acker) ops() []op {
 	run := 0 // acks gathered at the end of out
 	for len(a.pending) > 0 {
 		tag := a.pending[0]
-		st := a.state[tag]
+		st := a.state[tag].st
 		if st == 0 {
 			break
 		}
@@ -125,6 +138,21 @@ func (a *acker) ops() []op {
 			out = append(out, op{tag: tag})
 		}
 		run++
+	}
+	// Behind a running delivery: settle alone what has waited too long.
+	if len(a.pending) > 1 {
+		now := a.now()
+		keep := a.pending[:1]
+		for _, tag := range a.pending[1:] {
+			s := a.state[tag]
+			if s.st == 0 || now.Sub(s.at) < ackHold {
+				keep = append(keep, tag)
+				continue
+			}
+			delete(a.state, tag)
+			out = append(out, op{tag: tag, requeue: s.st == settleRequeue})
+		}
+		a.pending = keep
 	}
 	if len(a.pending) == 0 {
 		a.pending = nil // let the backing array go

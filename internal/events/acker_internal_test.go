@@ -22,7 +22,8 @@ func TestAckerCoalescesOnlyFinishedRuns(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			a := &acker{state: map[uint64]uint8{}, kick: make(chan struct{}, 1)}
+			now := time.Now()
+			a := &acker{state: map[uint64]settled{}, now: func() time.Time { return now }, kick: make(chan struct{}, 1)}
 			for tag := uint64(1); tag <= 5; tag++ {
 				a.add(tag)
 			}
@@ -31,6 +32,19 @@ func TestAckerCoalescesOnlyFinishedRuns(t *testing.T) {
 			}
 			if got := fmt.Sprint(a.ops()); got != tt.want {
 				t.Fatalf("ops = %s, want %s", got, tt.want)
+			}
+			// Held up by a slow delivery ahead for longer than ackHold,
+			// the finished ones are acked alone; the running one never.
+			now = now.Add(ackHold)
+			for _, o := range a.ops() {
+				if _, done := tt.settled[o.tag]; !done || o.multiple {
+					t.Fatalf("after ackHold: op %+v, want single settlements of finished deliveries", o)
+				}
+			}
+			for tag := range tt.settled {
+				if _, left := a.state[tag]; left {
+					t.Fatalf("after ackHold: finished delivery %d still unsettled", tag)
+				}
 			}
 		})
 	}
