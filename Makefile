@@ -4,16 +4,19 @@ GO       ?= go
 # The same flags as the Dockerfiles' build stage.
 BUILD_FLAGS := -trimpath -ldflags="-s -w"
 
-.PHONY: all build run test deps lint bench loadtest fault dlq dlq-replay fmt clean
+.PHONY: all build run test deps lint bench cost loadtest fault dlq dlq-replay fmt clean help
 
 all: build
 
+## build: the four binaries in bin/, with the Dockerfiles' flags
 build:
 	@mkdir -p bin
 	@for s in $(SERVICES); do CGO_ENABLED=0 $(GO) build $(BUILD_FLAGS) -o bin/$$s ./$$s || exit 1; done
 	@echo "built bin/{$(shell echo $(SERVICES) | tr ' ' ',')}"
 
-## run: the whole system natively, in the foreground (Ctrl-C stops it)
+## run: the whole system natively, in the foreground, each service under its own
+## RabbitMQ user and PostgreSQL role (created if missing); what dies is restarted;
+## Ctrl-C stops it
 run: build
 	@bash scripts/run.sh
 
@@ -26,17 +29,24 @@ test: deps
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 12m ./...
 
+## lint: gofmt, vet, staticcheck
 lint:
 	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt needed"; exit 1; }
 	$(GO) vet ./...
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 
+## fmt: gofmt the tree
 fmt:
 	gofmt -w .
 
-## bench: checkout latency and throughput through the gateway, beside pgbench
+## bench: the checkout path closed-loop (1 and 16 clients, scratch state) beside pgbench with the same statement
 bench: deps build
-	@bash scripts/bench.sh
+	$(GO) run ./loadtest bench $(BENCH_ARGS)
+
+## cost: ms of CPU per order by component at a fixed rate (scratch state), beside the floor (COST_ARGS="-rate 80 -duration 60s")
+COST_ARGS ?= -rate 80 -duration 60s
+cost: deps build
+	$(GO) run ./loadtest -cost $(COST_ARGS)
 
 ## fault: the long fault run: 2000+ checkouts, 11 faults, real RabbitMQ and PostgreSQL restarts
 ## (it stops and starts the machine's RabbitMQ and PostgreSQL: run it alone)
@@ -56,5 +66,10 @@ dlq-replay: build
 loadtest:
 	$(GO) run ./loadtest $(LOADTEST_ARGS)
 
+## clean: remove bin/
 clean:
 	rm -rf bin
+
+## help: this list
+help:
+	@grep -E '^## [a-z-]+:' $(MAKEFILE_LIST) | sed -E 's/^## ([a-z-]+): (.*)/  \1\t\2/' | expand -t 14

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"debug/elf"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -117,6 +118,7 @@ func TestBinaries(t *testing.T) {
 					t.Errorf("GET %s answered %d: the manifests probe a path the service does not serve", path, code)
 				}
 			}
+			checkAbout(t, base, name)
 			// The images' HEALTHCHECK: the Dockerfile's command, run as is.
 			hc := exec.Command(exe, df.Healthcheck[1:]...)
 			hc.Env = environ(env)
@@ -141,6 +143,44 @@ func TestBinaries(t *testing.T) {
 				p.kill()
 			}
 		})
+	}
+}
+
+// checkAbout: GET / answers 200 JSON naming the service, its endpoints
+// (GET / among them), what it consumes and publishes (its queue, for a
+// consumer), and, for the gateway, the system's links.
+func checkAbout(t *testing.T, base, name string) {
+	t.Helper()
+	resp, err := http.Get(base + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var about struct {
+		Service   string
+		Version   string
+		Endpoints []string
+		Consumes  []struct{ Queue string }
+		Publishes []string
+		Links     map[string]string
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&about); err != nil || resp.StatusCode != http.StatusOK ||
+		!strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json") {
+		t.Fatalf("GET / answered %d %s (%v), want 200 JSON", resp.StatusCode, resp.Header.Get("Content-Type"), err)
+	}
+	if about.Service != name || about.Version == "" || !slices.Contains(about.Endpoints, "GET /") || !slices.Contains(about.Endpoints, "GET /health") {
+		t.Errorf("GET / says %+v, want service %s, a version and its endpoints", about, name)
+	}
+	for _, q := range services(t)[name].Queues {
+		if !slices.ContainsFunc(about.Consumes, func(c struct{ Queue string }) bool { return c.Queue == q }) {
+			t.Errorf("GET / consumes %+v, want its queue %s", about.Consumes, q)
+		}
+	}
+	if name != "gateway" && len(about.Publishes) == 0 {
+		t.Errorf("GET / publishes nothing")
+	}
+	if name == "gateway" && (about.Links["inbox"] == "" || about.Links["rabbitmq_management"] == "") {
+		t.Errorf("the gateway's GET / links %v, want the inbox and the management UI", about.Links)
 	}
 }
 

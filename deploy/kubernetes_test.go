@@ -267,7 +267,8 @@ type networkPolicy struct {
 
 type cnpgCluster struct {
 	Spec struct {
-		Bootstrap struct {
+		EnableSuperuserAccess bool
+		Bootstrap             struct {
 			Initdb struct{ Database, Owner string }
 		}
 		PostgreSQL struct{ Parameters map[string]string }
@@ -604,8 +605,8 @@ func checkAutoscaling(t *testing.T, r *rendered, ws map[string]*workload) {
 				if err != nil {
 					t.Errorf("TriggerAuthentication %s: %v", ta.Name, err)
 				}
-				if ref.Parameter == "host" && v != "" && v != ws[name].Env["AMQP_URL"] {
-					t.Errorf("KEDA connects to %s, %s to %s", v, name, ws[name].Env["AMQP_URL"])
+				if ref.Parameter == "host" && v != "" {
+					checkKEDAUser(t, r, v, ws)
 				}
 			}
 		}
@@ -751,6 +752,89 @@ func checkBroker(t *testing.T, r *rendered, ws map[string]*workload) {
 	}
 }
 
+// checkKEDAUser: KEDA connects as a user of its own, with a Permission, that
+// no service uses.
+func checkKEDAUser(t *testing.T, r *rendered, amqpURL string, ws map[string]*workload) {
+	t.Helper()
+	user := mustURL(t, "KEDA host", amqpURL).User.Username()
+	for _, w := range ws {
+		if v := w.Env["AMQP_URL"]; v != "" && mustURL(t, w.Name+" AMQP_URL", v).User.Username() == user {
+			t.Errorf("KEDA connects as %s, the user of %s", user, w.Name)
+		}
+	}
+	if _, ok := permissions(t, r)[user]; !ok {
+		t.Errorf("KEDA's user %s has no Permission", user)
+	}
+}
+
+// permissions are the rendered Permissions on vhost /, by user.
+func permissions(t *testing.T, r *rendered) map[string]rabbitGrant {
+	t.Helper()
+	out := map[string]rabbitGrant{}
+	for _, o := range r.all("Permission") {
+		p := decode[struct {
+			Spec struct {
+				User, VHost string
+				Permissions rabbitGrant
+			}
+		}](t, o)
+		if p.Spec.VHost == "/" {
+			out[p.Spec.User] = p.Spec.Permissions
+		}
+	}
+	return out
+}
+
+// TestKubernetesGrants holds the Permissions of the services' and KEDA's
+// users to events.Topology on the machine's broker (see checkGrants), and
+// no two workloads share a user.
+func TestKubernetesGrants(t *testing.T) {
+	r := mustRender(t, filepath.Join(kustomizeDir, "overlays", "dev"))
+	ws := workloads(t, r, readReadme(t))
+	perms := permissions(t, r)
+	grants := map[string]rabbitGrant{}
+	owner := map[string]string{}
+	for _, w := range ws {
+		if w.Env["LISTEN_HOST"] != "0.0.0.0" {
+			t.Errorf("%s: LISTEN_HOST %q, want 0.0.0.0 (the Service and the probes reach the pod IP)", w.Name, w.Env["LISTEN_HOST"])
+		}
+		v := w.Env["AMQP_URL"]
+		if v == "" {
+			continue
+		}
+		user := mustURL(t, w.Name+" AMQP_URL", v).User.Username()
+		if prev, ok := owner[user]; ok {
+			t.Errorf("%s and %s share the RabbitMQ user %s", prev, w.Name, user)
+		}
+		owner[user] = w.Name
+		g, ok := perms[user]
+		if !ok {
+			t.Fatalf("%s: no Permission for %s", w.Name, user)
+		}
+		grants[w.Name] = g
+	}
+	for _, o := range r.all("TriggerAuthentication") {
+		for _, ref := range decode[struct {
+			Spec struct {
+				SecretTargetRef []struct{ Parameter, Name, Key string }
+			}
+		}](t, o).Spec.SecretTargetRef {
+			if ref.Parameter != "host" {
+				continue
+			}
+			v, err := secretValue(t, r, ref.Name, ref.Key, readReadme(t))
+			if err != nil || v == "" {
+				t.Fatalf("TriggerAuthentication %s: host %q: %v", o.Name, v, err)
+			}
+			grants[kedaRole] = perms[mustURL(t, "KEDA host", v).User.Username()]
+		}
+	}
+	if len(grants) != 4 {
+		t.Fatalf("grants for %v, want order, payment, email and keda", slices.Sorted(maps.Keys(grants)))
+	}
+	checkGrants(t, grants)
+}
+
 // checkDatabases: each service with a database has its own CloudNativePG
 // Cluster, with a database and an owner.
 func checkDatabases(t *testing.T, r *rendered, ws map[string]*workload) {
@@ -772,6 +856,14 @@ func checkDatabases(t *testing.T, r *rendered, ws map[string]*workload) {
 		c := decode[cnpgCluster](t, o)
 		if c.Spec.Bootstrap.Initdb.Database == "" || c.Spec.Bootstrap.Initdb.Owner == "" {
 			t.Errorf("Cluster %s: bootstrap.initdb needs a database and an owner", cluster)
+		}
+		// The owner CloudNativePG creates is no superuser; its superuser
+		// stays disabled (the default), and no service uses it.
+		if c.Spec.EnableSuperuserAccess {
+			t.Errorf("Cluster %s: enableSuperuserAccess: the services' database must have no superuser login", cluster)
+		}
+		if u, err := url.Parse(w.Env["DATABASE_URL"]); err == nil && (u.User.Username() == "postgres" || u.User.Username() != c.Spec.Bootstrap.Initdb.Owner) {
+			t.Errorf("%s connects as %q, want the database's owner %s", w.Name, u.User.Username(), c.Spec.Bootstrap.Initdb.Owner)
 		}
 	}
 }

@@ -24,6 +24,7 @@ var fast = map[string]string{"PAYMENT_DELAY": "100ms", "EMAIL_DELAY": "100ms"}
 
 type order struct {
 	ID          int64  `json:"id"`
+	AccessToken string `json:"access_token"`
 	Status      string `json:"status"`
 	TotalAmount string `json:"total_amount"`
 	UserEmail   string `json:"user_email"`
@@ -52,12 +53,20 @@ func checkout(t *testing.T, s *testenv.System, userID int, email, price string) 
 	if err := json.Unmarshal(b, &o); err != nil {
 		t.Fatal(err)
 	}
+	tokens.Store(o.ID, o.AccessToken)
 	return o
 }
 
+// tokens keeps the access token of every order checkout placed, by id, for
+// getOrder.
+var tokens sync.Map
+
 func getOrder(t *testing.T, s *testenv.System, id int64) order {
 	t.Helper()
-	resp, err := http.Get(fmt.Sprintf("%s/api/orders/%d", s.URL("gateway"), id))
+	req, _ := http.NewRequest(http.MethodGet, fmt.Sprintf("%s/api/orders/%d", s.URL("gateway"), id), nil)
+	tok, _ := tokens.Load(id)
+	req.Header.Set("Authorization", fmt.Sprintf("Bearer %v", tok))
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -69,8 +69,9 @@ func (f *faultLog) add(format string, args ...any) {
 // it runs, kills every service with SIGKILL and starts it again, takes the
 // broker and the database away and brings them back, and cuts the database
 // connections. Then it lets the system settle and reconciles: no accepted
-// order lost, every order paid (or declined) exactly once, every customer
-// mailed, duplicate mails at most the number of email-service kills.
+// order lost, every order paid (or declined) exactly once, none left
+// pending, no charge of the provider's without its payment row, every
+// customer mailed, duplicate mails at most the number of email-service kills.
 func TestFault(t *testing.T) {
 	t.Parallel()
 	cfg := loadFaultConfig(t)
@@ -209,7 +210,7 @@ func declareAudit(t *testing.T, vhost string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, k := range []string{events.RoutePaymentProcessed, events.RoutePaymentFailed} {
+	for _, k := range []string{events.RoutePaymentProcessed, events.RoutePaymentFailed, events.RoutePaymentRefunded, events.RouteOrderCancelled} {
 		if err := ch.QueueBind(q.Name, k, events.Exchange, false, nil); err != nil {
 			t.Fatal(err)
 		}
@@ -328,13 +329,14 @@ func post(client *http.Client, url, body string) (string, []byte) {
 	return strconv.Itoa(resp.StatusCode), []byte(b.String())
 }
 
-// settle waits until every order in the database has its final mail step.
+// settle waits until every order in the database has settled: it ended
+// (paid, payment failed or cancelled) and has its mail step.
 func settle(t *testing.T, s *testenv.System, accepted int, timeout time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
 		total := queryInt(t, s.OrderDB, `SELECT count(*) FROM orders`)
-		done := queryInt(t, s.OrderDB, `SELECT count(DISTINCT order_id) FROM order_timeline WHERE step IN ('confirmation_sent', 'payment_failed_notice_sent')`)
+		done := queryInt(t, s.OrderDB, `SELECT count(*) FROM orders WHERE settled`)
 		if total >= accepted && done == total {
 			return
 		}
@@ -392,6 +394,16 @@ func reconcile(t *testing.T, s *testenv.System, res loadResult, vhost string, fl
 	// deliveries (a relay that crashed after publishing publishes again).
 	eventsPerOrder, deliveries := drainAudit(t, vhost)
 
+	// Money: every charge the provider made has its payment row (succeeded,
+	// or refunded), and refunds are counted.
+	var chargedWithoutRow, refunds int
+	if err := pdb.QueryRow(ctx, `
+		SELECT count(*) FILTER (WHERE l.approved AND (p.status IS NULL OR p.status NOT IN ('succeeded', 'refunded'))),
+		       count(*) FILTER (WHERE l.refunded_at IS NOT NULL)
+		FROM provider_ledger l LEFT JOIN payments p ON p.order_id = l.key`).Scan(&chargedWithoutRow, &refunds); err != nil {
+		t.Fatal(err)
+	}
+
 	mails := map[string]int{}
 	for _, m := range s.Mailpit.Messages(t) {
 		for _, to := range m.To {
@@ -399,7 +411,7 @@ func reconcile(t *testing.T, s *testenv.System, res loadResult, vhost string, fl
 		}
 	}
 
-	var lost, unpaid, doublePaid, doubleEvent, wrongStatus, unmailed, dupMails, unacknowledged int
+	var lost, unpaid, doublePaid, doubleEvent, republished, wrongStatus, unmailed, dupMails, unacknowledged, pending, cancelled int
 	var dupTo []string
 	for id := range res.accepted {
 		if _, ok := orders[id]; !ok {
@@ -417,11 +429,23 @@ func reconcile(t *testing.T, s *testenv.System, res loadResult, vhost string, fl
 		default:
 			doublePaid++
 		}
-		if eventsPerOrder[id] != 1 {
+		// One kind of result per order; the saga asking again may have the
+		// result published more than once, each with a new event id.
+		ev, ps := eventsPerOrder[id], paymentStatus[id]
+		switch {
+		case ev.processed > 0 && ev.failed > 0, ps == "succeeded" && ev.processed == 0, ps == "declined" && ev.failed == 0:
 			doubleEvent++
+		case ev.processed+ev.failed > 1:
+			republished += ev.processed + ev.failed - 1
 		}
-		want := map[string]string{"succeeded": "paid", "declined": "payment_failed"}[paymentStatus[id]]
-		if o.status != want {
+		switch o.status {
+		case "pending":
+			pending++
+		case "cancelled":
+			cancelled++
+		}
+		if !(o.status == "paid" && ps == "succeeded") && !(o.status == "payment_failed" && ps == "declined") &&
+			!(o.status == "cancelled" && (ps == "refunded" || ps == "cancelled" || ps == "declined")) {
 			wrongStatus++
 		}
 		switch n := mails[strings.ToLower(o.email)]; {
@@ -451,15 +475,20 @@ func reconcile(t *testing.T, s *testenv.System, res loadResult, vhost string, fl
   accepted orders lost         %d
   orders without a payment     %d
   orders paid twice            %d
-  orders whose payment result was published as more or less than one event  %d (raw deliveries: %d)
+  orders whose payment result was published as more or less than one event  %d (raw deliveries: %d; results published again on a re-ask: %d)
   orders in the wrong status   %d
+  orders still pending         %d
+  orders cancelled             %d
+  charges without a row        %d
+  refunds for late charges     %d
   customers without a mail     %d
   duplicate mails              %d (email-service kills: %d) %s
   backlog paid after broker came back: %s`,
 		res.sent, strings.Join(codes, " "), len(res.accepted), len(res.declined), len(orders), unacknowledged,
-		lost, unpaid, doublePaid, doubleEvent, deliveries, wrongStatus, unmailed, dupMails, emailKills, strings.Join(dupTo, ", "), recovery)
+		lost, unpaid, doublePaid, doubleEvent, deliveries, republished, wrongStatus, pending, cancelled, chargedWithoutRow, refunds, unmailed, dupMails, emailKills, strings.Join(dupTo, ", "), recovery)
 
-	if lost > 0 || unpaid > 0 || doublePaid > 0 || doubleEvent > 0 || wrongStatus > 0 || unmailed > 0 || dupMails > emailKills {
+	if lost > 0 || unpaid > 0 || doublePaid > 0 || doubleEvent > 0 || wrongStatus > 0 || unmailed > 0 || dupMails > emailKills ||
+		pending > 0 || chargedWithoutRow > 0 {
 		t.Errorf("the system lost or doubled work:\n%s", report)
 	}
 	if len(res.accepted) < 10 {
@@ -468,11 +497,14 @@ func reconcile(t *testing.T, s *testenv.System, res loadResult, vhost string, fl
 	return report
 }
 
-func drainAudit(t *testing.T, vhost string) (map[int64]int, int) {
+// audited is what the audit queue saw for one order: distinct events by kind.
+type audited struct{ processed, failed, refunded, cancelled int }
+
+func drainAudit(t *testing.T, vhost string) (map[int64]audited, int) {
 	t.Helper()
 	ch := testenv.Channel(t, vhost)
 	seen := map[string]bool{}
-	perOrder := map[int64]int{}
+	perOrder := map[int64]audited{}
 	n := 0
 	for {
 		d, ok, err := ch.Get("test.audit", true)
@@ -493,7 +525,18 @@ func drainAudit(t *testing.T, vhost string) (map[int64]int, int) {
 		if err := json.Unmarshal(d.Body, &ev); err != nil {
 			t.Fatal(err)
 		}
-		perOrder[ev.OrderID]++
+		a := perOrder[ev.OrderID]
+		switch d.Type {
+		case events.TypePaymentProcessed:
+			a.processed++
+		case events.TypePaymentFailed:
+			a.failed++
+		case events.TypePaymentRefunded:
+			a.refunded++
+		case events.TypeOrderCancelled:
+			a.cancelled++
+		}
+		perOrder[ev.OrderID] = a
 	}
 }
 

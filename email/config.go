@@ -4,8 +4,11 @@ import "time"
 
 // Config is read from the environment (see the README's configuration table).
 type Config struct {
-	Port    string `envconfig:"PORT" default:"8003"`
-	AMQPURL string `envconfig:"AMQP_URL" default:"amqp://guest:guest@localhost:5672/"`
+	Port string `envconfig:"PORT" default:"8003"`
+	// ListenHost is the address the HTTP server binds: loopback unless
+	// opened (compose and Kubernetes set 0.0.0.0).
+	ListenHost string `envconfig:"LISTEN_HOST" default:"127.0.0.1"`
+	AMQPURL    string `envconfig:"AMQP_URL" default:"amqp://guest:guest@localhost:5672/"`
 
 	SMTPHost     string        `envconfig:"SMTP_HOST" default:"localhost"`
 	SMTPPort     int           `envconfig:"SMTP_PORT" default:"1026"`
@@ -19,9 +22,18 @@ type Config struct {
 	// EmailSentDir keeps the record of mails sent across a crash (see
 	// sentLog); empty keeps it in memory only.
 	EmailSentDir string `envconfig:"EMAIL_SENT_DIR" default:"/tmp/checkout-email-sent"`
-	// AcceptConcurrency is how many mails may be between the end of their
-	// data and their record at once: the most a crash can send twice.
-	AcceptConcurrency int `envconfig:"EMAIL_ACCEPT_CONCURRENCY" default:"1"`
+	// AcceptConcurrency is the most mails that may be between the end of
+	// their data and their record at once: the most a crash can send
+	// twice. The window opens beyond one mail only as far as the backlog
+	// needs (see window).
+	AcceptConcurrency int `envconfig:"EMAIL_ACCEPT_CONCURRENCY" default:"16"`
+	// RetryWindow is how long a mail is retried after temporary refusals
+	// (4xx) and connection trouble without using up attempts; past it the
+	// mail is given up as if refused for good.
+	RetryWindow time.Duration `envconfig:"EMAIL_RETRY_WINDOW" default:"15m"`
+	// SMTPSessions is how many SMTP connections the service keeps and
+	// reuses, one mail at a time each.
+	SMTPSessions int `envconfig:"SMTP_SESSIONS" default:"16"`
 
 	Prefetch       int           `envconfig:"CONSUMER_PREFETCH" default:"600"`
 	Concurrency    int           `envconfig:"CONSUMER_CONCURRENCY" default:"600"`

@@ -6,8 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"strings"
+	"net/textproto"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -15,95 +15,178 @@ import (
 	"github.com/checkout-demo/checkout/internal/events"
 )
 
-// Queue is the email service's queue of payment results.
+// Queue is the queue the service consumes, events.QueueEmail, spelled out
+// for the deploy checks that read it from this source (TestQueue holds the
+// two equal).
 const Queue = "email.payment-results"
 
-// emailSentNamespace makes EmailSent ids a function of the mail's Message-ID:
-// a mail announced twice carries the same event id, so the order service's
-// inbox drops the second announcement.
-var emailSentNamespace = uuid.MustParse("6f1c1a52-4bd0-4d1e-9a0c-8a3b7c2e5d10")
+// mailHandler mails the customer after a payment result or a cancelled
+// order, and announces EmailSent once the SMTP server accepted the mail,
+// or EmailFailed once it refused it for good.
+type mailHandler struct {
+	log         *slog.Logger
+	mailer      *Mailer
+	broker      *events.Broker
+	pub         *events.Batcher
+	sent        *sentLog
+	delay       time.Duration // EMAIL_DELAY
+	retryWindow time.Duration // EMAIL_RETRY_WINDOW
 
-// handlePaymentResult mails the customer after a payment result and
-// announces EmailSent once the SMTP server accepted the mail.
-func handlePaymentResult(log *slog.Logger, mailer *Mailer, broker *events.Broker, pub *events.Batcher, sent *sentLog, delay time.Duration) events.Handler {
-	return func(ctx context.Context, d events.Delivery) error {
-		var (
-			ml  Mail
-			err error
-		)
-		switch d.Type {
-		case events.TypePaymentProcessed:
-			var ev events.PaymentProcessed
-			if err := json.Unmarshal(d.Body, &ev); err != nil || ev.OrderID <= 0 {
-				return events.Permanent(fmt.Errorf("decode PaymentProcessed: %v", err))
-			}
-			ml, err = mailer.Confirmation(ev)
-		case events.TypePaymentFailed:
-			var ev events.PaymentFailed
-			if err := json.Unmarshal(d.Body, &ev); err != nil || ev.OrderID <= 0 {
-				return events.Permanent(fmt.Errorf("decode PaymentFailed: %v", err))
-			}
-			ml, err = mailer.PaymentFailed(ev)
-		default:
-			return events.Permanent(fmt.Errorf("unexpected event type %q", d.Type))
-		}
-		if err != nil {
-			return events.Permanent(err)
-		}
-		// The event id keys the record of sent mails.
-		if !events.ValidEventID(d.MessageId) {
-			return events.Permanent(fmt.Errorf("message id %q is not a UUID event id", d.MessageId))
-		}
-		log := log.With("order_id", ml.OrderID, "event_id", d.MessageId, "kind", ml.Kind)
-
-		if !sent.has(d.MessageId) {
-			select {
-			case <-time.After(delay):
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-			// A mail sent while the broker is away could not be acked, and
-			// a crash before it comes back would send it again: wait
-			// (the message is redelivered) instead.
-			if !broker.Connected() {
-				return events.ErrNotConnected
-			}
-			err := mailer.Send(ctx, ml, func() {
-				if err := sent.add(d.MessageId); err != nil {
-					log.Warn("mail sent, but not recorded on disk: a crash before the ack would send it again", "err", err)
-				}
-			})
-			if err != nil {
-				return err
-			}
-			log.Info("mail sent", "to", ml.To, "message_id", ml.MessageID)
-		} else {
-			log.Info("mail was sent before; announcing it again only", "message_id", ml.MessageID)
-		}
-
-		ev := events.EmailSent{
-			Meta:    events.NewMeta(events.TypeEmailSent, time.Now()),
-			OrderID: ml.OrderID, Kind: ml.Kind, To: ml.To, MessageID: ml.MessageID,
-		}
-		ev.EventID = uuid.NewSHA1(emailSentNamespace, []byte(ml.MessageID)).String()
-		return announce(ctx, pub, ev)
-	}
+	flights flights
+	retries retryClock
 }
+
+func (h *mailHandler) handle(ctx context.Context, d events.Delivery) error {
+	ml, err := h.compose(d)
+	if err != nil {
+		return events.Permanent(err)
+	}
+	// One send per mail at a time in this process: a second copy (the
+	// event published twice, redelivered while the first still runs, or
+	// asked for again under a new event id) waits for the first's outcome.
+	release, err := h.flights.claim(ctx, ml.Key)
+	if err != nil {
+		return err
+	}
+	defer release()
+	if h.sent.has(ml.Key) {
+		h.log.Info("mail was sent before; announcing it again only", "order_id", ml.OrderID, "kind", ml.Kind, "event_id", d.MessageId)
+		return h.announceSent(ctx, ml)
+	}
+	select {
+	case <-time.After(h.delay):
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+	// A mail sent while the broker is away could not be acked, and a crash
+	// before it comes back would send it again: wait (the message is
+	// redelivered) instead.
+	if !h.broker.Connected() {
+		return events.ErrNotConnected
+	}
+	err = h.mailer.Send(ctx, ml, func() bool { return h.sent.has(ml.Key) }, func() {
+		if err := h.sent.add(ml.Key); err != nil {
+			h.log.Warn("mail sent, but not recorded on disk: a crash before the ack would send it again",
+				"order_id", ml.OrderID, "kind", ml.Kind, "event_id", d.MessageId, "err", err)
+		}
+	})
+	switch {
+	case err == nil:
+		h.retries.forget(ml.Key)
+		h.log.Info("mail sent", "order_id", ml.OrderID, "kind", ml.Kind, "event_id", d.MessageId, "message_id", ml.MessageID)
+	case errors.Is(err, errSentBefore):
+	case ctx.Err() != nil:
+		return err
+	default:
+		reply, final := refusal(err)
+		if !final {
+			if h.retries.since(ml.Key, time.Now(), h.retryWindow) < h.retryWindow {
+				return retryLater{err}
+			}
+			reply = fmt.Sprintf("not delivered within EMAIL_RETRY_WINDOW (%s): %s", h.retryWindow, reply)
+			err = fmt.Errorf("not delivered within EMAIL_RETRY_WINDOW (%s): %w", h.retryWindow, err)
+		}
+		h.retries.forget(ml.Key)
+		if err := h.announceFailed(ctx, ml, reply); err != nil {
+			return err
+		}
+		return events.Permanent(fmt.Errorf("%w; EmailFailed announced", err))
+	}
+	return h.announceSent(ctx, ml)
+}
+
+// compose decodes the event and composes its mail.
+func (h *mailHandler) compose(d events.Delivery) (Mail, error) {
+	// The event id is checked as every consumer does, though mails are
+	// known by their Message-ID.
+	if !events.ValidEventID(d.MessageId) {
+		return Mail{}, fmt.Errorf("message id %q is not a UUID event id", d.MessageId)
+	}
+	switch d.Type {
+	case events.TypePaymentProcessed:
+		var ev events.PaymentProcessed
+		if err := json.Unmarshal(d.Body, &ev); err != nil || ev.OrderID <= 0 {
+			return Mail{}, fmt.Errorf("decode PaymentProcessed: %v", err)
+		}
+		return h.mailer.Confirmation(ev)
+	case events.TypePaymentFailed:
+		var ev events.PaymentFailed
+		if err := json.Unmarshal(d.Body, &ev); err != nil || ev.OrderID <= 0 {
+			return Mail{}, fmt.Errorf("decode PaymentFailed: %v", err)
+		}
+		return h.mailer.PaymentFailed(ev)
+	case events.TypeOrderCancelled:
+		var ev events.OrderCancelled
+		if err := json.Unmarshal(d.Body, &ev); err != nil || ev.OrderID <= 0 {
+			return Mail{}, fmt.Errorf("decode OrderCancelled: %v", err)
+		}
+		return h.mailer.Cancelled(ev)
+	}
+	return Mail{}, fmt.Errorf("unexpected event type %q", d.Type)
+}
+
+// refusal tells a failed send's reply, and whether it is final: a 5xx
+// reply to the mail's own transaction, or a mail that cannot be sent at
+// all. 4xx replies, connection trouble and a session that could not be
+// opened (whatever its reply: that is the server's or the settings'
+// trouble, not the mail's) are not.
+func refusal(err error) (reply string, final bool) {
+	var reply5 *textproto.Error
+	var session sessionError
+	switch {
+	case events.IsPermanent(err):
+		return err.Error(), true
+	case errors.As(err, &session):
+		return err.Error(), false
+	case errors.As(err, &reply5):
+		return formatReply(reply5), reply5.Code >= 500
+	}
+	return err.Error(), false
+}
+
+// retryLater marks a temporary failure within EMAIL_RETRY_WINDOW: retried
+// with backoff without using up attempts.
+type retryLater struct{ err error }
+
+func (e retryLater) Error() string { return e.err.Error() }
+func (e retryLater) Unwrap() error { return e.err }
 
 // unavailable tells failures that are the SMTP server's or the broker's
 // absence, not the message's: they are retried without using up attempts.
 func unavailable(err error) bool {
-	var netErr net.Error
-	return errors.Is(err, events.ErrNotConnected) || errors.As(err, &netErr) ||
-		strings.Contains(err.Error(), "dial failed") || errors.Is(err, context.DeadlineExceeded)
+	var later retryLater
+	return errors.Is(err, events.ErrNotConnected) || errors.As(err, &later)
 }
 
-// announce publishes EmailSent, trying again while the broker is away, until
-// it is confirmed or ctx ends. Failing here would send the mail again. The
-// mail is accepted but not yet acked until this returns, so concurrent
-// announces share their confirm round trips (a Batcher): a crash then finds
-// as few mails as possible in that window.
-func announce(ctx context.Context, pub *events.Batcher, ev events.EmailSent) error {
+// failedNamespace makes EmailFailed ids a function of the Message-ID, so a
+// refusal announced twice is recorded once.
+var failedNamespace = uuid.MustParse("0d5e2f8a-6b1c-4f3e-8a7d-9c4b2e1f0a36")
+
+func (h *mailHandler) announceSent(ctx context.Context, ml Mail) error {
+	ev := events.EmailSent{
+		Meta:    events.NewMeta(events.TypeEmailSent, time.Now()),
+		OrderID: ml.OrderID, Kind: ml.Kind, To: ml.To, MessageID: ml.MessageID,
+	}
+	ev.EventID = ml.Key.String()
+	return announce(ctx, h.pub, ev)
+}
+
+func (h *mailHandler) announceFailed(ctx context.Context, ml Mail, reason string) error {
+	ev := events.EmailFailed{
+		Meta:    events.NewMeta(events.TypeEmailFailed, time.Now()),
+		OrderID: ml.OrderID, Kind: ml.Kind, To: ml.To, MessageID: ml.MessageID, Reason: reason,
+	}
+	ev.EventID = uuid.NewSHA1(failedNamespace, []byte(ml.MessageID)).String()
+	h.log.Warn("mail refused for good", "order_id", ml.OrderID, "kind", ml.Kind, "message_id", ml.MessageID, "reason", reason)
+	return announce(ctx, h.pub, ev)
+}
+
+// announce publishes an event, trying again while the broker is away,
+// until it is confirmed or ctx ends. Failing here would send the mail
+// again. The mail is accepted but not yet acked until this returns, so
+// concurrent announces share their confirm round trips (a Batcher): a crash
+// then finds as few mails as possible in that window.
+func announce(ctx context.Context, pub *events.Batcher, ev events.Event) error {
 	m, err := events.Encode(ev)
 	if err != nil {
 		return events.Permanent(err)
@@ -116,8 +199,84 @@ func announce(ctx context.Context, pub *events.Batcher, ev events.EmailSent) err
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("announce EmailSent: %w", err)
+			return fmt.Errorf("announce %s: %w", m.Type, err)
 		case <-time.After(backoff.Delay(attempt)):
 		}
 	}
+}
+
+// flights lets one handler at a time work on a mail.
+type flights struct {
+	mu sync.Mutex
+	m  map[uuid.UUID]chan struct{} // closed when the mail's handler is done
+}
+
+// claim waits until no other handler works on the mail, and makes it this
+// one's; release gives it up.
+func (f *flights) claim(ctx context.Context, key uuid.UUID) (release func(), err error) {
+	for {
+		f.mu.Lock()
+		busy, ok := f.m[key]
+		if !ok {
+			if f.m == nil {
+				f.m = map[uuid.UUID]chan struct{}{}
+			}
+			done := make(chan struct{})
+			f.m[key] = done
+			f.mu.Unlock()
+			return func() {
+				f.mu.Lock()
+				delete(f.m, key)
+				f.mu.Unlock()
+				close(done)
+			}, nil
+		}
+		f.mu.Unlock()
+		select {
+		case <-busy:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("waiting for another copy of the mail: %w", context.Cause(ctx))
+		}
+	}
+}
+
+// retryClock remembers when each mail first failed for a reason that may
+// pass, to give it up after EMAIL_RETRY_WINDOW. It is the process's own
+// memory: a retry taken by a sibling, or after a restart, starts the clock
+// again.
+type retryClock struct {
+	mu    sync.Mutex
+	first map[uuid.UUID]time.Time
+	swept time.Time
+}
+
+// since returns how long the mail has been failing, counting from now if
+// it had not. Mails that stopped coming back (sent by a sibling,
+// dead-lettered by hand) are forgotten after twice the window.
+func (c *retryClock) since(key uuid.UUID, now time.Time, window time.Duration) time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.first == nil {
+		c.first = map[uuid.UUID]time.Time{}
+	}
+	if now.Sub(c.swept) > window {
+		for k, t := range c.first {
+			if now.Sub(t) > 2*window {
+				delete(c.first, k)
+			}
+		}
+		c.swept = now
+	}
+	t, ok := c.first[key]
+	if !ok {
+		c.first[key] = now
+		return 0
+	}
+	return now.Sub(t)
+}
+
+func (c *retryClock) forget(key uuid.UUID) {
+	c.mu.Lock()
+	delete(c.first, key)
+	c.mu.Unlock()
 }

@@ -1,5 +1,6 @@
 // Command email is the email service: it mails the customer the order
-// confirmation or the payment-failed notice and announces EmailSent. It keeps
+// confirmation, the payment-failed notice or the cancellation notice and
+// announces EmailSent (or EmailFailed when the mail is refused for good). It keeps
 // no database; see the README for what that means for duplicates.
 package main
 
@@ -29,14 +30,15 @@ func main() {
 		})
 }
 
-// run consumes payment results until ctx is done, then stops taking
+// run consumes payment results and cancelled orders until ctx is done, then stops taking
 // deliveries and lets the mails in flight finish.
 func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.Addr)) error {
 	log := web.NewLogger(stdout, cfg.LogLevel, cfg.LogFormat, "email")
-	mailer, err := NewMailer(cfg)
+	mailer, err := NewMailer(cfg, log)
 	if err != nil {
 		return err
 	}
+	defer mailer.Close() // after the consumer stopped: the sessions it left idle
 
 	// Records live an hour: a redelivery after a crash comes within
 	// seconds, a dead letter replayed later was never sent.
@@ -53,12 +55,14 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 	broker.Name = "email"
 	pub := events.NewPublisher(broker)
 	defer pub.Close()
+	h := &mailHandler{log: log, mailer: mailer, broker: broker, pub: events.NewBatcher(pub), sent: sent,
+		delay: cfg.EmailDelay, retryWindow: cfg.RetryWindow}
 	consumer := events.NewConsumer(broker, events.ConsumerConfig{
-		Queue: Queue, Bindings: []string{events.RoutePaymentProcessed, events.RoutePaymentFailed},
+		Queue: Queue, Bindings: events.QueueBindings(Queue),
 		Prefetch: cfg.Prefetch, Concurrency: cfg.Concurrency, MaxAttempts: cfg.MaxAttempts,
 		RetryBase: cfg.RetryBase, RetryMax: cfg.RetryMax, HandlerTimeout: cfg.HandlerTimeout,
 		Unavailable: unavailable,
-	}, handlePaymentResult(log, mailer, broker, events.NewBatcher(pub), sent, cfg.EmailDelay), log)
+	}, h.handle, log)
 	bg := &service.Background{Log: log, Broker: broker, Consumer: consumer}
 	bg.Start(ctx)
 	defer bg.Stop()
@@ -66,6 +70,7 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 	smtpAddr := net.JoinHostPort(cfg.SMTPHost, fmt.Sprint(cfg.SMTPPort))
 	var stopping atomic.Bool
 	health := web.Health{
+		Log:     log,
 		Service: "email",
 		Ready: map[string]web.Check{
 			"rabbitmq": broker.Check,
@@ -81,9 +86,10 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 		Stopping: stopping.Load,
 	}
 	r := chi.NewRouter()
+	r.Method(http.MethodGet, "/", web.HandleAbout("email", r, nil))
 	r.Method(http.MethodGet, "/health", health.HandleHealth())
 	r.Method(http.MethodGet, "/livez", health.HandleLivez())
 	r.Method(http.MethodGet, "/readyz", health.HandleReadyz())
-	return service.Serve(ctx, log, cfg.Port, web.Middleware(log, r), cfg.ShutdownTimeout, &stopping, listening,
-		"smtp", smtpAddr, "email_delay", cfg.EmailDelay.String())
+	return service.Serve(ctx, log, net.JoinHostPort(cfg.ListenHost, cfg.Port), web.Middleware(log, r), cfg.ShutdownTimeout, &stopping, listening,
+		"smtp", smtpAddr, "email_delay", cfg.EmailDelay.String(), "smtp_sessions", cfg.SMTPSessions)
 }

@@ -20,27 +20,36 @@ import (
 
 type instance struct {
 	URL, AMQPURL string
-	Mailpit      testenv.Mailpit
 }
 
-func start(t *testing.T, smtpPort int, mp testenv.Mailpit) instance {
+func start(t *testing.T, smtpPort int) instance {
 	t.Helper()
-	return startIn(t, smtpPort, mp, testenv.VHost(t), t.TempDir())
+	return startIn(t, smtpPort, testenv.VHost(t), t.TempDir())
 }
 
 // startIn starts a service on the vhost of amqpURL keeping its record of
 // sent mails in sentDir.
-func startIn(t *testing.T, smtpPort int, mp testenv.Mailpit, amqpURL, sentDir string) instance {
+func startIn(t *testing.T, smtpPort int, amqpURL, sentDir string) instance {
 	t.Helper()
-	in := instance{AMQPURL: amqpURL, Mailpit: mp}
+	return startWith(t, smtpPort, amqpURL, sentDir, io.Discard, nil)
+}
+
+// startWith starts a service with the tests' configuration changed by
+// change (when not nil), logging to logs.
+func startWith(t *testing.T, smtpPort int, amqpURL, sentDir string, logs io.Writer, change func(*Config)) instance {
+	t.Helper()
+	in := instance{AMQPURL: amqpURL}
 	cfg := Config{
 		Port: "0", AMQPURL: in.AMQPURL, SMTPHost: "127.0.0.1", SMTPPort: smtpPort, SMTPTLS: "none",
-		SMTPTimeout: 5 * time.Second, EmailFrom: "Shop <shop@shop.test>", EmailDelay: 0, EmailSentDir: sentDir, AcceptConcurrency: 1,
+		SMTPTimeout: 5 * time.Second, EmailFrom: "Shop <shop@shop.test>", EmailDelay: 0, EmailSentDir: sentDir, AcceptConcurrency: 16, SMTPSessions: 16, RetryWindow: time.Minute,
 		Prefetch: 10, Concurrency: 10, MaxAttempts: 3, RetryBase: 50 * time.Millisecond, RetryMax: 200 * time.Millisecond,
 		HandlerTimeout: 10 * time.Second, ShutdownTimeout: 5 * time.Second, LogLevel: "warn",
 	}
+	if change != nil {
+		change(&cfg)
+	}
 	in.URL = testenv.Run(t, func(ctx context.Context, listening func(net.Addr)) error {
-		return run(ctx, cfg, io.Discard, listening)
+		return run(ctx, cfg, logs, listening)
 	})
 	return in
 }
@@ -66,7 +75,7 @@ func items(total money.Amount) []events.Item {
 func TestMails(t *testing.T) {
 	t.Parallel()
 	mp := testenv.StartMailpit(t)
-	in := start(t, mp.SMTPPort, mp)
+	in := start(t, mp.SMTPPort)
 	testenv.WaitHTTP(t, in.URL+"/readyz", 30*time.Second)
 	sent := testenv.Watch(t, in.AMQPURL, events.RouteEmailSent)
 
@@ -75,11 +84,14 @@ func TestMails(t *testing.T) {
 	failed := events.PaymentFailed{Meta: events.NewMeta(events.TypePaymentFailed, time.Now()), PaymentID: 2,
 		OrderID: 42, UserID: 2, UserEmail: "no@example.com", TotalAmount: 1500000, Items: items(1500000),
 		Reason: "amount 15000.00 exceeds the limit of 10000.00"}
+	cancelled := events.OrderCancelled{Meta: events.NewMeta(events.TypeOrderCancelled, time.Now()), OrderID: 43, UserID: 3,
+		UserEmail: "late@example.com", TotalAmount: 4200, Reason: "no payment result in time"}
 	publish(t, in.AMQPURL, processed)
 	publish(t, in.AMQPURL, failed)
+	publish(t, in.AMQPURL, cancelled)
 
 	announced := map[int64]events.EmailSent{}
-	for _, m := range sent.Next(2, 15*time.Second) {
+	for _, m := range sent.Next(3, 15*time.Second) {
 		var ev events.EmailSent
 		if err := json.Unmarshal(m.Body, &ev); err != nil {
 			t.Fatal(err)
@@ -99,10 +111,11 @@ func TestMails(t *testing.T) {
 	}{
 		{"OKConfirmation", 41, "ok@example.com", events.MailConfirmation, "Order #41 confirmed: 2599.98", []string{"2 x 1299.99 = 2599.98", "Total: 2599.98"}},
 		{"OKFailureNotice", 42, "no@example.com", events.MailPaymentFailed, "Payment failed for order #42", []string{"exceeds the limit", "nothing was charged"}},
+		{"OKCancelled", 43, "late@example.com", events.MailCancelled, "Order #43 cancelled", []string{"has been cancelled", "no payment result in time", "refunded", "Total: 42.00"}},
 	}
 	msgs := mp.Messages(t)
-	if len(msgs) != 2 {
-		t.Fatalf("%d mails, want 2", len(msgs))
+	if len(msgs) != 3 {
+		t.Fatalf("%d mails, want 3", len(msgs))
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -147,8 +160,8 @@ func TestMails(t *testing.T) {
 	if again.MessageId != announced[41].EventID {
 		t.Fatalf("re-announcement id %s, first %s", again.MessageId, announced[41].EventID)
 	}
-	if n := len(mp.Messages(t)); n != 2 {
-		t.Fatalf("%d mails after a redelivery, want 2", n)
+	if n := len(mp.Messages(t)); n != 3 {
+		t.Fatalf("%d mails after a redelivery, want 3", n)
 	}
 }
 
@@ -163,7 +176,7 @@ func TestSMTPAway(t *testing.T) {
 	_, port, _ := net.SplitHostPort(smtp.Addr())
 	var p int
 	fmt.Sscan(port, &p)
-	in := start(t, p, mp)
+	in := start(t, p)
 	testenv.WaitHTTP(t, in.URL+"/livez", 30*time.Second)
 	resp, err := http.Get(in.URL + "/readyz")
 	if err != nil {
@@ -173,7 +186,7 @@ func TestSMTPAway(t *testing.T) {
 	if resp.StatusCode != http.StatusServiceUnavailable {
 		t.Fatalf("/readyz without SMTP = %d, want 503", resp.StatusCode)
 	}
-	waitQueue(t, in.AMQPURL, Queue)
+	waitQueue(t, in.AMQPURL, events.QueueEmail)
 	ev := events.PaymentProcessed{Meta: events.NewMeta(events.TypePaymentProcessed, time.Now()), OrderID: 5,
 		UserEmail: "wait@example.com", TotalAmount: 100, Items: items(100)}
 	publish(t, in.AMQPURL, ev)
@@ -193,7 +206,7 @@ func TestSMTPAway(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	if dls, _, err := events.ListDeadLetters(context.Background(), conn, Queue, 10); err != nil || len(dls) != 0 {
+	if dls, _, err := events.ListDeadLetters(context.Background(), conn, events.QueueEmail, 10); err != nil || len(dls) != 0 {
 		t.Fatalf("dead letters: %+v %v", dls, err)
 	}
 }
@@ -240,9 +253,9 @@ func TestSentRecordSurvivesRestart(t *testing.T) {
 
 	deliver := func(name, dir string) {
 		t.Helper()
-		in := startIn(t, mp.SMTPPort, mp, testenv.VHost(t), dir)
+		in := startIn(t, mp.SMTPPort, testenv.VHost(t), dir)
 		sent := testenv.Watch(t, in.AMQPURL, events.RouteEmailSent)
-		waitQueue(t, in.AMQPURL, Queue)
+		waitQueue(t, in.AMQPURL, events.QueueEmail)
 		publish(t, in.AMQPURL, ev)
 		var got events.EmailSent
 		if err := json.Unmarshal(sent.Next(1, 15*time.Second)[0].Body, &got); err != nil || got.OrderID != 77 {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -15,34 +16,45 @@ import (
 	"github.com/google/uuid"
 )
 
-// sentLog remembers which payment events this service already mailed, so a
-// message redelivered after a crash (sent, but the ack never reached the
-// broker) is announced again without a second mail.
+// sentLog remembers which mails this service already handed to the SMTP
+// server, so a mail asked for again — a message redelivered after a crash
+// (sent, but the ack never reached the broker), an event published twice,
+// or the order service asking again under a new event id — is announced
+// again without a second mail. A mail is known by its identity, the order
+// and the kind of mail (its Message-ID), as a UUID: mailKey.
 //
-// Each record is one line (the event id) appended to the current file in
-// dir (one file per sentLogSpan) with a single write, right after the SMTP
+// Each record is one line (the key) appended to the current file in dir
+// (one file per sentLogSpan) with a single write, right after the SMTP
 // server accepted the mail. A write survives the process being killed (the
 // kernel holds it), so the window for a duplicate shrinks from "SMTP accept
-// to ack" (a confirm round trip, much longer while a backlog drains) to the
-// moments between the server's 250 and that write. The records do not
-// survive the machine or a fresh container: the file lives where the
-// container keeps it across restarts (/tmp natively; a volume or an emptyDir
-// in containers). Several processes may share dir (replicas on one volume):
-// lines are appended with O_APPEND, and a process that does not know an id
-// reads what the others appended since it last looked, so a message
-// redelivered to a sibling after a crash is found too.
+// to ack" to the moments between the server's 250 and that write. The
+// records do not survive the machine or a fresh container: the file lives
+// where the container keeps it across restarts (/tmp natively; a volume or
+// an emptyDir in containers). Several processes may share dir (replicas on
+// one volume): lines are appended with O_APPEND, and a process that does
+// not know a key reads what the others appended to the files of the
+// current and the previous span since it last looked (a read on a file it
+// keeps open; the directory is listed only when it opens and once a span).
 //
-// Memory: 16 bytes of id and 8 of time per record (plus the map's own),
+// Memory: 16 bytes of key and 8 of time per record (plus the map's own),
 // for ttl plus one span: about 40 MB at 300 mails/s with a one-hour ttl.
 type sentLog struct {
 	dir string
 	ttl time.Duration
 
 	mu      sync.Mutex
-	sent    map[uuid.UUID]int64 // event id → unix seconds it counts from
-	offsets map[string]int64    // how far each file has been read
+	sent    map[uuid.UUID]int64    // mail key → unix seconds it counts from
+	offsets map[string]int64       // how far each file has been read
+	readers map[string]*sentReader // the recent files, kept open for catching up
 	f       *os.File
 	file    string // the name f is for
+}
+
+// sentReader is a file of the current or the previous span, open for
+// reading what siblings append to it.
+type sentReader struct {
+	f   *os.File
+	end time.Time // the end of the file's span: the time its records count from
 }
 
 const (
@@ -54,10 +66,19 @@ func sentLogName(t time.Time) string {
 	return "sent-" + t.UTC().Truncate(sentLogSpan).Format(sentLogLayout) + ".log"
 }
 
+// mailNamespace makes mail keys (and the EmailSent and EmailFailed ids) a
+// function of the mail's Message-ID.
+var mailNamespace = uuid.MustParse("6f1c1a52-4bd0-4d1e-9a0c-8a3b7c2e5d10")
+
+// mailKey is the identity of a mail (its Message-ID: the order and the
+// kind) as a UUID. It is also the id of the mail's EmailSent event, so the
+// order service's inbox drops a mail announced twice.
+func mailKey(messageID string) uuid.UUID { return uuid.NewSHA1(mailNamespace, []byte(messageID)) }
+
 // openSentLog loads the records of the last ttl from dir and deletes older
 // files. An empty dir keeps the records in memory only.
 func openSentLog(dir string, ttl time.Duration, now time.Time) (*sentLog, error) {
-	l := &sentLog{dir: dir, ttl: ttl, sent: map[uuid.UUID]int64{}, offsets: map[string]int64{}}
+	l := &sentLog{dir: dir, ttl: ttl, sent: map[uuid.UUID]int64{}, offsets: map[string]int64{}, readers: map[string]*sentReader{}}
 	if dir == "" {
 		return l, nil
 	}
@@ -70,8 +91,9 @@ func openSentLog(dir string, ttl time.Duration, now time.Time) (*sentLog, error)
 	return l, nil
 }
 
-// refresh reads what was appended to the files of the last ttl since the
-// last look, and deletes the files past it. The caller holds mu (or owns l).
+// refresh lists dir, reads what was appended to the files of the last ttl
+// since the last look, and deletes the files past it. The caller holds mu
+// (or owns l).
 func (l *sentLog) refresh(now time.Time) error {
 	entries, err := os.ReadDir(l.dir)
 	if err != nil {
@@ -96,62 +118,83 @@ func (l *sentLog) refresh(now time.Time) error {
 			delete(l.offsets, path)
 			continue
 		}
-		if err := l.load(path, end); err != nil {
+		f, err := os.Open(path)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // another process removed it
+		}
+		if err != nil {
 			return err
 		}
+		l.load(f, path, end)
+		f.Close()
 	}
 	return nil
 }
 
-// load reads one file's ids from where it was last read to its last full
+// load reads one file's keys from where it was last read to its last full
 // line; at is taken as their time (the file's end, so a record lives at
 // least ttl).
-func (l *sentLog) load(path string, at time.Time) error {
-	f, err := os.Open(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil // another process removed it
-	}
-	if err != nil {
-		return err
-	}
-	defer f.Close()
+func (l *sentLog) load(f *os.File, path string, at time.Time) {
 	off := l.offsets[path]
-	if _, err := f.Seek(off, io.SeekStart); err != nil {
-		return err
-	}
-	r := bufio.NewReader(f)
+	r := bufio.NewReader(io.NewSectionReader(f, off, 1<<62))
 	for {
-		line, err := r.ReadString('\n')
+		line, err := r.ReadSlice('\n')
+		if errors.Is(err, bufio.ErrBufferFull) {
+			off += int64(len(line)) // not a record: skip it
+			continue
+		}
 		if err != nil {
 			break // EOF, or a line still being written: read it next time
 		}
 		off += int64(len(line))
-		if id, err := uuid.Parse(strings.TrimSpace(line)); err == nil {
+		if id, err := uuid.ParseBytes(bytes.TrimSpace(line)); err == nil {
 			l.sent[id] = at.Unix()
 		}
 	}
 	l.offsets[path] = off
-	return nil
 }
 
-func (l *sentLog) has(eventID string) bool {
-	id, err := uuid.Parse(eventID)
-	if err != nil {
-		return false
+// catchUp reads what siblings appended to the files of the current and the
+// previous span since the last look: a read on each of two open files, no
+// directory listing. A file that does not exist yet is tried again next
+// time. The caller holds mu.
+func (l *sentLog) catchUp(now time.Time) {
+	for _, t := range []time.Time{now, now.Add(-sentLogSpan)} {
+		name := sentLogName(t)
+		path := filepath.Join(l.dir, name)
+		rd := l.readers[name]
+		if rd == nil {
+			f, err := os.Open(path)
+			if err != nil {
+				continue // not there yet, or unreadable: a mail may go out twice, never zero times
+			}
+			rd = &sentReader{f: f, end: t.UTC().Truncate(sentLogSpan).Add(sentLogSpan)}
+			l.readers[name] = rd
+		}
+		l.load(rd.f, path, rd.end)
 	}
+	// Files older than the previous span get no new lines: close them.
+	for name, rd := range l.readers {
+		if name != sentLogName(now) && name != sentLogName(now.Add(-sentLogSpan)) {
+			rd.f.Close()
+			delete(l.readers, name)
+		}
+	}
+}
+
+// has reports whether the mail was sent within the ttl, by this process or
+// (when dir is shared) by a sibling.
+func (l *sentLog) has(key uuid.UUID) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if at, ok := l.sent[id]; ok {
+	if at, ok := l.sent[key]; ok {
 		return l.young(at)
 	}
 	if l.dir == "" {
 		return false
 	}
-	// Perhaps a sibling sent it: read what the others appended. A failure
-	// to read counts as not sent (the mail may go out twice, never zero
-	// times).
-	_ = l.refresh(time.Now())
-	at, ok := l.sent[id]
+	l.catchUp(time.Now())
+	at, ok := l.sent[key]
 	return ok && l.young(at)
 }
 
@@ -159,17 +202,13 @@ func (l *sentLog) young(at int64) bool {
 	return time.Since(time.Unix(at, 0)) < l.ttl
 }
 
-// add records eventID. The in-memory record is made even when the file
-// write fails; the error says the record would not survive a crash.
-func (l *sentLog) add(eventID string) error {
-	id, err := uuid.Parse(eventID)
-	if err != nil {
-		return fmt.Errorf("sent log: event id: %w", err)
-	}
+// add records key. The in-memory record is made even when the file write
+// fails; the error says the record would not survive a crash.
+func (l *sentLog) add(key uuid.UUID) error {
 	now := time.Now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.sent[id] = now.Unix()
+	l.sent[key] = now.Unix()
 	if name := sentLogName(now); name != l.file {
 		// A new span: the next file, and the time to forget the old.
 		if l.f != nil {
@@ -191,7 +230,9 @@ func (l *sentLog) add(eventID string) error {
 		}
 		l.f = f
 	}
-	if _, err := l.f.WriteString(id.String() + "\n"); err != nil {
+	var line [37]byte
+	b := append(line[:0], key.String()...)
+	if _, err := l.f.Write(append(b, '\n')); err != nil {
 		return fmt.Errorf("sent log: %w", err)
 	}
 	return nil
@@ -213,6 +254,10 @@ func (l *sentLog) prune(now time.Time) {
 func (l *sentLog) Close() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	for name, rd := range l.readers {
+		rd.f.Close()
+		delete(l.readers, name)
+	}
 	if l.f == nil {
 		return nil
 	}

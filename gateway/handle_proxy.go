@@ -1,8 +1,6 @@
 package main
 
 import (
-	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -10,8 +8,11 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/go-chi/chi/v5"
+	"github.com/google/uuid"
+	"github.com/sony/gobreaker/v2"
 
 	"github.com/checkout-demo/checkout/internal/web"
 )
@@ -19,7 +20,16 @@ import (
 // maxBody is the largest checkout body the gateway forwards.
 const maxBody = 1 << 20
 
-func handleCheckout(log *slog.Logger, cfg Config, client *http.Client) http.Handler {
+// IdempotencyKeyHeader makes a checkout safe to retry: the order service
+// returns the order a key created before instead of placing another.
+const IdempotencyKeyHeader = "Idempotency-Key"
+
+// handleCheckout forwards a checkout exactly once. Every checkout carries an
+// idempotency key, the client's or one made here, so that a call whose
+// outcome is unknown (the connection dropped after the request was
+// written, no answer in time) can be retried without placing a second
+// order; the client gets the one real answer.
+func handleCheckout(log *slog.Logger, orders *orderClient) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
 		if err != nil {
@@ -31,11 +41,19 @@ func handleCheckout(log *slog.Logger, cfg Config, client *http.Client) http.Hand
 			web.WriteProblem(w, r, http.StatusBadRequest, "could not read the request body")
 			return
 		}
-		forward(w, r, log, cfg, client, http.MethodPost, cfg.OrderServiceURL+"/orders", body)
+		header := upstreamHeader(r)
+		if _, sent := r.Header[IdempotencyKeyHeader]; !sent {
+			// The key is the client's to retry with when even our retries
+			// leave the outcome unknown.
+			key := "gw-" + uuid.NewString()
+			header.Set(IdempotencyKeyHeader, key)
+			w.Header().Set(IdempotencyKeyHeader, key)
+		}
+		forward(w, r, log, orders, http.MethodPost, orders.cfg.OrderServiceURL+"/orders", body, header)
 	})
 }
 
-func handleGetOrder(log *slog.Logger, cfg Config, client *http.Client) http.Handler {
+func handleGetOrder(log *slog.Logger, orders *orderClient) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id, err := strconv.ParseInt(chi.URLParam(r, "id"), 10, 64)
 		if err != nil || id <= 0 {
@@ -43,46 +61,88 @@ func handleGetOrder(log *slog.Logger, cfg Config, client *http.Client) http.Hand
 				web.FieldError{Field: "id", Message: "must be a positive integer"})
 			return
 		}
-		forward(w, r, log, cfg, client, http.MethodGet, fmt.Sprintf("%s/orders/%d", cfg.OrderServiceURL, id), nil)
+		forward(w, r, log, orders, http.MethodGet, fmt.Sprintf("%s/orders/%d", orders.cfg.OrderServiceURL, id), nil, upstreamHeader(r))
 	})
 }
 
-// forward calls the order service with a timeout and relays its answer. When
-// the order service cannot be reached the client gets a prompt 503 (or 504
-// when it did not answer in time), never a hang.
-func forward(w http.ResponseWriter, r *http.Request, log *slog.Logger, cfg Config, client *http.Client, method, url string, body []byte) {
-	ctx, cancel := context.WithTimeout(r.Context(), cfg.UpstreamTimeout)
-	defer cancel()
-	var rd io.Reader
-	if body != nil {
-		rd = bytes.NewReader(body)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, url, rd)
-	if err != nil {
-		log.Error("build upstream request", "err", err)
-		web.WriteProblem(w, r, http.StatusInternalServerError, "internal error")
-		return
-	}
-	for _, h := range []string{"Content-Type", "Accept", "Idempotency-Key"} {
-		if v := r.Header.Get(h); v != "" {
-			req.Header.Set(h, v)
+// upstreamHeader is what the order service gets of the client's headers:
+// Authorization carries an order's access token, web.UserHeader the
+// signed-in customer (set by guard only, removed from what clients send).
+func upstreamHeader(r *http.Request) http.Header {
+	h := http.Header{}
+	for _, k := range []string{"Content-Type", "Accept", IdempotencyKeyHeader, "Authorization", web.UserHeader} {
+		if v := r.Header.Get(k); v != "" {
+			h.Set(k, v)
 		}
 	}
-	req.Header.Set(web.RequestIDHeader, web.RequestID(r.Context()))
+	h.Set(web.RequestIDHeader, web.RequestID(r.Context()))
+	return h
+}
 
-	resp, err := client.Do(req)
-	if err != nil {
-		log.Warn("order service call failed", "err", err, "request_id", web.RequestID(r.Context()))
+// Details of the answers that are the gateway's own.
+const (
+	detailNotWritten = "the order service is unavailable; nothing was written; please retry"
+	detailBreaker    = "the order service is failing; the gateway sends it no requests for a moment; nothing was written; please retry shortly"
+	detailUnknown    = "the order service did not answer in time; the order may or may not have been placed: " +
+		"retry with the same Idempotency-Key header (returned in this answer when you sent none) to get the order without placing it twice, " +
+		"or look the order up before placing it again"
+	detailReadFailed = "the order service did not answer in time; please retry"
+)
+
+// forward calls the order service and relays its answer. A call whose
+// outcome is unknown is made again (with the same idempotency key, for a
+// checkout) up to UPSTREAM_ATTEMPTS times; the client then gets 503 only
+// when nothing was written for certain, and 504 when the outcome stayed
+// unknown. Never a hang: each attempt is bounded by UPSTREAM_TIMEOUT, and
+// the breaker answers at once while the order service keeps failing.
+func forward(w http.ResponseWriter, r *http.Request, log *slog.Logger, orders *orderClient, method, url string, body []byte, header http.Header) {
+	log = log.With("request_id", web.RequestID(r.Context()))
+	mayExist := false // an earlier attempt's outcome is unknown
+	for attempt := 1; ; attempt++ {
+		resp, out, err := orders.call(r.Context(), method, url, body, header.Clone())
 		if r.Context().Err() != nil {
+			if resp != nil {
+				resp.Body.Close()
+			}
 			return // the client went away
 		}
-		if errors.Is(err, context.DeadlineExceeded) {
-			web.WriteProblem(w, r, http.StatusGatewayTimeout, "the order service did not answer in time; please retry")
+		if out == answered && (!mayExist || resp.StatusCode < 500) {
+			relay(w, r, log, resp)
 			return
 		}
-		web.WriteProblem(w, r, http.StatusServiceUnavailable, "the order service is unavailable; please retry")
+		if out == unknown {
+			mayExist = true
+		}
+		if resp != nil {
+			resp.Body.Close()
+		}
+		log.Warn("order service call failed", "err", err, "attempt", attempt, "outcome_unknown", out == unknown,
+			"breaker", orders.State())
+		if attempt < orders.cfg.UpstreamAttempts && !errors.Is(err, gobreaker.ErrOpenState) {
+			select {
+			case <-time.After(retryDelay(attempt)):
+				continue
+			case <-r.Context().Done():
+				return
+			}
+		}
+		switch {
+		case method != http.MethodPost && mayExist:
+			web.WriteProblem(w, r, http.StatusGatewayTimeout, detailReadFailed)
+		case mayExist:
+			web.WriteProblem(w, r, http.StatusGatewayTimeout, detailUnknown)
+		case errors.Is(err, gobreaker.ErrOpenState), errors.Is(err, gobreaker.ErrTooManyRequests):
+			w.Header().Set("Retry-After", strconv.Itoa(max(int(orders.cfg.BreakerOpenTimeout.Seconds()), 1)))
+			web.WriteProblem(w, r, http.StatusServiceUnavailable, detailBreaker)
+		default:
+			web.WriteProblem(w, r, http.StatusServiceUnavailable, detailNotWritten)
+		}
 		return
 	}
+}
+
+// relay copies the order service's answer to the client.
+func relay(w http.ResponseWriter, r *http.Request, log *slog.Logger, resp *http.Response) {
 	defer resp.Body.Close()
 	if ct := resp.Header.Get("Content-Type"); ct != "" {
 		w.Header().Set("Content-Type", ct)
@@ -95,7 +155,7 @@ func forward(w http.ResponseWriter, r *http.Request, log *slog.Logger, cfg Confi
 	}
 	w.WriteHeader(resp.StatusCode)
 	if _, err := io.Copy(w, resp.Body); err != nil {
-		log.Warn("relay upstream answer", "err", err, "request_id", web.RequestID(r.Context()))
+		log.Warn("relay upstream answer", "err", err)
 		// The status is out; a cut body must not reach the client as a
 		// complete answer. Aborting resets the connection instead.
 		panic(http.ErrAbortHandler)

@@ -4,7 +4,7 @@ package main
 
 import (
 	"context"
-	"fmt"
+	"errors"
 	"io"
 	"net"
 	"os"
@@ -18,7 +18,9 @@ func main() {
 	var cfg Config
 	service.Main("gateway", &cfg,
 		func(ctx context.Context) error { return run(ctx, cfg, os.Stdout, nil) },
-		func() []service.Command { return []service.Command{service.Healthcheck(cfg.Port)} })
+		func() []service.Command {
+			return []service.Command{service.Healthcheck(cfg.Port), {Name: "token", Run: tokenCommand(cfg, os.Stdout)}}
+		})
 }
 
 // run serves until ctx is done, then finishes the requests in flight.
@@ -27,20 +29,25 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 	log := web.NewLogger(stdout, cfg.LogLevel, cfg.LogFormat, "gateway")
 	client := newClient()
 	defer client.CloseIdleConnections()
+	auth, err := newAuthenticator(ctx, cfg)
+	if err != nil {
+		return err
+	}
 
 	var stopping atomic.Bool
 	health := web.Health{
+		Log:     log,
 		Service: "gateway",
 		// The gateway can serve checkouts only while the order service can.
 		Ready: map[string]web.Check{"order-service": func(ctx context.Context) error {
 			if s := probe(ctx, client, cfg.OrderServiceURL+"/readyz"); s != "healthy" {
-				return fmt.Errorf("%s", s)
+				return errors.New(s)
 			}
 			return nil
 		}},
 		Stopping: stopping.Load,
 	}
-	err := service.Serve(ctx, log, cfg.Port, NewServer(log, cfg, client, health), cfg.ShutdownTimeout, &stopping, listening,
+	err = service.Serve(ctx, log, net.JoinHostPort(cfg.ListenHost, cfg.Port), NewServer(log, cfg, client, health, auth), cfg.ShutdownTimeout, &stopping, listening,
 		"order_service", cfg.OrderServiceURL)
 	log.Info("stopped")
 	return err

@@ -107,7 +107,9 @@ func TestCheckoutForwards(t *testing.T) {
 	}
 
 	// Without a request id the gateway makes one and passes it on.
-	resp, err = http.Get(gw + "/api/orders/42")
+	req, _ = http.NewRequest(http.MethodGet, gw+"/api/orders/42", nil)
+	req.Header.Set("Authorization", "Bearer token-of-42")
+	resp, err = http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,6 +148,7 @@ func TestGatewayErrors(t *testing.T) {
 			gw := startGateway(t, Config{OrderServiceURL: tt.order, UpstreamTimeout: 500 * time.Millisecond})
 			req, _ := http.NewRequest(tt.method, gw+tt.path, strings.NewReader(tt.body))
 			req.Header.Set("Content-Type", "application/json")
+			req.Header.Set("Authorization", "Bearer some-token")
 			resp, err := http.DefaultClient.Do(req)
 			if err != nil {
 				t.Fatal(err)

@@ -11,7 +11,7 @@ import (
 )
 
 // NewServer returns the gateway's HTTP handler.
-func NewServer(log *slog.Logger, cfg Config, client *http.Client, health web.Health) http.Handler {
+func NewServer(log *slog.Logger, cfg Config, client *http.Client, health web.Health, auth *authenticator) http.Handler {
 	r := chi.NewRouter()
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		web.WriteProblem(w, r, http.StatusNotFound, "no such endpoint")
@@ -19,7 +19,7 @@ func NewServer(log *slog.Logger, cfg Config, client *http.Client, health web.Hea
 	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
 		web.WriteProblem(w, r, http.StatusMethodNotAllowed, "method not allowed on this endpoint")
 	})
-	addRoutes(r, log, cfg, client, health)
+	addRoutes(r, log, cfg, client, health, auth)
 	return web.Middleware(log, r)
 }
 

@@ -20,6 +20,7 @@ type Sample struct {
 	Code    int           // 0 when no answer came
 	Err     string        // empty for a 201 with an order id
 	OrderID int64         // the order of a 201
+	Token   string        // its access token, to read it with
 	Decline bool          // the order was priced to be declined
 }
 
@@ -86,15 +87,16 @@ func (c *Customers) sample(r *vegeta.Result) Sample {
 	switch {
 	case r.Code == http.StatusCreated:
 		var body struct {
-			ID     int64  `json:"id"`
-			UserID int64  `json:"user_id"`
-			Status string `json:"status"`
+			ID          int64  `json:"id"`
+			UserID      int64  `json:"user_id"`
+			Status      string `json:"status"`
+			AccessToken string `json:"access_token"`
 		}
 		if err := json.Unmarshal(r.Body, &body); err != nil || body.ID <= 0 || body.UserID < c.base {
 			s.Err = "201 without a readable order"
 			return s
 		}
-		s.OrderID = body.ID
+		s.OrderID, s.Token = body.ID, body.AccessToken
 		s.Decline = c.Declines(body.UserID - c.base)
 	case r.Code != 0:
 		// A problem+json answer says why; keep its detail for the error list.

@@ -6,32 +6,42 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
 	"time"
 
 	vegeta "github.com/tsenart/vegeta/v12/lib"
 )
 
-// BenchConfig is the closed-loop checkout benchmark: clients that each send
-// the next checkout as soon as the previous one answered.
+// BenchConfig is `make bench`: the checkout path closed-loop (clients that
+// each send the next checkout as soon as the previous one answered) beside
+// pgbench running the checkout's one statement with the same clients.
 type BenchConfig struct {
-	Target   string
 	Warmup   time.Duration
 	Single   time.Duration // the single-client phase
 	Clients  int           // the concurrent phase
 	Duration time.Duration
 	Timeout  time.Duration
+	Bin      string
+	Infra    Infra
 }
 
 func parseBenchFlags(args []string, out io.Writer) (BenchConfig, error) {
 	fs := flag.NewFlagSet("loadtest bench", flag.ContinueOnError)
 	fs.SetOutput(out)
 	var c BenchConfig
-	fs.StringVar(&c.Target, "target", "http://127.0.0.1:9000", "gateway base URL")
 	fs.DurationVar(&c.Warmup, "warmup", 2*time.Second, "single-client warm-up, not measured")
 	fs.DurationVar(&c.Single, "single", 10*time.Second, "length of the single-client phase")
-	fs.IntVar(&c.Clients, "clients", 16, "concurrent clients of the throughput phase")
-	fs.DurationVar(&c.Duration, "duration", 15*time.Second, "length of the throughput phase")
+	fs.IntVar(&c.Clients, "clients", 16, "concurrent clients of the throughput phase (and of pgbench)")
+	fs.DurationVar(&c.Duration, "duration", 15*time.Second, "length of the throughput phase (and of pgbench's)")
 	fs.DurationVar(&c.Timeout, "timeout", 5*time.Second, "timeout of one checkout")
+	fs.StringVar(&c.Bin, "bin", "bin", "folder of the four binaries")
+	fs.StringVar(&c.Infra.PG, "pg", "postgres://postgres@localhost:5432", "PostgreSQL server (no database)")
+	fs.StringVar(&c.Infra.AMQP, "amqp", "amqp://guest:guest@localhost:5672", "RabbitMQ (no vhost)")
+	fs.StringVar(&c.Infra.RabbitAPI, "rabbit-api", "http://guest:guest@127.0.0.1:15672", "RabbitMQ management API (makes the scratch vhost)")
 	if err := fs.Parse(args); err != nil {
 		return BenchConfig{}, err
 	}
@@ -97,41 +107,136 @@ func closedLoop(ctx context.Context, cust *Customers, n int, d, timeout time.Dur
 	return p
 }
 
-// runBench measures checkout through the gateway: single-client latency,
-// then throughput with cfg.Clients concurrent clients. The last line is
-// for scripts (scripts/bench.sh reads it).
+// pgbenchCheckout is order/store.go's insertOrder (one statement: the
+// order, its item, its first timeline step and the outbox row with a
+// payload of the real size) with pgbench's variables, after a nextval that
+// the service takes once per 32 orders (here once per order, which favours
+// pgbench a little).
+const pgbenchCheckout = `\set uid random(1, 1000000000)
+WITH id AS (
+    SELECT nextval('orders_id_seq') AS id
+), o AS (
+    INSERT INTO orders (id, user_id, user_email, total_amount, idempotency_key, request_hash, created_at, updated_at)
+    SELECT id, :uid, 'lt' || :uid::bigint || '@example.com', 1299.99, NULL, NULL, now(), now() FROM id
+), i AS (
+    INSERT INTO order_items (order_id, line, product_id, quantity, price)
+    SELECT id.id, t.line, t.product_id, t.quantity, t.price
+    FROM id, unnest(ARRAY[1]::bigint[], ARRAY[1]::int[], ARRAY['1299.99']::numeric[]) WITH ORDINALITY AS t(product_id, quantity, price, line)
+), s AS (
+    INSERT INTO order_timeline (order_id, step, at) SELECT id, 'created', now() FROM id
+)
+INSERT INTO outbox (event_id, event_type, routing_key, payload) VALUES (gen_random_uuid(), 'OrderCreated', 'order.order.created',
+    ('{"event_id":"01a21699-053f-7ccd-9ceb-8d0a765d2e70","event_type":"OrderCreated","version":1,"occurred_at":"2026-01-01T00:00:00.000000Z","order_id":1234567,"user_id":' || :uid::bigint || ',"user_email":"lt' || :uid::bigint || '@example.com","total_amount":"1299.99","items":[{"product_id":1,"quantity":1,"price":"1299.99"}]}')::json);
+`
+
+// runBench starts the services against scratch state, stops payment and
+// email (the saga idle: OrderCreated events wait in their queue), measures
+// checkout through the gateway with one client and with cfg.Clients, then
+// stops the services and runs pgbench with the same statement and clients
+// on the order service's database, after a VACUUM. The last line is for
+// scripts.
 func runBench(ctx context.Context, cfg BenchConfig, stdout, progress io.Writer) error {
-	// Checkout needs only the gateway and the order service: the benchmark
-	// also measures the checkout path with the saga's services stopped.
-	if err := preflight(ctx, cfg.Target, "/readyz"); err != nil {
+	if _, err := exec.LookPath("pgbench"); err != nil {
+		return errors.New("bench: pgbench is missing (apt-get install postgresql-contrib or postgresql-client)")
+	}
+	say := func(format string, args ...any) { fmt.Fprintf(progress, "bench: "+format+"\n", args...) }
+	say("starting the four services from %s against scratch state", cfg.Bin)
+	// All four start, so that every queue exists as the services declare
+	// it; then the saga's two stop.
+	sys, err := StartSystem(ctx, cfg.Infra, cfg.Bin, nil, "order", "payment", "email", "gateway")
+	if err != nil {
 		return err
 	}
-	cust := NewCustomers(Config{Target: cfg.Target, Price: "1299.99"})
+	defer sys.Close()
+	sys.Stop("payment", "email")
+	state := fmt.Sprintf("fresh scratch databases %s and vhost %s (removed at the end); services with their defaults; payment and email stopped (the saga idle)",
+		strings.Join(sys.Databases(), ", "), sys.Tag)
+	say("state: %s", state)
+
+	cust := NewCustomers(Config{Target: sys.URL("gateway"), Price: "1299.99"})
 	if cfg.Warmup > 0 {
-		fmt.Fprintf(progress, "bench: warming up with one client for %s\n", cfg.Warmup)
+		say("warming up with one client for %s", cfg.Warmup)
 		closedLoop(ctx, cust, 1, cfg.Warmup, cfg.Timeout)
 	}
-	fmt.Fprintf(progress, "bench: one client for %s\n", cfg.Single)
+	say("one client for %s", cfg.Single)
 	single := closedLoop(ctx, cust, 1, cfg.Single, cfg.Timeout)
-	fmt.Fprintf(progress, "bench: %d clients for %s\n", cfg.Clients, cfg.Duration)
+	say("%d clients for %s", cfg.Clients, cfg.Duration)
 	multi := closedLoop(ctx, cust, cfg.Clients, cfg.Duration, cfg.Timeout)
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	sys.Stop("gateway", "order")
 
-	for _, p := range []Phase{single, multi} {
-		fmt.Fprintf(stdout, "checkout, %2d client(s): %6d requests, %6.1f/s accepted, p50 %s, p90 %s, p99 %s, max %s",
-			p.Clients, p.Requests, p.Throughput, fmtMS(p.Latency.P50), fmtMS(p.Latency.P90), fmtMS(p.Latency.P99), fmtMS(p.Latency.Max))
-		if len(p.Errors) > 0 {
-			fmt.Fprintf(stdout, ", errors: %s", joinCounts(p.Errors, 3))
-		}
-		fmt.Fprintln(stdout)
+	db := sys.PG + "/" + sys.Databases()[0] + "?sslmode=disable"
+	if err := vacuum(ctx, sys.PG, sys.Databases()[:1]); err != nil {
+		return err
 	}
-	fmt.Fprintf(stdout, "BENCH single_p50_ms=%.3f single_p99_ms=%.3f single_requests=%d clients=%d throughput=%.1f multi_p50_ms=%.3f multi_p99_ms=%.3f errors=%d\n",
-		single.Latency.P50, single.Latency.P99, single.Requests, multi.Clients, multi.Throughput,
-		multi.Latency.P50, multi.Latency.P99, single.Requests-single.Accepted+multi.Requests-multi.Accepted)
+	script := filepath.Join(sys.Dir, "checkout.sql")
+	if err := os.WriteFile(script, []byte(pgbenchCheckout), 0o644); err != nil {
+		return err
+	}
+	pgSingleFor := min(cfg.Single, 5*time.Second)
+	say("pgbench, the same statement on the order service's database (after VACUUM ANALYZE): %d clients for %s, then 1 client for %s", cfg.Clients, cfg.Duration, pgSingleFor)
+	pgMulti, err := pgbench(ctx, db, script, cfg.Clients, cfg.Duration)
+	if err != nil {
+		return err
+	}
+	pgSingle, err := pgbench(ctx, db, script, 1, pgSingleFor)
+	if err != nil {
+		return err
+	}
+
+	p := func(format string, args ...any) { fmt.Fprintf(stdout, format+"\n", args...) }
+	p("")
+	p("== make bench: the checkout path through the gateway beside pgbench (%d CPUs, load average %s) ==", runtime.NumCPU(), machine().LoadAvg)
+	p("state: %s", state)
+	for _, ph := range []Phase{single, multi} {
+		line := fmt.Sprintf("checkout, %2d client(s): %6d requests, %7.1f/s, p50 %s, p90 %s, p99 %s, max %s",
+			ph.Clients, ph.Requests, ph.Throughput, fmtMS(ph.Latency.P50), fmtMS(ph.Latency.P90), fmtMS(ph.Latency.P99), fmtMS(ph.Latency.Max))
+		if len(ph.Errors) > 0 {
+			line += ", errors: " + joinCounts(ph.Errors, 3)
+		}
+		p("%s", line)
+	}
+	p("pgbench,  %2d client(s): %7.1f tps, latency average %s", cfg.Clients, pgMulti.TPS, fmtMS(pgMulti.LatencyMS))
+	p("pgbench,   1 client(s): %7.1f tps, latency average %s", pgSingle.TPS, fmtMS(pgSingle.LatencyMS))
+	ratio := 0.0
+	if pgMulti.TPS > 0 {
+		ratio = multi.Throughput / pgMulti.TPS
+	}
+	p("ratio, %d clients: %.2f of pgbench's throughput (goal >= 0.5: %s); single-client p50 %s (goal <= 1 ms: %s)",
+		cfg.Clients, ratio, metIf(ratio >= 0.5), fmtMS(single.Latency.P50), metIf(single.Latency.P50 <= 1))
+	p("BENCH single_p50_ms=%.3f single_p99_ms=%.3f clients=%d throughput=%.1f multi_p99_ms=%.3f pgbench_tps=%.1f ratio=%.3f errors=%d",
+		single.Latency.P50, single.Latency.P99, multi.Clients, multi.Throughput, multi.Latency.P99, pgMulti.TPS, ratio,
+		single.Requests-single.Accepted+multi.Requests-multi.Accepted)
 	if single.Accepted == 0 || multi.Accepted == 0 {
 		return errors.New("bench: no checkout was accepted")
 	}
 	return nil
+}
+
+// PgbenchResult is what pgbench printed.
+type PgbenchResult struct {
+	TPS       float64
+	LatencyMS float64
+}
+
+func pgbench(ctx context.Context, db, script string, clients int, d time.Duration) (PgbenchResult, error) {
+	jobs := min(clients, runtime.NumCPU())
+	out, err := exec.CommandContext(ctx, "pgbench", "-n", "-M", "prepared", "-c", fmt.Sprint(clients), "-j", fmt.Sprint(jobs),
+		"-T", fmt.Sprint(max(1, int(d.Seconds()))), "-f", script, db).CombinedOutput()
+	if err != nil {
+		return PgbenchResult{}, fmt.Errorf("pgbench: %v\n%s", err, out)
+	}
+	var r PgbenchResult
+	for _, l := range strings.Split(string(out), "\n") {
+		if _, err := fmt.Sscanf(l, "tps = %f", &r.TPS); err == nil {
+			continue
+		}
+		_, _ = fmt.Sscanf(l, "latency average = %f ms", &r.LatencyMS)
+	}
+	if r.TPS == 0 {
+		return r, fmt.Errorf("pgbench: no tps in its output:\n%s", out)
+	}
+	return r, nil
 }

@@ -8,6 +8,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/checkout-demo/checkout/internal/events"
 )
 
 // Config is one load test, from the command line.
@@ -40,6 +42,24 @@ type Config struct {
 	PgbenchTPS float64
 
 	Knee Knee
+	Cost CostConfig
+
+	// OnLoad, when set, is called as the load starts (cost mode's CPU window).
+	OnLoad func(start time.Time)
+}
+
+// CostConfig is the cost mode (-cost): the saga at a fixed rate with the CPU
+// of every process measured, beside the floor.
+type CostConfig struct {
+	On         bool
+	Attach     bool              // measure a running `make run` instead of starting the services
+	Bin        string            // the binaries
+	Infra      Infra             // PostgreSQL and RabbitMQ
+	Env        map[string]string // extra settings of the started services
+	Warmup     time.Duration     // the CPU window starts this long after the load
+	Settle     time.Duration     // the wait for the statistics before and after
+	MailpitAPI string            // attached: Mailpit's API
+	SMTPAddr   string            // attached: Mailpit's SMTP
 }
 
 // Knee is the knee search: steps of rising rate until a threshold breaks.
@@ -57,14 +77,20 @@ type Knee struct {
 	DrainBudget time.Duration // the longest wait for the backlog between steps
 }
 
-// DefaultQueues are the saga's three work queues.
-var DefaultQueues = []string{"payment.order-created", "email.payment-results", "order.saga-events"}
+// DefaultQueues are the saga's work queues.
+func DefaultQueues() []string {
+	out := make([]string, len(events.Topology))
+	for i, q := range events.Topology {
+		out[i] = q.Name
+	}
+	return out
+}
 
 func parseFlags(args []string, out io.Writer) (Config, error) {
 	fs := flag.NewFlagSet("loadtest", flag.ContinueOnError)
 	fs.SetOutput(out)
 	var c Config
-	var queues string
+	var queues, env string
 	fs.StringVar(&c.Target, "target", "http://127.0.0.1:9000", "gateway base URL")
 	fs.IntVar(&c.Rate, "rate", 100, "checkouts per second (constant, open model)")
 	fs.DurationVar(&c.Duration, "duration", 30*time.Second, "how long checkouts are sent")
@@ -75,7 +101,7 @@ func parseFlags(args []string, out io.Writer) (Config, error) {
 	fs.IntVar(&c.MaxWorkers, "max-workers", 2000, "the most checkouts in flight at once")
 	fs.StringVar(&c.RabbitAPI, "rabbit-api", "http://guest:guest@127.0.0.1:15672", "RabbitMQ management API (empty: no queue depths)")
 	fs.StringVar(&c.VHost, "vhost", "/", "RabbitMQ virtual host of the system")
-	fs.StringVar(&queues, "queues", strings.Join(DefaultQueues, ","), "the saga's queues to watch (comma-separated); their .retry.N and .dlq queues are watched too")
+	fs.StringVar(&queues, "queues", strings.Join(DefaultQueues(), ","), "the saga's queues to watch (comma-separated); their .retry.N and .dlq queues are watched too")
 	fs.DurationVar(&c.Sample, "sample", time.Second, "queue depth sampling interval")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 3*time.Minute, "the longest wait for every order to finish after the load stopped")
 	fs.IntVar(&c.ReadWorkers, "read-workers", 4, "concurrent order reads while accounting (after the system drained)")
@@ -94,11 +120,32 @@ func parseFlags(args []string, out io.Writer) (Config, error) {
 	fs.BoolVar(&c.Knee.Saga, "knee-saga", true, "knee: a step also breaks when the saga falls behind (ready messages pile up)")
 	fs.BoolVar(&c.Knee.Confirm, "knee-confirm", true, "knee: try a breaking step again; it breaks only if it breaks twice")
 	fs.DurationVar(&c.Knee.DrainBudget, "knee-drain", 2*time.Minute, "knee: the longest wait for the backlog between steps")
+	fs.BoolVar(&c.Cost.On, "cost", false, "cost mode: start the services against scratch state, measure CPU per order by component and the floor beside it")
+	fs.BoolVar(&c.Cost.Attach, "attach", false, "cost: measure the running `make run` (-target, order_db, payment_db, Mailpit on :1026/:8026) instead of starting the services")
+	fs.StringVar(&c.Cost.Bin, "bin", "bin", "cost, bench: folder of the four binaries")
+	fs.StringVar(&c.Cost.Infra.PG, "pg", "postgres://postgres@localhost:5432", "cost, bench: PostgreSQL server (no database)")
+	fs.StringVar(&c.Cost.Infra.AMQP, "amqp", "amqp://guest:guest@localhost:5672", "cost, bench: RabbitMQ (no vhost)")
+	fs.StringVar(&env, "env", "", "cost: extra settings of the started services, KEY=VALUE,… (e.g. PAYMENT_DELAY=100ms)")
+	fs.DurationVar(&c.Cost.Warmup, "cost-warmup", 5*time.Second, "cost: the CPU window starts this long after the load (past PAYMENT_DELAY + EMAIL_DELAY)")
+	fs.DurationVar(&c.Cost.Settle, "cost-settle", 11*time.Second, "cost: wait before and after the load for PostgreSQL's statistics (flushed within 10 s)")
+	fs.StringVar(&c.Cost.MailpitAPI, "mailpit-api", "http://127.0.0.1:8026", "cost -attach: Mailpit's API")
+	fs.StringVar(&c.Cost.SMTPAddr, "smtp", "127.0.0.1:1026", "cost -attach: Mailpit's SMTP")
 	if err := fs.Parse(args); err != nil {
 		return Config{}, err
 	}
 	if fs.NArg() > 0 {
 		return Config{}, fmt.Errorf("unexpected argument %q (flags only; see -h)", fs.Arg(0))
+	}
+	c.Cost.Infra.RabbitAPI = c.RabbitAPI
+	if env != "" {
+		c.Cost.Env = map[string]string{}
+		for _, kv := range strings.Split(env, ",") {
+			k, v, ok := strings.Cut(kv, "=")
+			if !ok {
+				return Config{}, fmt.Errorf("-env: %q is not KEY=VALUE", kv)
+			}
+			c.Cost.Env[k] = v
+		}
 	}
 	for _, q := range strings.Split(queues, ",") {
 		if q = strings.TrimSpace(q); q != "" {
@@ -125,6 +172,9 @@ func (c Config) validate() error {
 	}
 	if c.Timeout <= 0 || c.MaxWorkers <= 0 || c.ReadWorkers <= 0 || c.Sample <= 0 || c.DrainTimeout <= 0 {
 		errs = append(errs, errors.New("-timeout, -max-workers, -read-workers, -sample and -drain-timeout must be positive"))
+	}
+	if c.Cost.On && (c.Knee.On || c.Cost.Warmup <= 0 || c.Cost.Warmup+time.Second > c.Duration || c.RabbitAPI == "") {
+		errs = append(errs, errors.New("-cost: needs -duration at least 1 s longer than -cost-warmup, the management API, and no -knee"))
 	}
 	if c.Knee.On {
 		k := c.Knee

@@ -2,12 +2,13 @@
 // (an open model: requests go out on schedule whether or not earlier ones
 // have answered) and measures what a customer feels: the checkout answer,
 // and the time until the order is paid and its mail is accepted by the SMTP
-// server. It writes the report to the terminal and as an HTML page.
+// server. It writes the report to the terminal and as JSON.
 //
 //	go run ./loadtest                          # the default scenario (make loadtest)
 //	go run ./loadtest -rate 50 -duration 1m    # another one
 //	go run ./loadtest -knee                    # step the rate up to find the knee
-//	go run ./loadtest bench                    # closed-loop checkout benchmark (make bench)
+//	go run ./loadtest -cost -rate 80           # CPU per order by component beside the floor (make cost)
+//	go run ./loadtest bench                    # closed-loop checkout beside pgbench (make bench)
 //
 // See loadtest/README.md for every flag and the figures measured so far.
 package main
@@ -38,16 +39,26 @@ func main() {
 // run parses args and runs the scenario, the knee search or the benchmark.
 // The report goes to stdout, the live progress line to progress.
 func run(ctx context.Context, args []string, stdout, progress io.Writer) error {
-	if len(args) > 0 && args[0] == "bench" {
-		cfg, err := parseBenchFlags(args[1:], progress)
-		if err != nil {
-			return err
+	if len(args) > 0 {
+		switch args[0] {
+		case "bench":
+			cfg, err := parseBenchFlags(args[1:], progress)
+			if err != nil {
+				return err
+			}
+			return runBench(ctx, cfg, stdout, progress)
+		case "floor-amqp":
+			return floorAMQP(ctx, args[1:], stdout)
+		case "floor-smtp":
+			return floorSMTP(ctx, args[1:], stdout)
 		}
-		return runBench(ctx, cfg, stdout, progress)
 	}
 	cfg, err := parseFlags(args, progress)
 	if err != nil {
 		return err
+	}
+	if cfg.Cost.On {
+		return runCost(ctx, cfg, stdout, progress)
 	}
 	rep, err := runScenario(ctx, cfg, progress)
 	if rep != nil {

@@ -15,8 +15,7 @@ import (
 	"time"
 )
 
-// Report is what a run measured. It is printed as text, and written as HTML
-// (with plots) and JSON.
+// Report is what a run measured. It is printed as text and written as JSON.
 type Report struct {
 	Started   time.Time   `json:"started"`
 	Finished  time.Time   `json:"finished"`
@@ -33,14 +32,10 @@ type Report struct {
 	Accounting  Accounting  `json:"accounting"`
 	Knee        *KneeReport `json:"knee,omitempty"`
 	Goals       []Goal      `json:"goals"`
+	Cost        *CostReport `json:"cost,omitempty"`
 
-	// What the plots are drawn from.
-	samples    []Sample
-	times      []OrderTimes
-	qsamples   []QueueSample
-	mainQueues []string
-	loadStart  time.Time
-	loadEnd    time.Time
+	samples   []Sample
+	loadStart time.Time
 }
 
 // Machine is where the run happened; figures only compare on one machine.
@@ -113,7 +108,7 @@ type Goal struct {
 }
 
 func (r *Report) build(cfg Config, samples []Sample, times []OrderTimes, acc Accounting, drain Drain, loadEnd time.Time, qsamples []QueueSample) {
-	r.samples, r.times, r.qsamples, r.mainQueues, r.loadEnd = samples, times, qsamples, cfg.Queues, loadEnd
+	r.samples = samples
 	r.Accounting = acc
 	r.Scenario = Scenario{Mode: "constant rate", Rate: cfg.Rate, Duration: cfg.Duration.String(), Declined: cfg.Declined,
 		Price: cfg.Price, DeclinePrice: cfg.DeclinePrice, Timeout: cfg.Timeout.String(), MaxWorkers: cfg.MaxWorkers}
@@ -368,7 +363,7 @@ func joinCounts(cs []Count, limit int) string {
 	return strings.Join(parts, ", ")
 }
 
-// writeFiles writes the HTML and JSON reports into dir and says where.
+// writeFiles writes the JSON report into dir and says where.
 func writeFiles(dir string, r *Report, w io.Writer) error {
 	if dir == "" {
 		return nil
@@ -380,6 +375,9 @@ func writeFiles(dir string, r *Report, w io.Writer) error {
 	if r.Knee != nil {
 		name += "-knee"
 	}
+	if r.Cost != nil {
+		name += "-cost"
+	}
 	base := filepath.Join(dir, name)
 	js, err := json.MarshalIndent(r, "", "  ")
 	if err != nil {
@@ -388,17 +386,6 @@ func writeFiles(dir string, r *Report, w io.Writer) error {
 	if err := os.WriteFile(base+".json", append(js, '\n'), 0o644); err != nil {
 		return fmt.Errorf("write report: %w", err)
 	}
-	f, err := os.Create(base + ".html")
-	if err != nil {
-		return fmt.Errorf("write report: %w", err)
-	}
-	if err := writeHTML(f, r); err != nil {
-		f.Close()
-		return fmt.Errorf("write report: %w", err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("write report: %w", err)
-	}
-	fmt.Fprintf(w, "\nReport: %s.html (data: %s.json)\n", base, base)
+	fmt.Fprintf(w, "\nReport: %s.json\n", base)
 	return nil
 }

@@ -60,6 +60,7 @@ func (o OrderView) Finished() bool {
 type OrderReader struct {
 	target string
 	client *http.Client
+	tokens map[int64]string // the orders' access tokens, by id
 }
 
 // NewOrderReader reads from the gateway at target.
@@ -73,6 +74,7 @@ func (r OrderReader) Get(ctx context.Context, id int64) (OrderView, error) {
 	if err != nil {
 		return OrderView{}, err
 	}
+	req.Header.Set("Authorization", "Bearer "+r.tokens[id])
 	resp, err := r.client.Do(req)
 	if err != nil {
 		return OrderView{}, err
@@ -115,6 +117,10 @@ func settle(ctx context.Context, cfg Config, rd OrderReader, qw *QueueWatch, acc
 	}
 	prog.Wait("draining")
 	defer prog.Wait("")
+	rd.tokens = make(map[int64]string, len(accepted))
+	for _, s := range accepted {
+		rd.tokens[s.OrderID] = s.Token
+	}
 
 	newest := slices.MaxFunc(accepted, func(a, b Sample) int { return a.At.Compare(b.At) })
 	for time.Now().Before(deadline) {

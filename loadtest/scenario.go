@@ -67,6 +67,9 @@ func runScenario(ctx context.Context, cfg Config, out io.Writer) (*Report, error
 		samples, rep.Knee = runKnee(ctx, cfg, cust, qw, prog)
 	} else {
 		prog.Begin(fmt.Sprintf("%d/s", cfg.Rate), cfg.Duration, cust.Sent)
+		if cfg.OnLoad != nil {
+			cfg.OnLoad(time.Now())
+		}
 		samples = attack(ctx, cfg, cust, cfg.Rate, cfg.Duration, prog)
 	}
 	prog.End()

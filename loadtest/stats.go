@@ -65,31 +65,3 @@ func fmtMS(v float64) string {
 }
 
 func fmtDur(d time.Duration) string { return fmtMS(ms(d)) }
-
-// bucket groups values by the second (or wider step) they started in.
-type bucket struct {
-	From time.Duration // from the start of the run
-	Vals []time.Duration
-}
-
-// buckets splits points (offset from start, value) into n-wide buckets.
-func buckets(n time.Duration, span time.Duration, offsets, vals []time.Duration) []bucket {
-	if n <= 0 || span < 0 {
-		return nil
-	}
-	out := make([]bucket, int(span/n)+1)
-	for i := range out {
-		out[i].From = time.Duration(i) * n
-	}
-	for i, off := range offsets {
-		k := int(off / n)
-		if k < 0 || k >= len(out) {
-			continue
-		}
-		out[k].Vals = append(out[k].Vals, vals[i])
-	}
-	for i := range out {
-		slices.Sort(out[i].Vals)
-	}
-	return out
-}

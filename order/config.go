@@ -4,7 +4,10 @@ import "time"
 
 // Config is read from the environment (see the README's configuration table).
 type Config struct {
-	Port            string        `envconfig:"PORT" default:"8001"`
+	Port string `envconfig:"PORT" default:"8001"`
+	// ListenHost is the address the HTTP server binds: loopback unless
+	// opened (compose and Kubernetes set 0.0.0.0).
+	ListenHost      string        `envconfig:"LISTEN_HOST" default:"127.0.0.1"`
 	DatabaseURL     string        `envconfig:"DATABASE_URL" default:"postgres://postgres@localhost:5432/order_db?sslmode=disable"`
 	AMQPURL         string        `envconfig:"AMQP_URL" default:"amqp://guest:guest@localhost:5672/"`
 	DBMaxConns      int32         `envconfig:"DB_MAX_CONNS" default:"20"`
@@ -20,6 +23,15 @@ type Config struct {
 	ShutdownTimeout time.Duration `envconfig:"SHUTDOWN_TIMEOUT" default:"15s"`
 	LogFormat       string        `envconfig:"LOG_FORMAT" default:"json"`
 	LogLevel        string        `envconfig:"LOG_LEVEL" default:"info"`
+	// AccessTokenSecret derives the orders' access tokens (at least 32
+	// bytes); empty: a random key kept in the database (access.go).
+	AccessTokenSecret string `envconfig:"ACCESS_TOKEN_SECRET"`
+
+	// PaymentTimeout is how long an order may wait for its payment result
+	// (or an ended order for its mail step) before the saga asks again;
+	// PaymentTries is how many times it asks before it cancels the order.
+	PaymentTimeout time.Duration `envconfig:"ORDER_PAYMENT_TIMEOUT" default:"3m"`
+	PaymentTries   int           `envconfig:"ORDER_PAYMENT_TRIES" default:"3"`
 
 	// The outbox relay's batching and the clean-up of the outbox and inbox
 	// tables (internal/outbox).

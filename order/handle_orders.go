@@ -30,7 +30,12 @@ func handleCreateOrder(log *slog.Logger, store *Store, relay waker) http.Handler
 				web.FieldError{Field: IdempotencyKeyHeader, Message: "must be 1 to 255 printable ASCII characters"})
 			return
 		}
-		n, err := DecodeNewOrder(r.Body)
+		c, err := readCredentials(r)
+		if err != nil {
+			web.WriteProblem(w, r, http.StatusBadRequest, err.Error())
+			return
+		}
+		n, err := decodeNewOrder(r.Body, c.user)
 		if err != nil {
 			writeDecodeError(w, r, err)
 			return
@@ -67,7 +72,20 @@ func handleGetOrder(log *slog.Logger, store *Store) http.Handler {
 				web.FieldError{Field: "id", Message: "must be a positive integer"})
 			return
 		}
-		o, err := store.Get(r.Context(), id)
+		c, err := readCredentials(r)
+		if err != nil {
+			web.WriteProblem(w, r, http.StatusBadRequest, err.Error())
+			return
+		}
+		if c.none() {
+			writeUnauthorized(w, r)
+			return
+		}
+		err = store.Opens(r.Context(), id, c)
+		var o Order
+		if err == nil {
+			o, err = store.Get(r.Context(), id)
+		}
 		if errors.Is(err, ErrNotFound) {
 			web.WriteProblem(w, r, http.StatusNotFound, "order "+strconv.FormatInt(id, 10)+" does not exist")
 			return
@@ -88,6 +106,9 @@ func writeDecodeError(w http.ResponseWriter, r *http.Request, err error) {
 	switch {
 	case errors.Is(err, ErrBodyTooLarge):
 		web.WriteProblem(w, r, http.StatusRequestEntityTooLarge, err.Error())
+	case errors.Is(err, ErrUserMismatch):
+		web.WriteProblem(w, r, http.StatusForbidden, err.Error(),
+			web.FieldError{Field: "user_id", Message: "must be the signed-in customer's id, or left out"})
 	case errors.As(err, &verr):
 		web.WriteProblem(w, r, http.StatusUnprocessableEntity, verr.Error(), verr.Fields...)
 	case errors.As(err, &serr):
@@ -101,16 +122,27 @@ func writeDecodeError(w http.ResponseWriter, r *http.Request, err error) {
 	}
 }
 
-// writeStoreError answers 503 while the database is unreachable (the client
-// may retry) and 500 otherwise; the cause goes to the log only.
+// writeStoreError maps a store error to the client's answer, once for the
+// service: 503 when the database certainly did nothing (retrying is safe),
+// 504 when the statement may have been carried out and its answer was lost
+// (retry only with the same Idempotency-Key, or look the order up), 500
+// otherwise (the database refused the statement: nothing was written). The
+// cause goes to the log only.
 func writeStoreError(w http.ResponseWriter, r *http.Request, log *slog.Logger, op string, err error) {
 	log.Error(op, "err", err, "request_id", web.RequestID(r.Context()))
 	if r.Context().Err() != nil {
 		return // the client is gone
 	}
-	if postgres.IsUnavailable(err) {
-		web.WriteProblem(w, r, http.StatusServiceUnavailable, "the order database is unavailable; please retry")
-		return
+	switch {
+	case postgres.IsUnavailable(err):
+		web.WriteProblem(w, r, http.StatusServiceUnavailable, "the order database is unavailable; nothing was written; please retry")
+	case postgres.IsUnknownOutcome(err) && r.Method == http.MethodPost:
+		web.WriteProblem(w, r, http.StatusGatewayTimeout,
+			"the order database did not answer; the order may or may not have been placed: "+
+				"retry with the same Idempotency-Key header, or look the order up before placing it again")
+	case postgres.IsUnknownOutcome(err):
+		web.WriteProblem(w, r, http.StatusServiceUnavailable, "the order database did not answer; please retry")
+	default:
+		web.WriteProblem(w, r, http.StatusInternalServerError, "internal error")
 	}
-	web.WriteProblem(w, r, http.StatusInternalServerError, "internal error")
 }

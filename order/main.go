@@ -5,10 +5,12 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"os"
 	"sync/atomic"
+	"time"
 
 	"github.com/checkout-demo/checkout/internal/events"
 	"github.com/checkout-demo/checkout/internal/outbox"
@@ -40,6 +42,12 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 	}
 	defer db.Close()
 	store := &Store{pool: db.Pool, ready: db.Ready, timeout: cfg.RequestTimeout}
+	if cfg.AccessTokenSecret != "" {
+		if len(cfg.AccessTokenSecret) < 32 {
+			return fmt.Errorf("ACCESS_TOKEN_SECRET must be at least 32 bytes")
+		}
+		store.key.key = []byte(cfg.AccessTokenSecret)
+	}
 
 	broker := events.NewBroker(cfg.AMQPURL, log)
 	broker.Name = "order"
@@ -51,7 +59,7 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 		Queue: SagaQueue, Bindings: SagaBindings,
 		Prefetch: cfg.Prefetch, Concurrency: cfg.Concurrency, MaxAttempts: cfg.MaxAttempts,
 		RetryBase: cfg.RetryBase, RetryMax: cfg.RetryMax, HandlerTimeout: cfg.HandlerTimeout,
-		Unavailable: postgres.IsUnavailable,
+		Unavailable: postgres.IsTransient,
 	}, handleSagaEvent(log, store), log)
 
 	bg := &service.Background{Log: log, Broker: broker, DB: db, Migrations: migrations.FS,
@@ -59,8 +67,25 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 	bg.Start(ctx)
 	defer bg.Stop()
 
+	if cfg.PaymentTimeout <= 0 {
+		cfg.PaymentTimeout = 3 * time.Minute
+	}
+	watch := &watcher{log: log, store: store, relay: relay, timeout: cfg.PaymentTimeout, tries: max(cfg.PaymentTries, 0)}
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		select {
+		case <-db.Prepared():
+			watch.run(watchCtx)
+		case <-watchCtx.Done():
+		}
+	}()
+	defer func() { stopWatch(); <-watched }()
+
 	var stopping atomic.Bool
 	health := web.Health{
+		Log:     log,
 		Service: "order",
 		// Checkout needs only the database: while RabbitMQ is away orders
 		// are still taken and their events wait in the outbox.
@@ -68,5 +93,5 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 		Extra:    map[string]web.Check{"rabbitmq": broker.Check, "consumer": consumer.Check},
 		Stopping: stopping.Load,
 	}
-	return service.Serve(ctx, log, cfg.Port, NewServer(log, store, relay, health), cfg.ShutdownTimeout, &stopping, listening)
+	return service.Serve(ctx, log, net.JoinHostPort(cfg.ListenHost, cfg.Port), NewServer(log, store, relay, health), cfg.ShutdownTimeout, &stopping, listening)
 }

@@ -125,7 +125,9 @@ func TestCheckout(t *testing.T) {
 		t.Fatalf("published outbox rows = %d, want 1", n)
 	}
 
-	got, err := http.Get(fmt.Sprintf("%s/orders/%d", svc.URL, o.ID))
+	req, _ := http.NewRequest(http.MethodGet, fmt.Sprintf("%s/orders/%d", svc.URL, o.ID), nil)
+	req.Header.Set("Authorization", "Bearer "+o.AccessToken)
+	got, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -219,7 +221,9 @@ func TestGetOrderErrors(t *testing.T) {
 	t.Parallel()
 	svc := startService(t, testenv.Database(t), testenv.VHost(t))
 	for path, want := range map[string]int{"/orders/999999": 404, "/orders/abc": 400, "/orders/-1": 400, "/nope": 404} {
-		resp, err := http.Get(svc.URL + path)
+		req, _ := http.NewRequest(http.MethodGet, svc.URL+path, nil)
+		req.Header.Set("Authorization", "Bearer some-token")
+		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -263,6 +267,7 @@ func TestRequestTimeout(t *testing.T) {
 	} {
 		r, _ := http.NewRequest(req.method, svc.URL+req.path, strings.NewReader(req.body))
 		r.Header.Set("Content-Type", "application/json")
+		r.Header.Set("Authorization", "Bearer "+o.AccessToken)
 		resp, err := client.Do(r)
 		if err != nil {
 			t.Fatalf("%s %s behind a lock: %v (no answer)", req.method, req.path, err)

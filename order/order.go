@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/mail"
 	"strings"
 	"time"
 
@@ -18,11 +17,14 @@ import (
 )
 
 // Order statuses. An order only moves forward: pending → paid, or
-// pending → payment_failed (the saga's compensation: the order is cancelled).
+// pending → payment_failed (the saga's compensation: the order is
+// cancelled), or pending → cancelled when no payment result came after the
+// saga's re-asks (a charge that arrives later is refunded).
 const (
 	StatusPending       = "pending"
 	StatusPaid          = "paid"
 	StatusPaymentFailed = "payment_failed"
+	StatusCancelled     = "cancelled"
 )
 
 // Timeline steps.
@@ -30,9 +32,27 @@ const (
 	StepCreated           = "created"
 	StepPaid              = "paid"
 	StepPaymentFailed     = "payment_failed"
+	StepCancelled         = "cancelled"
+	StepRefunded          = "refunded"
 	StepConfirmationSent  = "confirmation_sent"
 	StepFailureNoticeSent = "payment_failed_notice_sent"
+	StepCancelNoticeSent  = "cancellation_notice_sent"
+	// The mail of that kind could not be delivered (EmailFailed).
+	StepConfirmationUndelivered  = "confirmation_not_delivered"
+	StepFailureNoticeUndelivered = "payment_failed_notice_not_delivered"
+	StepCancelNoticeUndelivered  = "cancellation_notice_not_delivered"
+	// The saga gave up waiting for the mail step after its re-asks.
+	StepNoticeUnconfirmed = "notice_unconfirmed"
 )
+
+// StepAskedAgain is the timeline step of the saga's n-th re-ask (from 1)
+// of a pending order: its OrderCreated was published again because no
+// payment result came.
+func StepAskedAgain(n int) string { return fmt.Sprintf("payment_asked_again_%d", n) }
+
+// StepNoticeAskedAgain is the step of the n-th re-ask of an ended order
+// whose mail step did not come.
+func StepNoticeAskedAgain(n int) string { return fmt.Sprintf("notice_asked_again_%d", n) }
 
 // Limits on a checkout request.
 const (
@@ -61,7 +81,11 @@ type Order struct {
 	ProcessingDurationMS *float64     `json:"processing_duration_ms,omitempty"`
 	CreatedAt            time.Time    `json:"created_at"`
 	UpdatedAt            time.Time    `json:"updated_at"`
+	CancelReason         string       `json:"cancel_reason,omitempty"`
 	Timeline             []Step       `json:"timeline,omitempty"`
+	// AccessToken opens the order (GET with Authorization: Bearer); it is
+	// in the checkout answer only.
+	AccessToken string `json:"access_token,omitempty"`
 }
 
 // NewOrder is a validated checkout request; the total is computed here from
@@ -71,6 +95,9 @@ type NewOrder struct {
 	UserEmail string
 	Items     []Item
 	Total     money.Amount
+	// Owner is the signed-in customer placing the order (the JWT subject);
+	// 0 for a guest checkout.
+	Owner int64
 }
 
 // Hash fingerprints the request, so that a reused Idempotency-Key with a
@@ -78,6 +105,10 @@ type NewOrder struct {
 func (n NewOrder) Hash() string {
 	h := sha256.New()
 	fmt.Fprintf(h, "%d|%s|", n.UserID, n.UserEmail)
+	if n.Owner != 0 {
+		// A guest's replay of a key must not open a signed-in order.
+		fmt.Fprintf(h, "owner=%d|", n.Owner)
+	}
 	for _, it := range n.Items {
 		fmt.Fprintf(h, "%d:%d:%d|", it.ProductID, it.Quantity, it.Price)
 	}
@@ -136,14 +167,22 @@ func (e *SyntaxError) Error() string { return e.Detail }
 // ErrBodyTooLarge maps to 413.
 var ErrBodyTooLarge = errors.New("request body exceeds 1 MiB")
 
-// DecodeNewOrder reads and validates a checkout body.
-func DecodeNewOrder(r io.Reader) (NewOrder, error) {
+// DecodeNewOrder reads and validates a guest's checkout body.
+func DecodeNewOrder(r io.Reader) (NewOrder, error) { return decodeNewOrder(r, 0) }
+
+// decodeNewOrder reads and validates a checkout body. owner is the
+// signed-in customer (0 for a guest): the order is theirs, the body's
+// user_id may be left out, and one naming someone else is ErrUserMismatch.
+func decodeNewOrder(r io.Reader, owner int64) (NewOrder, error) {
 	body, err := io.ReadAll(io.LimitReader(r, MaxBodySize+1))
 	if err != nil {
 		return NewOrder{}, &SyntaxError{Detail: "could not read the request body"}
 	}
 	if len(body) > MaxBodySize {
 		return NewOrder{}, ErrBodyTooLarge
+	}
+	if err := checkStrictJSON(body); err != nil {
+		return NewOrder{}, err
 	}
 	var req createRequest
 	dec := json.NewDecoder(bytes.NewReader(body))
@@ -157,10 +196,16 @@ func DecodeNewOrder(r io.Reader) (NewOrder, error) {
 		}
 		return NewOrder{}, &SyntaxError{Detail: "request body is not valid JSON: " + err.Error()}
 	}
-	if dec.More() {
-		return NewOrder{}, &SyntaxError{Detail: "request body must hold a single JSON object"}
+	if owner != 0 {
+		if req.UserID == nil {
+			req.UserID = &owner
+		} else if *req.UserID != owner {
+			return NewOrder{}, ErrUserMismatch
+		}
 	}
-	return req.validate()
+	o, err := req.validate()
+	o.Owner = owner
+	return o, err
 }
 
 func expectedType(e *json.UnmarshalTypeError) string {
@@ -270,16 +315,4 @@ func parsePrice(raw json.RawMessage) (money.Amount, error) {
 		return 0, err
 	}
 	return a, nil
-}
-
-func validEmail(s string) bool {
-	if len(s) > 254 {
-		return false
-	}
-	addr, err := mail.ParseAddress(s)
-	if err != nil || addr.Address != s || addr.Name != "" {
-		return false
-	}
-	_, domain, _ := strings.Cut(s, "@")
-	return domain != "" && !strings.ContainsAny(domain, "[]")
 }

@@ -10,7 +10,9 @@ import (
 )
 
 func addRoutes(r chi.Router, log *slog.Logger, store *Store, relay waker, health web.Health) {
+	r.Method(http.MethodGet, "/", web.HandleAbout("order", r, nil))
 	r.Method(http.MethodPost, "/orders", handleCreateOrder(log, store, relay))
+	r.Method(http.MethodGet, "/orders", handleListOrders(log, store))
 	r.Method(http.MethodGet, "/orders/{id}", handleGetOrder(log, store))
 	r.Method(http.MethodGet, "/health", health.HandleHealth())
 	r.Method(http.MethodGet, "/livez", health.HandleLivez())

@@ -11,59 +11,108 @@ import (
 	"github.com/checkout-demo/checkout/internal/events"
 )
 
-// SagaQueue is the order service's queue of payment results and mail
-// receipts.
+// SagaQueue is the order service's queue (events.QueueOrderSaga) of what
+// happened to its orders downstream: payment results, refunds and mail
+// outcomes.
 const SagaQueue = "order.saga-events"
 
-// SagaBindings are the routing keys the order follows.
-var SagaBindings = []string{events.RoutePaymentProcessed, events.RoutePaymentFailed, events.RouteEmailSent}
+// SagaBindings are the routing keys the order follows (the contract's).
+var SagaBindings = events.QueueBindings(SagaQueue)
+
+// mailSteps are the timeline steps of each mail kind: sent, not delivered.
+var mailSteps = map[string][2]string{
+	events.MailConfirmation:  {StepConfirmationSent, StepConfirmationUndelivered},
+	events.MailPaymentFailed: {StepFailureNoticeSent, StepFailureNoticeUndelivered},
+	events.MailCancelled:     {StepCancelNoticeSent, StepCancelNoticeUndelivered},
+}
+
+// decode unmarshals a saga event into its contract type and checks its
+// envelope.
+func decode[T any](d events.Delivery, meta func(*T) (events.Meta, int64)) (T, error) {
+	var ev T
+	if err := json.Unmarshal(d.Body, &ev); err != nil {
+		return ev, events.Permanent(fmt.Errorf("decode %s: %w", d.Type, err))
+	}
+	m, orderID := meta(&ev)
+	if !events.ValidEventID(m.EventID) || orderID <= 0 {
+		return ev, events.Permanent(fmt.Errorf("decode %s: no UUID event id or no positive order id", d.Type))
+	}
+	return ev, nil
+}
+
+// sagaEvent turns a delivery into what it does to its order.
+func sagaEvent(d events.Delivery) (SagaEvent, error) {
+	e := SagaEvent{EventType: d.Type}
+	switch d.Type {
+	case events.TypePaymentProcessed:
+		ev, err := decode(d, func(ev *events.PaymentProcessed) (events.Meta, int64) { return ev.Meta, ev.OrderID })
+		if err != nil {
+			return e, err
+		}
+		e.EventID, e.OrderID, e.At, e.To, e.Step = ev.EventID, ev.OrderID, ev.OccurredAt, StatusPaid, StepPaid
+		e.Payer = &Payer{UserID: ev.UserID, UserEmail: ev.UserEmail, Amount: ev.TotalAmount}
+	case events.TypePaymentFailed:
+		ev, err := decode(d, func(ev *events.PaymentFailed) (events.Meta, int64) { return ev.Meta, ev.OrderID })
+		if err != nil {
+			return e, err
+		}
+		e.EventID, e.OrderID, e.At, e.To, e.Step = ev.EventID, ev.OrderID, ev.OccurredAt, StatusPaymentFailed, StepPaymentFailed
+		e.Payer = &Payer{UserID: ev.UserID, UserEmail: ev.UserEmail, Amount: ev.TotalAmount}
+	case events.TypePaymentRefunded:
+		ev, err := decode(d, func(ev *events.PaymentRefunded) (events.Meta, int64) { return ev.Meta, ev.OrderID })
+		if err != nil {
+			return e, err
+		}
+		e.EventID, e.OrderID, e.At, e.Step = ev.EventID, ev.OrderID, ev.OccurredAt, StepRefunded
+	case events.TypeEmailSent:
+		ev, err := decode(d, func(ev *events.EmailSent) (events.Meta, int64) { return ev.Meta, ev.OrderID })
+		if err != nil {
+			return e, err
+		}
+		steps, ok := mailSteps[ev.Kind]
+		if !ok {
+			return e, events.Permanent(fmt.Errorf("EmailSent with unknown kind %q", ev.Kind))
+		}
+		e.EventID, e.OrderID, e.At, e.Step = ev.EventID, ev.OrderID, ev.OccurredAt, steps[0]
+	case events.TypeEmailFailed:
+		ev, err := decode(d, func(ev *events.EmailFailed) (events.Meta, int64) { return ev.Meta, ev.OrderID })
+		if err != nil {
+			return e, err
+		}
+		steps, ok := mailSteps[ev.Kind]
+		if !ok {
+			return e, events.Permanent(fmt.Errorf("EmailFailed with unknown kind %q", ev.Kind))
+		}
+		e.EventID, e.OrderID, e.At, e.Step = ev.EventID, ev.OrderID, ev.OccurredAt, steps[1]
+	default:
+		return e, events.Permanent(fmt.Errorf("unexpected event type %q", d.Type))
+	}
+	if e.At.IsZero() {
+		e.At = time.Now()
+	}
+	return e, nil
+}
 
 // handleSagaEvent moves an order along: pending → paid or payment_failed,
-// and records when each mail went out.
+// and records refunds and what became of each mail. A payment event that
+// does not match its order is dead-lettered.
 func handleSagaEvent(log *slog.Logger, store *Store) events.Handler {
 	return func(ctx context.Context, d events.Delivery) error {
-		var (
-			ev struct {
-				events.Meta
-				OrderID int64  `json:"order_id"`
-				Kind    string `json:"kind"`
-			}
-			to      string
-			step    string
-			decoded = json.Unmarshal(d.Body, &ev)
-		)
-		if decoded != nil || !events.ValidEventID(ev.EventID) || ev.OrderID <= 0 {
-			return events.Permanent(fmt.Errorf("decode %s: missing fields or %v", d.Type, decoded))
-		}
-		switch d.Type {
-		case events.TypePaymentProcessed:
-			to, step = StatusPaid, StepPaid
-		case events.TypePaymentFailed:
-			to, step = StatusPaymentFailed, StepPaymentFailed
-		case events.TypeEmailSent:
-			switch ev.Kind {
-			case events.MailConfirmation:
-				step = StepConfirmationSent
-			case events.MailPaymentFailed:
-				step = StepFailureNoticeSent
-			default:
-				return events.Permanent(fmt.Errorf("EmailSent with unknown kind %q", ev.Kind))
-			}
-		default:
-			return events.Permanent(fmt.Errorf("unexpected event type %q", d.Type))
-		}
-		at := ev.OccurredAt
-		if at.IsZero() {
-			at = time.Now()
-		}
-		applied, err := store.Advance(ctx, ev.EventID, d.Type, ev.OrderID, to, step, at)
-		if errors.Is(err, ErrNotFound) {
-			return events.Permanent(fmt.Errorf("order %d: %w", ev.OrderID, err))
-		}
+		e, err := sagaEvent(d)
 		if err != nil {
 			return err
 		}
-		log.Info("order advanced", "order_id", ev.OrderID, "event_id", ev.EventID, "step", step, "duplicate", !applied)
+		applied, err := store.Advance(ctx, e)
+		switch {
+		case errors.Is(err, ErrNotFound):
+			return events.Permanent(fmt.Errorf("order %d: %w", e.OrderID, err))
+		case errors.Is(err, ErrMismatch):
+			log.Error("payment event refused", "order_id", e.OrderID, "event_id", e.EventID, "event_type", e.EventType, "err", err)
+			return events.Permanent(err)
+		case err != nil:
+			return err
+		}
+		log.Info("order advanced", "order_id", e.OrderID, "event_id", e.EventID, "step", e.Step, "applied", applied)
 		return nil
 	}
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/checkout-demo/checkout/internal/events"
 	"github.com/checkout-demo/checkout/internal/inbox"
+	"github.com/checkout-demo/checkout/internal/money"
 	"github.com/checkout-demo/checkout/internal/postgres"
 )
 
@@ -33,6 +34,8 @@ type Store struct {
 	// timeout bounds one call (waiting for a pooled connection, a lock, a
 	// slow database): past it the caller gets a 503, not a hang.
 	timeout time.Duration
+	// key derives the orders' access tokens (access.go).
+	key tokenKey
 }
 
 func (s *Store) bound(ctx context.Context) (context.Context, context.CancelFunc) {
@@ -74,22 +77,31 @@ func (s *Store) Create(ctx context.Context, n NewOrder, key string) (o Order, re
 	return o, false, err
 }
 
-func (s *Store) byKey(ctx context.Context, key, hash string) (Order, error) {
+func (s *Store) byKey(ctx context.Context, key, requestHash string) (Order, error) {
 	var (
-		id   int64
-		seen string
+		id               int64
+		seen             string
+		nonce, tokenHash []byte
 	)
-	err := s.pool.QueryRow(ctx, `SELECT id, request_hash FROM orders WHERE idempotency_key = $1`, key).Scan(&id, &seen)
+	err := s.pool.QueryRow(ctx, `
+		SELECT o.id, o.request_hash, a.nonce, a.token_hash
+		FROM orders o LEFT JOIN order_access a ON a.order_id = o.id
+		WHERE o.idempotency_key = $1`, key).Scan(&id, &seen, &nonce, &tokenHash)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Order{}, ErrNotFound
 	}
 	if err != nil {
-		return Order{}, fmt.Errorf("look up idempotency key: %w", err)
+		return Order{}, postgres.NothingWritten(fmt.Errorf("look up idempotency key: %w", err))
 	}
-	if seen != hash {
+	if seen != requestHash {
 		return Order{}, ErrKeyReused
 	}
-	return s.get(ctx, id) // within Create's check and timeout
+	o, err := s.get(ctx, id) // within Create's check and timeout
+	if err != nil {
+		return Order{}, err
+	}
+	o.AccessToken, err = s.replayToken(ctx, id, nonce, tokenHash)
+	return o, err
 }
 
 // create writes the order, its items, its first timeline step and its
@@ -108,8 +120,12 @@ func (s *Store) create(ctx context.Context, n NewOrder, key string) (Order, erro
 	for i, it := range n.Items {
 		productIDs[i], quantities[i], prices[i] = it.ProductID, int32(it.Quantity), it.Price.String()
 	}
+	token, nonce, tokenHash, err := s.newAccess(ctx, id)
+	if err != nil {
+		return Order{}, err
+	}
 	now := time.Now().UTC().Truncate(time.Microsecond)
-	o := Order{ID: id, UserID: n.UserID, UserEmail: n.UserEmail, Status: StatusPending, TotalAmount: n.Total,
+	o := Order{AccessToken: token, ID: id, UserID: n.UserID, UserEmail: n.UserEmail, Status: StatusPending, TotalAmount: n.Total,
 		Items: n.Items, CreatedAt: now, UpdatedAt: now, Timeline: []Step{{Step: StepCreated, At: now}}}
 	m, err := events.Encode(events.OrderCreated{
 		Meta:    events.NewMeta(events.TypeOrderCreated, now),
@@ -119,17 +135,30 @@ func (s *Store) create(ctx context.Context, n NewOrder, key string) (Order, erro
 		return Order{}, err
 	}
 	args := []any{o.ID, n.UserID, n.UserEmail, n.Total, productIDs, quantities, prices, key, hashIf(key, n), now,
-		m.ID, m.Type, m.RoutingKey, string(m.Body)}
-	_, err = s.pool.Exec(ctx, insertOrder, args...)
+		m.ID, m.Type, m.RoutingKey, string(m.Body), nonce, tokenHash, nullIfZero(n.Owner)}
+	err = s.insert(ctx, args)
 	if err != nil && pgconn.SafeToRetry(err) && ctx.Err() == nil {
 		// The pooled connection died before the server saw the statement
 		// (the database restarted): nothing was written, so try once more.
-		_, err = s.pool.Exec(ctx, insertOrder, args...)
+		err = s.insert(ctx, args)
 	}
 	if err != nil {
 		return Order{}, fmt.Errorf("insert order: %w", err)
 	}
 	return o, nil
+}
+
+// insert runs insertOrder on a connection of its own, so that a failure to
+// get one (certain: nothing was sent) is told from a failure after the
+// statement was sent (the outcome may be unknown).
+func (s *Store) insert(ctx context.Context, args []any) error {
+	conn, err := postgres.Acquire(ctx, s.pool)
+	if err != nil {
+		return err
+	}
+	defer conn.Release()
+	_, err = conn.Exec(ctx, insertOrder, args...)
+	return err
 }
 
 // insertOrder writes an order with its items, its first timeline step and
@@ -144,6 +173,8 @@ const insertOrder = `
 			FROM unnest($5::bigint[], $6::int[], $7::numeric[]) WITH ORDINALITY AS t(product_id, quantity, price, line)
 		), s AS (
 			INSERT INTO order_timeline (order_id, step, at) VALUES ($1, 'created', $10)
+		), a AS (
+			INSERT INTO order_access (order_id, nonce, token_hash, user_id) VALUES ($1, $15, $16, $17)
 		)
 		INSERT INTO outbox (event_id, event_type, routing_key, payload) VALUES ($11, $12, $13, $14)`
 
@@ -166,13 +197,21 @@ func (s *Store) nextID(ctx context.Context) (int64, error) {
 	if s.ids.next == 0 || s.ids.next > s.ids.last {
 		var first int64
 		if err := s.pool.QueryRow(ctx, `SELECT nextval('orders_id_seq')`).Scan(&first); err != nil {
-			return 0, fmt.Errorf("reserve order ids: %w", err)
+			// At worst a block of ids is skipped; no order was written.
+			return 0, postgres.NothingWritten(fmt.Errorf("reserve order ids: %w", err))
 		}
 		s.ids.next, s.ids.last = first, first+idBlockSize-1
 	}
 	id := s.ids.next
 	s.ids.next++
 	return id, nil
+}
+
+func nullIfZero(v int64) *int64 {
+	if v == 0 {
+		return nil
+	}
+	return &v
 }
 
 func hashIf(key string, n NewOrder) string {
@@ -207,9 +246,9 @@ func (s *Store) get(ctx context.Context, id int64) (Order, error) {
 func getOrder(ctx context.Context, tx pgx.Tx, id int64) (Order, error) {
 	var o Order
 	err := tx.QueryRow(ctx, `
-		SELECT id, user_id, user_email, status, total_amount, created_at, updated_at
+		SELECT id, user_id, user_email, status, total_amount, created_at, updated_at, coalesce(cancel_reason, '')
 		FROM orders WHERE id = $1`, id,
-	).Scan(&o.ID, &o.UserID, &o.UserEmail, &o.Status, &o.TotalAmount, &o.CreatedAt, &o.UpdatedAt)
+	).Scan(&o.ID, &o.UserID, &o.UserEmail, &o.Status, &o.TotalAmount, &o.CreatedAt, &o.UpdatedAt, &o.CancelReason)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Order{}, ErrNotFound
 	}
@@ -218,20 +257,11 @@ func getOrder(ctx context.Context, tx pgx.Tx, id int64) (Order, error) {
 	}
 	o.CreatedAt, o.UpdatedAt = o.CreatedAt.UTC(), o.UpdatedAt.UTC()
 
-	rows, err := tx.Query(ctx, `SELECT product_id, quantity, price FROM order_items WHERE order_id = $1 ORDER BY line`, id)
-	if err != nil {
-		return Order{}, fmt.Errorf("select items: %w", err)
-	}
-	o.Items, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (Item, error) {
-		var it Item
-		err := row.Scan(&it.ProductID, &it.Quantity, &it.Price)
-		return it, err
-	})
-	if err != nil {
-		return Order{}, fmt.Errorf("select items: %w", err)
+	if o.Items, err = selectItems(ctx, tx, id); err != nil {
+		return Order{}, err
 	}
 
-	rows, err = tx.Query(ctx, `SELECT step, at FROM order_timeline WHERE order_id = $1 ORDER BY at, step`, id)
+	rows, err := tx.Query(ctx, `SELECT step, at FROM order_timeline WHERE order_id = $1 ORDER BY at, step`, id)
 	if err != nil {
 		return Order{}, fmt.Errorf("select timeline: %w", err)
 	}
@@ -247,39 +277,116 @@ func getOrder(ctx context.Context, tx pgx.Tx, id int64) (Order, error) {
 	return o, nil
 }
 
+// ErrMismatch is a payment event that does not match its order (another
+// amount or customer): it is refused, not applied.
+var ErrMismatch = errors.New("the event does not match the order")
+
+// SagaEvent is one event applied to an order by Advance.
+type SagaEvent struct {
+	EventID, EventType string
+	OrderID            int64
+	// To is the status the event moves a pending order to ("" for none).
+	To string
+	// Step is the timeline step it records.
+	Step string
+	At   time.Time
+	// Payer, when set, must match the order's customer and total.
+	Payer *Payer
+}
+
+// Payer is what a payment event says of the order it paid.
+type Payer struct {
+	UserID    int64
+	UserEmail string
+	Amount    money.Amount
+}
+
+// selectItems reads an order's lines in order.
+func selectItems(ctx context.Context, tx pgx.Tx, id int64) ([]Item, error) {
+	rows, err := tx.Query(ctx, `SELECT product_id, quantity, price FROM order_items WHERE order_id = $1 ORDER BY line`, id)
+	if err != nil {
+		return nil, fmt.Errorf("select items: %w", err)
+	}
+	items, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Item, error) {
+		var it Item
+		err := row.Scan(&it.ProductID, &it.Quantity, &it.Price)
+		return it, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("select items: %w", err)
+	}
+	return items, nil
+}
+
 // Advance applies one saga event to an order in one transaction: it claims
-// the event id (a redelivered event changes nothing), moves the status only
-// forward (from pending; a late or repeated event never moves an order
-// backwards) and records the timeline step once. It reports whether the
-// event was new.
-func (s *Store) Advance(ctx context.Context, eventID, eventType string, orderID int64, to string, step string, at time.Time) (bool, error) {
+// the event id (a redelivered event changes nothing), checks a payment
+// event against the order, moves the status only forward (from pending; a
+// late or repeated event never moves an order backwards) and records the
+// timeline step once. A step that did not happen is not recorded: an event
+// whose status change the order refused (it had ended already) records
+// nothing. It reports whether the event changed the order.
+func (s *Store) Advance(ctx context.Context, e SagaEvent) (bool, error) {
 	applied := false
 	err := postgres.InTx(ctx, s.pool, func(tx pgx.Tx) error {
-		fresh, err := inbox.Claim(ctx, tx, eventID, eventType)
+		fresh, err := inbox.Claim(ctx, tx, e.EventID, e.EventType)
 		if err != nil || !fresh {
 			return err
 		}
-		var exists bool
-		if err := tx.QueryRow(ctx, `SELECT true FROM orders WHERE id = $1 FOR UPDATE`, orderID).Scan(&exists); err != nil {
-			if errors.Is(err, pgx.ErrNoRows) {
-				return ErrNotFound
-			}
+		var have Payer
+		err = tx.QueryRow(ctx, `SELECT user_id, user_email, total_amount FROM orders WHERE id = $1 FOR UPDATE`, e.OrderID).
+			Scan(&have.UserID, &have.UserEmail, &have.Amount)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return ErrNotFound
+		}
+		if err != nil {
 			return fmt.Errorf("lock order: %w", err)
 		}
-		if to != "" {
-			if _, err := tx.Exec(ctx,
-				`UPDATE orders SET status = $2, updated_at = now() WHERE id = $1 AND status = 'pending'`,
-				orderID, to); err != nil {
+		if e.Payer != nil && *e.Payer != have {
+			return fmt.Errorf("%w: the event says user %d <%s> paid %s, the order is user %d <%s> for %s", ErrMismatch,
+				e.Payer.UserID, e.Payer.UserEmail, e.Payer.Amount, have.UserID, have.UserEmail, have.Amount)
+		}
+		if e.To != "" {
+			tag, err := tx.Exec(ctx, `
+				UPDATE orders SET status = $2, updated_at = now(), watch_from = now(), asks = 0
+				WHERE id = $1 AND status = 'pending'`, e.OrderID, e.To)
+			if err != nil {
 				return fmt.Errorf("update status: %w", err)
 			}
+			if tag.RowsAffected() == 0 {
+				return nil // the order had ended: this step did not happen
+			}
 		}
-		if _, err := tx.Exec(ctx,
-			`INSERT INTO order_timeline (order_id, step, at, event_id) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING`,
-			orderID, step, at, eventID); err != nil {
-			return fmt.Errorf("insert timeline step: %w", err)
+		if applied, err = addStep(ctx, tx, e.OrderID, e.Step, e.At, e.EventID); err != nil || !applied {
+			return err
 		}
-		applied = true
-		return nil
+		return settle(ctx, tx, e.OrderID)
 	})
 	return applied, err
+}
+
+// addStep records a timeline step once; it reports whether it was new.
+func addStep(ctx context.Context, tx pgx.Tx, orderID int64, step string, at time.Time, eventID any) (bool, error) {
+	tag, err := tx.Exec(ctx,
+		`INSERT INTO order_timeline (order_id, step, at, event_id) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING`,
+		orderID, step, at, eventID)
+	if err != nil {
+		return false, fmt.Errorf("insert timeline step: %w", err)
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+// settle marks an order settled once it has ended and its customer's mail
+// step (sent, or could not be delivered) is in its timeline: the saga's
+// watch leaves it alone from then on.
+func settle(ctx context.Context, tx pgx.Tx, orderID int64) error {
+	_, err := tx.Exec(ctx, `
+		UPDATE orders o SET settled = true WHERE o.id = $1 AND NOT o.settled AND EXISTS (
+			SELECT 1 FROM order_timeline t WHERE t.order_id = o.id AND (
+				(o.status = 'paid' AND t.step IN ('`+StepConfirmationSent+`', '`+StepConfirmationUndelivered+`')) OR
+				(o.status = 'payment_failed' AND t.step IN ('`+StepFailureNoticeSent+`', '`+StepFailureNoticeUndelivered+`')) OR
+				(o.status = 'cancelled' AND t.step IN ('`+StepCancelNoticeSent+`', '`+StepCancelNoticeUndelivered+`'))))`, orderID)
+	if err != nil {
+		return fmt.Errorf("settle order: %w", err)
+	}
+	return nil
 }

@@ -4,7 +4,10 @@ import "time"
 
 // Config is read from the environment (see the README's configuration table).
 type Config struct {
-	Port        string `envconfig:"PORT" default:"8002"`
+	Port string `envconfig:"PORT" default:"8002"`
+	// ListenHost is the address the HTTP server binds: loopback unless
+	// opened (compose and Kubernetes set 0.0.0.0).
+	ListenHost  string `envconfig:"LISTEN_HOST" default:"127.0.0.1"`
 	DatabaseURL string `envconfig:"DATABASE_URL" default:"postgres://postgres@localhost:5432/payment_db?sslmode=disable"`
 	AMQPURL     string `envconfig:"AMQP_URL" default:"amqp://guest:guest@localhost:5672/"`
 	DBMaxConns  int32  `envconfig:"DB_MAX_CONNS" default:"20"`
@@ -16,6 +19,9 @@ type Config struct {
 	// PaymentFailureRate declines this share of the other orders (0 to 1),
 	// chosen by a hash of the order id so that a retry gets the same answer.
 	PaymentFailureRate float64 `envconfig:"PAYMENT_FAILURE_RATE" default:"0"`
+	// ReconcileInterval is how often payments left charging (between their
+	// intent and their result) are finished by asking the provider again.
+	ReconcileInterval time.Duration `envconfig:"PAYMENT_RECONCILE_INTERVAL" default:"30s"`
 
 	Prefetch       int           `envconfig:"CONSUMER_PREFETCH" default:"400"`
 	Concurrency    int           `envconfig:"CONSUMER_CONCURRENCY" default:"400"`

@@ -20,7 +20,8 @@ import (
 	"github.com/checkout-demo/checkout/payment/migrations"
 )
 
-// Queue is the payment service's queue of OrderCreated events.
+// Queue is the payment service's queue (events.QueuePayment): orders to
+// charge and orders the saga cancelled.
 const Queue = "payment.order-created"
 
 func main() {
@@ -58,25 +59,43 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 	defer pub.Close()
 	relay := outbox.NewRelay(db.Pool, pub, log)
 	relay.Poll, relay.Batch, relay.Linger, relay.CleanupInterval, relay.Retention, relay.InboxRetention = cfg.OutboxPoll, cfg.OutboxBatch, cfg.OutboxLinger, cfg.OutboxCleanup, cfg.OutboxRetention, cfg.InboxRetention
-	provider := Provider{Delay: cfg.PaymentDelay, MaxAmount: maxAmount, FailureRate: cfg.PaymentFailureRate}
+	provider := Provider{Delay: cfg.PaymentDelay, MaxAmount: maxAmount, FailureRate: cfg.PaymentFailureRate, Ledger: db.Pool}
+	c := &charger{log: log, store: store, provider: provider, relay: relay}
 	consumer := events.NewConsumer(broker, events.ConsumerConfig{
-		Queue: Queue, Bindings: []string{events.RouteOrderCreated},
+		Queue: Queue, Bindings: events.QueueBindings(Queue),
 		Prefetch: cfg.Prefetch, Concurrency: cfg.Concurrency, MaxAttempts: cfg.MaxAttempts,
 		RetryBase: cfg.RetryBase, RetryMax: cfg.RetryMax, HandlerTimeout: cfg.HandlerTimeout,
-		Unavailable: postgres.IsUnavailable,
-	}, handleOrderCreated(log, store, provider, relay), log)
+		Unavailable: postgres.IsTransient,
+	}, c.handle, log)
 
 	bg := &service.Background{Log: log, Broker: broker, DB: db, Migrations: migrations.FS,
 		Relay: relay, Consumer: consumer, FlushTimeout: cfg.ShutdownTimeout}
 	bg.Start(ctx)
 	defer bg.Stop()
 
+	// The reconciler finishes the charges a crash or a failing database
+	// left between their intent and their result: at start, then every
+	// PAYMENT_RECONCILE_INTERVAL. A payment younger than one handler
+	// attempt may still be under way and is left to its handler.
+	reconcileCtx, stopReconcile := context.WithCancel(ctx)
+	reconciled := make(chan struct{})
+	go func() {
+		defer close(reconciled)
+		select {
+		case <-db.Prepared():
+			c.reconcile(reconcileCtx, cfg.ReconcileInterval, cfg.HandlerTimeout)
+		case <-reconcileCtx.Done():
+		}
+	}()
+	defer func() { stopReconcile(); <-reconciled }()
+
 	var stopping atomic.Bool
 	health := web.Health{
+		Log:      log,
 		Service:  "payment",
 		Ready:    map[string]web.Check{"postgres": db.Ping, "rabbitmq": broker.Check, "consumer": consumer.Check},
 		Stopping: stopping.Load,
 	}
-	return service.Serve(ctx, log, cfg.Port, NewServer(log, store, health), cfg.ShutdownTimeout, &stopping, listening,
+	return service.Serve(ctx, log, net.JoinHostPort(cfg.ListenHost, cfg.Port), NewServer(log, store, health), cfg.ShutdownTimeout, &stopping, listening,
 		"payment_delay", cfg.PaymentDelay.String(), "max_amount", maxAmount.String(), "failure_rate", cfg.PaymentFailureRate)
 }

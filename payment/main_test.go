@@ -31,6 +31,7 @@ func start(t *testing.T) instance {
 		PaymentDelay: 0, PaymentMaxAmount: "10000.00", Prefetch: 20, Concurrency: 20,
 		MaxAttempts: 3, RetryBase: 50 * time.Millisecond, RetryMax: 200 * time.Millisecond, HandlerTimeout: 5 * time.Second,
 		OutboxPoll: 200 * time.Millisecond, OutboxBatch: 100, ShutdownTimeout: 5 * time.Second, LogLevel: "warn",
+		ReconcileInterval: 200 * time.Millisecond,
 	}
 	in.URL = testenv.Run(t, func(ctx context.Context, listening func(net.Addr)) error {
 		return run(ctx, cfg, io.Discard, listening)
@@ -131,8 +132,9 @@ func TestPaymentResults(t *testing.T) {
 	}
 }
 
-// The same OrderCreated redelivered, and the same order announced again
-// under a new event id, charge once and announce once.
+// The same OrderCreated redelivered charges once and announces once; the
+// same order announced again under a new event id (the saga asking again)
+// charges nothing more and announces the result it has once more.
 func TestPaymentIsChargedOncePerOrder(t *testing.T) {
 	t.Parallel()
 	in := start(t)
@@ -144,12 +146,18 @@ func TestPaymentIsChargedOncePerOrder(t *testing.T) {
 	publishRaw(t, in.AMQPURL, ev.EventID, ev.EventType, body) // redelivery
 	again, againBody := orderCreated(t, 7, "50.00")           // same order, new event id
 	publishRaw(t, in.AMQPURL, again.EventID, again.EventType, againBody)
+	if m := results.Next(1, 10*time.Second)[0]; m.Type != events.TypePaymentProcessed {
+		t.Fatalf("asked again, payment answered %s", m.Type)
+	}
 	results.None(time.Second)
 	if n := countRows(t, in.DBURL, `SELECT count(*) FROM payments WHERE order_id = 7`); n != 1 {
 		t.Fatalf("%d payments for one order", n)
 	}
-	if n := countRows(t, in.DBURL, `SELECT count(*) FROM outbox`); n != 1 {
-		t.Fatalf("%d result events for one order", n)
+	if n := countRows(t, in.DBURL, `SELECT count(*) FROM provider_ledger WHERE key = 7`); n != 1 {
+		t.Fatalf("the provider charged order 7 %d times", n)
+	}
+	if n := countRows(t, in.DBURL, `SELECT count(*) FROM outbox`); n != 2 {
+		t.Fatalf("%d result events for one order asked twice, want 2", n)
 	}
 }
 
@@ -215,4 +223,150 @@ func TestProviderDeclinesDeterministically(t *testing.T) {
 	if d, _ := (Provider{MaxAmount: 1000}).Charge(context.Background(), 1, 1001); d.Approved || d.Reason == "" {
 		t.Fatalf("over the limit: %+v", d)
 	}
+}
+
+// exec runs statements against the service's database.
+func exec(t *testing.T, dbURL, sql string) {
+	t.Helper()
+	conn, err := pgx.Connect(context.Background(), dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(context.Background(), sql); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+}
+
+// waitDeadLettered waits until the event is in the queue's dead-letter queue.
+func waitDeadLettered(t *testing.T, amqpURL, queue, eventID string) {
+	t.Helper()
+	conn, err := amqp.Dial(amqpURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		dls, _, err := events.ListDeadLetters(context.Background(), conn, queue, 10)
+		for _, dl := range dls {
+			if err == nil && dl.EventID == eventID {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not dead-lettered: %+v %v", eventID, dls, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// When recording the provider's answer keeps failing (here a trigger
+// refuses it) until the OrderCreated is dead-lettered, the charge is not
+// lost: its intent row was committed before the provider was called.
+func TestChargeIntentIsCommittedFirst(t *testing.T) {
+	t.Parallel()
+	in := start(t)
+	exec(t, in.DBURL, `
+		CREATE FUNCTION refuse_result() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN RAISE EXCEPTION 'recording refused by the test'; END $$;
+		CREATE TRIGGER refuse_result BEFORE INSERT OR UPDATE ON payments FOR EACH ROW
+		WHEN (NEW.status IN ('succeeded', 'declined')) EXECUTE FUNCTION refuse_result();`)
+	ev, body := orderCreated(t, 500, "42.00")
+	publishRaw(t, in.AMQPURL, ev.EventID, ev.EventType, body)
+	waitDeadLettered(t, in.AMQPURL, Queue, ev.EventID)
+	if n := countRows(t, in.DBURL, `SELECT count(*) FROM payments WHERE order_id = 500`); n != 1 {
+		t.Fatalf("%d payment rows for an order the provider was asked to charge, want 1 (its intent)", n)
+	}
+	if n := countRows(t, in.DBURL, `SELECT count(*) FROM provider_ledger WHERE key = 500 AND approved`); n != 1 {
+		t.Fatalf("the provider charged order 500 %d times, want 1", n)
+	}
+	// Once recording works again, the reconciler finishes the charge by
+	// asking the provider, without charging twice, and announces it.
+	results := testenv.Watch(t, in.AMQPURL, events.RoutePaymentProcessed)
+	exec(t, in.DBURL, `DROP TRIGGER refuse_result ON payments`)
+	if m := results.Next(1, 30*time.Second)[0]; m.Type != events.TypePaymentProcessed {
+		t.Fatalf("reconciled payment announced %s", m.Type)
+	}
+	if n := countRows(t, in.DBURL, `SELECT count(*) FROM payments WHERE order_id = 500 AND status = 'succeeded'`); n != 1 {
+		t.Fatal("the reconciled payment is not recorded as succeeded")
+	}
+	if n := countRows(t, in.DBURL, `SELECT count(*) FROM provider_ledger WHERE key = 500`); n != 1 {
+		t.Fatalf("the provider holds %d charges for order 500, want 1", n)
+	}
+}
+
+func publishEvent(t *testing.T, url string, e events.Event) {
+	t.Helper()
+	m, err := events.Encode(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch := testenv.Channel(t, url)
+	if err := ch.PublishWithContext(context.Background(), events.Exchange, m.RoutingKey, false, false, amqp.Publishing{
+		MessageId: m.ID, Type: m.Type, ContentType: events.ContentType, DeliveryMode: amqp.Persistent, Body: m.Body,
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func cancelledOrder(orderID int64, total money.Amount) events.OrderCancelled {
+	return events.OrderCancelled{Meta: events.NewMeta(events.TypeOrderCancelled, time.Now()), OrderID: orderID,
+		UserID: 9, UserEmail: "pay@example.com", TotalAmount: total, Reason: "no payment result"}
+}
+
+// The queue and its bindings are the contract's.
+func TestQueueIsTheContracts(t *testing.T) {
+	if Queue != events.QueuePayment || len(events.QueueBindings(Queue)) == 0 {
+		t.Fatalf("payment consumes %q, the contract says %q", Queue, events.QueuePayment)
+	}
+}
+
+// A charge of an order cancelled by the saga is refunded and announced;
+// an order cancelled before it was charged is not charged by a late
+// OrderCreated.
+func TestCancelledOrders(t *testing.T) {
+	t.Parallel()
+	in := start(t)
+	refunds := testenv.Watch(t, in.AMQPURL, events.RoutePaymentRefunded)
+	results := testenv.Watch(t, in.AMQPURL, events.RoutePaymentProcessed, events.RoutePaymentFailed)
+
+	t.Run("OKRefundsACharge", func(t *testing.T) {
+		ev, body := orderCreated(t, 600, "20.00")
+		publishRaw(t, in.AMQPURL, ev.EventID, ev.EventType, body)
+		results.Next(1, 10*time.Second)
+		publishEvent(t, in.AMQPURL, cancelledOrder(600, ev.TotalAmount))
+		var r events.PaymentRefunded
+		if err := json.Unmarshal(refunds.Next(1, 10*time.Second)[0].Body, &r); err != nil || r.OrderID != 600 || r.TotalAmount != ev.TotalAmount {
+			t.Fatalf("refund %+v %v", r, err)
+		}
+		if n := countRows(t, in.DBURL, `SELECT count(*) FROM provider_ledger WHERE key = 600 AND refunded_at IS NOT NULL`); n != 1 {
+			t.Fatal("the provider did not refund the charge")
+		}
+		publishEvent(t, in.AMQPURL, cancelledOrder(600, ev.TotalAmount)) // again: refunds nothing more
+		refunds.None(500 * time.Millisecond)
+	})
+	t.Run("OKTombstoneStopsALateCharge", func(t *testing.T) {
+		amount, _ := money.Parse("21.00")
+		publishEvent(t, in.AMQPURL, cancelledOrder(601, amount))
+		deadline := time.Now().Add(10 * time.Second)
+		for countRows(t, in.DBURL, `SELECT count(*) FROM payments WHERE order_id = 601 AND status = 'cancelled'`) == 0 {
+			if time.Now().After(deadline) {
+				t.Fatal("no tombstone for the cancelled order")
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		deadline = time.Now().Add(10 * time.Second)
+		ev, body := orderCreated(t, 601, "21.00")
+		publishRaw(t, in.AMQPURL, ev.EventID, ev.EventType, body)
+		for countRows(t, in.DBURL, `SELECT count(*) FROM inbox WHERE event_id = $1`, ev.EventID) == 0 {
+			if time.Now().After(deadline) {
+				t.Fatal("the late OrderCreated was not handled")
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if n := countRows(t, in.DBURL, `SELECT count(*) FROM provider_ledger WHERE key = 601`); n != 0 {
+			t.Fatal("a cancelled order was charged")
+		}
+	})
 }

@@ -4,33 +4,47 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"hash/fnv"
 	"log/slog"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/checkout-demo/checkout/internal/events"
 	"github.com/checkout-demo/checkout/internal/money"
 )
 
-// Payment statuses.
+// Payment statuses. A payment is written as charging (the intent) and
+// committed before the provider is called; the provider's answer makes it
+// succeeded or declined. A succeeded payment of a cancelled order becomes
+// refunded; an order cancelled before anything was charged leaves a
+// cancelled tombstone, so that a late OrderCreated charges nothing.
 const (
+	StatusCharging  = "charging"
 	StatusSucceeded = "succeeded"
 	StatusDeclined  = "declined"
+	StatusRefunded  = "refunded"
+	StatusCancelled = "cancelled"
 )
 
-// Payment is one charge attempt's outcome; there is at most one per order.
+// Payment is the charge of one order; there is at most one per order.
 type Payment struct {
-	ID          int64        `json:"id"`
-	OrderID     int64        `json:"order_id"`
-	UserID      int64        `json:"user_id"`
-	UserEmail   string       `json:"user_email"`
-	Amount      money.Amount `json:"amount"`
-	Status      string       `json:"status"`
-	Reason      string       `json:"reason,omitempty"`
-	ProviderRef string       `json:"provider_ref"`
-	EventID     string       `json:"event_id"`
-	CreatedAt   time.Time    `json:"created_at"`
+	ID          int64         `json:"id"`
+	OrderID     int64         `json:"order_id"`
+	UserID      int64         `json:"user_id"`
+	UserEmail   string        `json:"user_email"`
+	Amount      money.Amount  `json:"amount"`
+	Status      string        `json:"status"`
+	Reason      string        `json:"reason,omitempty"`
+	ProviderRef string        `json:"provider_ref,omitempty"`
+	EventID     string        `json:"event_id"`
+	CreatedAt   time.Time     `json:"created_at"`
+	Items       []events.Item `json:"-"`
+	// Cancelled is set once the order's OrderCancelled arrived.
+	Cancelled bool `json:"cancelled,omitempty"`
 }
 
 // Decision is the provider's answer.
@@ -42,30 +56,81 @@ type Decision struct {
 
 // Provider simulates a payment provider. It is idempotent on its key (the
 // order id): the same key always gets the same decision and reference, as a
-// real provider's idempotency keys promise.
+// real provider's idempotency keys promise, and it keeps its own ledger
+// (provider_ledger, standing for the provider's side) of what it charged
+// and refunded, whatever the payment service manages to record after.
 type Provider struct {
 	Delay       time.Duration
 	MaxAmount   money.Amount
 	FailureRate float64
+	// Ledger, when set, records every charge and refund; without it the
+	// provider only decides (unit tests).
+	Ledger *pgxpool.Pool
 }
 
-// Charge waits Delay, then approves or declines. Declines are deterministic:
-// an amount above MaxAmount is declined, and FailureRate declines the share
-// of keys whose hash falls below it.
+// Charge waits Delay, then approves or declines, and records the charge in
+// its ledger. Declines are deterministic: an amount above MaxAmount is
+// declined, and FailureRate declines the share of keys whose hash falls
+// below it. A key charged before gets its first answer back.
 func (p Provider) Charge(ctx context.Context, key int64, amount money.Amount) (Decision, error) {
 	select {
 	case <-ctx.Done():
 		return Decision{}, fmt.Errorf("payment provider: %w", ctx.Err())
 	case <-time.After(p.Delay):
 	}
+	d := p.decide(key, amount)
+	if p.Ledger == nil {
+		return d, nil
+	}
+	// A key charged before keeps its first answer (the no-op update makes
+	// RETURNING give the stored row).
+	if err := p.Ledger.QueryRow(ctx, `
+		INSERT INTO provider_ledger (key, amount, approved, reason, ref) VALUES ($1, $2, $3, $4, $5)
+		ON CONFLICT (key) DO UPDATE SET key = EXCLUDED.key
+		RETURNING approved, reason, ref`, key, amount, d.Approved, d.Reason, d.Ref).Scan(&d.Approved, &d.Reason, &d.Ref); err != nil {
+		return Decision{}, fmt.Errorf("payment provider: charge: %w", err)
+	}
+	return d, nil
+}
+
+// Lookup asks the provider what it did with key: found is false when it
+// never charged it.
+func (p Provider) Lookup(ctx context.Context, key int64) (d Decision, found bool, err error) {
+	if p.Ledger == nil {
+		return Decision{}, false, nil
+	}
+	err = p.Ledger.QueryRow(ctx, `SELECT approved, reason, ref FROM provider_ledger WHERE key = $1`, key).
+		Scan(&d.Approved, &d.Reason, &d.Ref)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Decision{}, false, nil
+	}
+	if err != nil {
+		return Decision{}, false, fmt.Errorf("payment provider: look up %d: %w", key, err)
+	}
+	return d, true, nil
+}
+
+// Refund gives back the charge of key; refunding twice refunds once.
+func (p Provider) Refund(ctx context.Context, key int64) error {
+	if p.Ledger == nil {
+		return nil
+	}
+	if _, err := p.Ledger.Exec(ctx,
+		`UPDATE provider_ledger SET refunded_at = coalesce(refunded_at, now()) WHERE key = $1 AND approved`, key); err != nil {
+		return fmt.Errorf("payment provider: refund %d: %w", key, err)
+	}
+	return nil
+}
+
+func (p Provider) decide(key int64, amount money.Amount) Decision {
 	ref := fmt.Sprintf("sim_%d", key)
 	if amount > p.MaxAmount {
-		return Decision{Reason: fmt.Sprintf("amount %s exceeds the limit of %s", amount, p.MaxAmount), Ref: ref}, nil
+		return Decision{Reason: fmt.Sprintf("amount %s exceeds the limit of %s", amount, p.MaxAmount), Ref: ref}
 	}
 	if p.FailureRate > 0 && unitHash(key) < p.FailureRate {
-		return Decision{Reason: "card declined (simulated failure rate)", Ref: ref}, nil
+		return Decision{Reason: "card declined (simulated failure rate)", Ref: ref}
 	}
-	return Decision{Approved: true, Ref: ref}, nil
+	return Decision{Approved: true, Ref: ref}
 }
 
 // unitHash maps a key to [0, 1) uniformly and repeatably.
@@ -77,42 +142,134 @@ func unitHash(key int64) float64 {
 	return float64(h.Sum64()>>11) / (1 << 53)
 }
 
-// handleOrderCreated charges an order once. A redelivered or republished
-// event finds its id in the inbox, or the order's payment already there, and
-// changes nothing.
-func handleOrderCreated(log *slog.Logger, store *Store, provider Provider, relay interface{ Wake() }) events.Handler {
-	return func(ctx context.Context, d events.Delivery) error {
-		var ev events.OrderCreated
-		if err := json.Unmarshal(d.Body, &ev); err != nil {
-			return events.Permanent(fmt.Errorf("decode OrderCreated: %w", err))
-		}
-		if !events.ValidEventID(ev.EventID) || ev.OrderID <= 0 {
-			return events.Permanent(fmt.Errorf("OrderCreated without a UUID event id or a positive order id"))
-		}
-		log := log.With("order_id", ev.OrderID, "event_id", ev.EventID)
+// charger takes an order from its intent to its end: it asks the provider
+// (only for a payment whose intent row is committed) and records the answer,
+// refunding at once when the order was cancelled meanwhile.
+type charger struct {
+	log      *slog.Logger
+	store    *Store
+	provider Provider
+	relay    interface{ Wake() }
+}
 
-		done, err := store.Handled(ctx, ev.EventID, ev.OrderID)
-		if err != nil {
+// complete finishes a payment left in the charging state: it asks the
+// provider what it did with the order (a crash may have come after the
+// charge), charges now if it did nothing (unless the order was cancelled),
+// and records the outcome.
+// A fresh intent (asked=false) skips the question: the provider cannot
+// have seen an order whose intent was only just written.
+func (c *charger) complete(ctx context.Context, p Payment, asked bool) error {
+	var (
+		d     Decision
+		found bool
+		err   error
+	)
+	if asked {
+		if d, found, err = c.provider.Lookup(ctx, p.OrderID); err != nil {
 			return err
 		}
-		if done {
-			log.Info("duplicate OrderCreated ignored")
-			return nil
-		}
-		decision, err := provider.Charge(ctx, ev.OrderID, ev.TotalAmount)
-		if err != nil {
+	}
+	if !found && !p.Cancelled {
+		if d, err = c.provider.Charge(ctx, p.OrderID, p.Amount); err != nil {
 			return err
 		}
-		p, created, err := store.Record(ctx, ev, decision)
-		if err != nil {
-			return err
+		found = true
+	}
+	p, changed, err := c.store.Finish(ctx, p.OrderID, d, found, c.provider)
+	if err != nil || !changed {
+		return err
+	}
+	c.relay.Wake()
+	c.log.Info("payment recorded", "order_id", p.OrderID, "payment_id", p.ID, "status", p.Status, "amount", p.Amount.String())
+	return nil
+}
+
+// handleOrderCreated charges an order once: it commits the intent (with the
+// inbox claim), then calls the provider with the order id as its
+// idempotency key, then records the answer. A redelivered event finds its
+// id claimed and changes nothing; a new event for an order with a result
+// (the saga asking again) publishes that result again.
+func (c *charger) handleOrderCreated(ctx context.Context, d events.Delivery) error {
+	var ev events.OrderCreated
+	if err := json.Unmarshal(d.Body, &ev); err != nil {
+		return events.Permanent(fmt.Errorf("decode OrderCreated: %w", err))
+	}
+	if !events.ValidEventID(ev.EventID) || ev.OrderID <= 0 {
+		return events.Permanent(fmt.Errorf("OrderCreated without a UUID event id or a positive order id"))
+	}
+	log := c.log.With("order_id", ev.OrderID, "event_id", ev.EventID)
+
+	p, outcome, err := c.store.Intend(ctx, ev)
+	if err != nil {
+		return err
+	}
+	switch outcome {
+	case intentNew, intentUnfinished:
+		return c.complete(ctx, p, outcome == intentUnfinished)
+	case intentAnswered:
+		c.relay.Wake()
+		log.Info("order asked again; result published again", "status", p.Status)
+	default:
+		log.Info("duplicate OrderCreated ignored", "status", p.Status)
+	}
+	return nil
+}
+
+// handleOrderCancelled gives back the charge of an order the saga
+// cancelled, or, when nothing was charged, leaves a tombstone so that a late
+// OrderCreated charges nothing. A charge under way is refunded as soon as
+// its answer is recorded.
+func (c *charger) handleOrderCancelled(ctx context.Context, d events.Delivery) error {
+	var ev events.OrderCancelled
+	if err := json.Unmarshal(d.Body, &ev); err != nil {
+		return events.Permanent(fmt.Errorf("decode OrderCancelled: %w", err))
+	}
+	if !events.ValidEventID(ev.EventID) || ev.OrderID <= 0 {
+		return events.Permanent(fmt.Errorf("OrderCancelled without a UUID event id or a positive order id"))
+	}
+	p, refunded, err := c.store.Cancel(ctx, ev, c.provider)
+	if err != nil {
+		return err
+	}
+	if refunded {
+		c.relay.Wake()
+	}
+	c.log.Info("order cancelled", "order_id", ev.OrderID, "event_id", ev.EventID, "status", p.Status, "refunded", refunded)
+	return nil
+}
+
+// handle dispatches the payment queue's events.
+func (c *charger) handle(ctx context.Context, d events.Delivery) error {
+	switch d.Type {
+	case events.TypeOrderCreated:
+		return c.handleOrderCreated(ctx, d)
+	case events.TypeOrderCancelled:
+		return c.handleOrderCancelled(ctx, d)
+	}
+	return events.Permanent(fmt.Errorf("unexpected event type %q", d.Type))
+}
+
+// reconcile finishes every payment left charging for longer than age (a
+// crash or a failing database between the intent and the result), until ctx
+// is done: once at once, then every interval.
+func (c *charger) reconcile(ctx context.Context, interval, age time.Duration) {
+	if interval <= 0 {
+		interval = 30 * time.Second
+	}
+	for {
+		ps, err := c.store.Unfinished(ctx, age)
+		if err != nil && ctx.Err() == nil {
+			c.log.Warn("reconcile payments", "err", err)
 		}
-		if !created {
-			log.Info("duplicate OrderCreated ignored")
-			return nil
+		for _, p := range ps {
+			if err := c.complete(ctx, p, true); err != nil && ctx.Err() == nil {
+				c.log.Warn("reconcile payment", "order_id", p.OrderID, "err", err)
+			}
 		}
-		relay.Wake()
-		log.Info("payment recorded", "payment_id", p.ID, "status", p.Status, "amount", p.Amount.String())
-		return nil
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(interval):
+		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 )
 
 func addRoutes(r chi.Router, log *slog.Logger, store *Store, health web.Health) {
+	r.Method(http.MethodGet, "/", web.HandleAbout("payment", r, nil))
 	r.Method(http.MethodGet, "/payments/{orderID}", handleGetPayment(log, store))
 	r.Method(http.MethodGet, "/health", health.HandleHealth())
 	r.Method(http.MethodGet, "/livez", health.HandleLivez())

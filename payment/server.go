@@ -36,7 +36,7 @@ func handleGetPayment(log *slog.Logger, store *Store) http.Handler {
 			web.WriteProblem(w, r, http.StatusNotFound, "no payment for order "+strconv.FormatInt(id, 10))
 		case err != nil:
 			log.Error("get payment", "err", err, "order_id", id)
-			if postgres.IsUnavailable(err) {
+			if postgres.IsTransient(err) {
 				web.WriteProblem(w, r, http.StatusServiceUnavailable, "the payment database is unavailable; please retry")
 				return
 			}

@@ -33,61 +33,200 @@ func (s *Store) check() error {
 	return nil
 }
 
-// Handled reports whether the event, or any event for the order, was
-// handled already; it lets a duplicate skip the provider call.
-func (s *Store) Handled(ctx context.Context, eventID string, orderID int64) (bool, error) {
-	var done bool
-	err := s.pool.QueryRow(ctx, `
-		SELECT EXISTS (SELECT 1 FROM inbox WHERE event_id = $1)
-		    OR EXISTS (SELECT 1 FROM payments WHERE order_id = $2)`, eventID, orderID).Scan(&done)
-	if err != nil {
-		return false, fmt.Errorf("check inbox: %w", err)
-	}
-	return done, nil
+// What Intend found.
+type intentOutcome int
+
+const (
+	intentNew        intentOutcome = iota // a new intent: charge it
+	intentUnfinished                      // an intent left charging (a crash, a redelivery): finish it
+	intentAnswered                        // the order has its result; it was published again
+	intentNothing                         // a duplicate, or a cancelled order: nothing to do
+)
+
+const paymentColumns = `id, order_id, user_id, user_email, amount, status, coalesce(reason, ''), coalesce(provider_ref, ''),
+	event_id::text, created_at, items, cancelled_at IS NOT NULL`
+
+func scanPayment(row pgx.Row) (Payment, error) {
+	var p Payment
+	err := row.Scan(&p.ID, &p.OrderID, &p.UserID, &p.UserEmail, &p.Amount, &p.Status, &p.Reason, &p.ProviderRef,
+		&p.EventID, &p.CreatedAt, &p.Items, &p.Cancelled)
+	p.CreatedAt = p.CreatedAt.UTC()
+	return p, err
 }
 
-// Record writes the payment, the inbox entry and the outgoing event in one
-// transaction. It reports created=false, and writes nothing, when the event
-// or the order was handled before.
-func (s *Store) Record(ctx context.Context, ev events.OrderCreated, d Decision) (Payment, bool, error) {
-	p := Payment{OrderID: ev.OrderID, UserID: ev.UserID, UserEmail: ev.UserEmail, Amount: ev.TotalAmount,
-		Status: StatusSucceeded, ProviderRef: d.Ref, EventID: ev.EventID}
-	if !d.Approved {
-		p.Status, p.Reason = StatusDeclined, d.Reason
+// lockPayment reads the order's payment and locks it for the transaction.
+func lockPayment(ctx context.Context, tx pgx.Tx, orderID int64) (Payment, error) {
+	p, err := scanPayment(tx.QueryRow(ctx, `SELECT `+paymentColumns+` FROM payments WHERE order_id = $1 FOR UPDATE`, orderID))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Payment{}, ErrNotFound
 	}
-	created := false
+	if err != nil {
+		return Payment{}, fmt.Errorf("lock payment: %w", err)
+	}
+	return p, nil
+}
+
+// Intend claims the event and writes the order's payment intent (status
+// charging) in one transaction, committed before the provider is called.
+// When the order has a payment already it says what to do instead: finish
+// an intent left charging, or (for a new event id: the saga asking again)
+// publish the result it has once more, with a new event id.
+func (s *Store) Intend(ctx context.Context, ev events.OrderCreated) (Payment, intentOutcome, error) {
+	if err := s.check(); err != nil {
+		return Payment{}, intentNothing, err
+	}
+	var (
+		p       Payment
+		outcome intentOutcome
+	)
 	err := postgres.InTx(ctx, s.pool, func(tx pgx.Tx) error {
+		fresh, err := inbox.Claim(ctx, tx, ev.EventID, ev.EventType)
+		if err != nil {
+			return err
+		}
+		items := ev.Items
+		if items == nil {
+			items = []events.Item{}
+		}
+		tag, err := tx.Exec(ctx, `
+			INSERT INTO payments (order_id, user_id, user_email, amount, status, event_id, items)
+			VALUES ($1, $2, $3, $4, 'charging', $5, $6)
+			ON CONFLICT (order_id) DO NOTHING`,
+			ev.OrderID, ev.UserID, ev.UserEmail, ev.TotalAmount, ev.EventID, items)
+		if err != nil {
+			return fmt.Errorf("insert payment intent: %w", err)
+		}
+		if p, err = lockPayment(ctx, tx, ev.OrderID); err != nil {
+			return err
+		}
+		switch {
+		case tag.RowsAffected() == 1:
+			outcome = intentNew
+		case p.Status == StatusCharging:
+			outcome = intentUnfinished
+		case fresh && (p.Status == StatusSucceeded || p.Status == StatusDeclined):
+			outcome = intentAnswered
+			return outbox.Add(ctx, tx, resultEvent(p, time.Now()))
+		default:
+			outcome = intentNothing
+		}
+		return nil
+	})
+	return p, outcome, err
+}
+
+// Finish records the provider's answer for a payment still charging
+// (found=false: the provider never charged it, for an order cancelled
+// before it was) and writes the event that says so, in one transaction.
+// A payment whose order was cancelled meanwhile is refunded at once and
+// announces only its refund. changed is false when another handler
+// finished it first.
+func (s *Store) Finish(ctx context.Context, orderID int64, d Decision, found bool, provider Provider) (p Payment, changed bool, err error) {
+	err = postgres.InTx(ctx, s.pool, func(tx pgx.Tx) error {
+		var err error
+		if p, err = lockPayment(ctx, tx, orderID); err != nil {
+			return err
+		}
+		if p.Status != StatusCharging {
+			return nil
+		}
+		var ev events.Event
+		p.ProviderRef = d.Ref
+		switch {
+		case !found:
+			p.Status, p.Reason = StatusCancelled, "the order was cancelled before it was charged"
+		case !d.Approved:
+			p.Status, p.Reason = StatusDeclined, d.Reason
+			if !p.Cancelled {
+				ev = resultEvent(p, time.Now())
+			}
+		case p.Cancelled:
+			if err := provider.Refund(ctx, orderID); err != nil {
+				return err
+			}
+			p.Status, p.Reason = StatusRefunded, "the order was cancelled before its charge was known"
+			ev = refundEvent(p)
+		default:
+			p.Status = StatusSucceeded
+			ev = resultEvent(p, time.Now())
+		}
+		if _, err := tx.Exec(ctx, `
+			UPDATE payments SET status = $2, reason = nullif($3, ''), provider_ref = nullif($4, ''), updated_at = now(),
+			       refunded_at = CASE WHEN $2 = 'refunded' THEN now() END
+			WHERE order_id = $1`, orderID, p.Status, p.Reason, p.ProviderRef); err != nil {
+			return fmt.Errorf("record payment: %w", err)
+		}
+		changed = true
+		if ev == nil {
+			return nil
+		}
+		return outbox.Add(ctx, tx, ev)
+	})
+	return p, changed, err
+}
+
+// Cancel applies an OrderCancelled: a succeeded charge is refunded (and
+// PaymentRefunded written), a charge under way is marked so that Finish
+// refunds it, and an order without a payment gets a cancelled tombstone.
+func (s *Store) Cancel(ctx context.Context, ev events.OrderCancelled, provider Provider) (p Payment, refunded bool, err error) {
+	err = postgres.InTx(ctx, s.pool, func(tx pgx.Tx) error {
 		fresh, err := inbox.Claim(ctx, tx, ev.EventID, ev.EventType)
 		if err != nil || !fresh {
 			return err
 		}
-		err = tx.QueryRow(ctx, `
-			INSERT INTO payments (order_id, user_id, user_email, amount, status, reason, provider_ref, event_id)
-			VALUES ($1, $2, $3, $4, $5, nullif($6, ''), $7, $8)
-			ON CONFLICT (order_id) DO NOTHING
-			RETURNING id, created_at`,
-			p.OrderID, p.UserID, p.UserEmail, p.Amount, p.Status, p.Reason, p.ProviderRef, p.EventID,
-		).Scan(&p.ID, &p.CreatedAt)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return nil // the order was paid through another event id
+		if _, err := tx.Exec(ctx, `
+			INSERT INTO payments (order_id, user_id, user_email, amount, status, reason, event_id, cancelled_at)
+			VALUES ($1, $2, $3, $4, 'cancelled', 'the order was cancelled before it was charged', $5, now())
+			ON CONFLICT (order_id) DO UPDATE SET cancelled_at = coalesce(payments.cancelled_at, now()), updated_at = now()`,
+			ev.OrderID, ev.UserID, ev.UserEmail, ev.TotalAmount, ev.EventID); err != nil {
+			return fmt.Errorf("record cancellation: %w", err)
 		}
-		if err != nil {
-			return fmt.Errorf("insert payment: %w", err)
+		if p, err = lockPayment(ctx, tx, ev.OrderID); err != nil {
+			return err
 		}
-		p.CreatedAt = p.CreatedAt.UTC()
-		created = true
-		return outbox.Add(ctx, tx, resultEvent(p, ev.Items, p.CreatedAt))
+		if p.Status != StatusSucceeded {
+			return nil
+		}
+		if err := provider.Refund(ctx, ev.OrderID); err != nil {
+			return err
+		}
+		p.Status, p.Reason = StatusRefunded, "the order was cancelled: "+ev.Reason
+		if _, err := tx.Exec(ctx, `
+			UPDATE payments SET status = 'refunded', reason = $2, refunded_at = now(), updated_at = now() WHERE order_id = $1`,
+			ev.OrderID, p.Reason); err != nil {
+			return fmt.Errorf("record refund: %w", err)
+		}
+		refunded = true
+		return outbox.Add(ctx, tx, refundEvent(p))
 	})
-	return p, created, err
+	return p, refunded, err
 }
 
-func resultEvent(p Payment, items []events.Item, at time.Time) events.Event {
+// Unfinished returns the payments left charging for longer than age.
+func (s *Store) Unfinished(ctx context.Context, age time.Duration) ([]Payment, error) {
+	if err := s.check(); err != nil {
+		return nil, err
+	}
+	rows, err := s.pool.Query(ctx, `SELECT `+paymentColumns+` FROM payments
+		WHERE status = 'charging' AND updated_at < now() - make_interval(secs => $1) ORDER BY updated_at LIMIT 500`, age.Seconds())
+	if err != nil {
+		return nil, fmt.Errorf("select unfinished payments: %w", err)
+	}
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (Payment, error) { return scanPayment(row) })
+}
+
+func resultEvent(p Payment, at time.Time) events.Event {
 	if p.Status == StatusSucceeded {
 		return events.PaymentProcessed{Meta: events.NewMeta(events.TypePaymentProcessed, at), PaymentID: p.ID,
-			OrderID: p.OrderID, UserID: p.UserID, UserEmail: p.UserEmail, TotalAmount: p.Amount, Items: items}
+			OrderID: p.OrderID, UserID: p.UserID, UserEmail: p.UserEmail, TotalAmount: p.Amount, Items: p.Items}
 	}
 	return events.PaymentFailed{Meta: events.NewMeta(events.TypePaymentFailed, at), PaymentID: p.ID,
-		OrderID: p.OrderID, UserID: p.UserID, UserEmail: p.UserEmail, TotalAmount: p.Amount, Items: items, Reason: p.Reason}
+		OrderID: p.OrderID, UserID: p.UserID, UserEmail: p.UserEmail, TotalAmount: p.Amount, Items: p.Items, Reason: p.Reason}
+}
+
+func refundEvent(p Payment) events.Event {
+	return events.PaymentRefunded{Meta: events.NewMeta(events.TypePaymentRefunded, time.Now()), PaymentID: p.ID,
+		OrderID: p.OrderID, TotalAmount: p.Amount, Reason: p.Reason}
 }
 
 // ByOrder returns the payment of an order.
@@ -95,17 +234,12 @@ func (s *Store) ByOrder(ctx context.Context, orderID int64) (Payment, error) {
 	if err := s.check(); err != nil {
 		return Payment{}, err
 	}
-	var p Payment
-	err := s.pool.QueryRow(ctx, `
-		SELECT id, order_id, user_id, user_email, amount, status, coalesce(reason, ''), provider_ref, event_id::text, created_at
-		FROM payments WHERE order_id = $1`, orderID,
-	).Scan(&p.ID, &p.OrderID, &p.UserID, &p.UserEmail, &p.Amount, &p.Status, &p.Reason, &p.ProviderRef, &p.EventID, &p.CreatedAt)
+	p, err := scanPayment(s.pool.QueryRow(ctx, `SELECT `+paymentColumns+` FROM payments WHERE order_id = $1`, orderID))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Payment{}, ErrNotFound
 	}
 	if err != nil {
 		return Payment{}, fmt.Errorf("select payment: %w", err)
 	}
-	p.CreatedAt = p.CreatedAt.UTC()
 	return p, nil
 }

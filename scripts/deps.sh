@@ -2,7 +2,13 @@
 # Makes sure what the system and its tests need is here and running:
 # PostgreSQL, RabbitMQ (with the management plugin) and the Mailpit binary.
 # Safe to run again; it only starts or installs what is missing.
+#
+#   deps.sh            all of it (make test)
+#   deps.sh brokers    PostgreSQL and RabbitMQ only
+#   deps.sh mailpit    the Mailpit binary only (make run installs it in the
+#                      background, so that the services need not wait)
 set -euo pipefail
+what=${1:-all}
 
 MAILPIT_VERSION=v1.33.1
 GOBIN_DIR=$(go env GOBIN); [ -n "$GOBIN_DIR" ] || GOBIN_DIR="$(go env GOPATH)/bin"
@@ -16,6 +22,7 @@ wait_port() { # port what seconds
   echo "deps: $2 did not open port $1 within $3 s" >&2; return 1
 }
 
+if [ "$what" != mailpit ]; then
 # PostgreSQL
 if ! port_open 5432; then
   say "starting PostgreSQL"
@@ -40,9 +47,11 @@ if command -v rabbitmq-plugins >/dev/null && ! port_open 15672; then
   wait_port 15672 "RabbitMQ management" 30 || true
 fi
 
+fi
+
 # Mailpit (MailHog's maintained successor): SMTP for the email service and an
 # inbox with an HTTP API for people and tests.
-if ! command -v mailpit >/dev/null && [ ! -x "$GOBIN_DIR/mailpit" ]; then
+if [ "$what" != brokers ] && ! command -v mailpit >/dev/null && [ ! -x "$GOBIN_DIR/mailpit" ]; then
   say "installing Mailpit $MAILPIT_VERSION (go install, about a minute)"
   go install "github.com/axllent/mailpit@$MAILPIT_VERSION"
 fi

@@ -153,3 +153,14 @@ func declareQueue(ch *amqp.Channel, spec QueueSpec, classic bool) error {
 	}
 	return nil
 }
+
+// DeclareAll declares the exchange and the whole topology on ch as the
+// services do at start (for tools and tests that hold a bare channel).
+func DeclareAll(ch *amqp.Channel) error {
+	for _, spec := range Topology {
+		if err := declareQueue(ch, spec, false); err != nil {
+			return err
+		}
+	}
+	return nil
+}

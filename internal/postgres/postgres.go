@@ -152,28 +152,81 @@ func CreateDatabase(ctx context.Context, cfg *pgx.ConnConfig) error {
 // Close closes the pool.
 func (db *DB) Close() { db.Pool.Close() }
 
-// IsUnavailable reports whether err means the database could not be reached
-// (not prepared yet, connection refused or lost, shutting down, timed out)
-// rather than a bug, so the caller can answer 503 instead of 500.
+// ErrNothingWritten marks a failure that certainly wrote nothing, however
+// it looks: a connection the pool could not hand out (the statement never
+// left the service), or a read-only step before the write.
+var ErrNothingWritten = errors.New("nothing was written")
+
+// NothingWritten wraps err with ErrNothingWritten.
+func NothingWritten(err error) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("%w: %w", ErrNothingWritten, err)
+}
+
+// Acquire takes a connection from the pool. A failure (the pool is
+// exhausted past ctx's deadline, the database refuses connections) is
+// wrapped with ErrNothingWritten.
+func Acquire(ctx context.Context, pool *pgxpool.Pool) (*pgxpool.Conn, error) {
+	c, err := pool.Acquire(ctx)
+	return c, NothingWritten(err)
+}
+
+// IsUnavailable reports whether err means the database could not do the
+// work and certainly did none of it: not prepared yet, no connection to be
+// had (refused, the pool never sent the statement), a statement the server
+// cancelled (57014) or refused because it is shutting down. The caller may
+// answer 503 "nothing was written; retry".
+//
+// An error that can arrive after the statement reached the server (a
+// dropped connection, a timeout without the server's confirmation) is not
+// one of these: see IsUnknownOutcome.
 func IsUnavailable(err error) bool {
 	var (
 		pgErr   *pgconn.PgError
 		connErr *pgconn.ConnectError
-		netErr  net.Error
 	)
 	switch {
-	case errors.Is(err, ErrNotReady), errors.Is(err, context.DeadlineExceeded), errors.Is(err, pgconn.ErrConnClosed),
-		errors.As(err, &connErr), errors.As(err, &netErr), pgconn.Timeout(err), pgconn.SafeToRetry(err):
+	case err == nil:
+		return false
+	case errors.Is(err, ErrNotReady), errors.Is(err, ErrNothingWritten), errors.As(err, &connErr), pgconn.SafeToRetry(err):
 		return true
 	case errors.As(err, &pgErr):
 		// Class 08: connection exception; 57P01-03: admin shutdown, crash
 		// shutdown, cannot connect now; 57014: the statement was cancelled
-		// (its caller's deadline, statement_timeout), so it did nothing.
+		// (its caller's deadline, statement_timeout), so it did nothing;
+		// 53300: too many connections.
 		return strings.HasPrefix(pgErr.Code, "08") || pgErr.Code == "57P01" || pgErr.Code == "57P02" || pgErr.Code == "57P03" ||
-			pgErr.Code == "57014"
+			pgErr.Code == "57014" || pgErr.Code == "53300"
 	}
-	return errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed)
+	return false
 }
+
+// IsUnknownOutcome reports whether err leaves it unknown whether the work
+// was done: the connection dropped or timed out after the statement (or the
+// COMMIT) was sent, and the server's answer never came. A caller must not
+// say "nothing was written"; a retry is safe only with an idempotency key.
+func IsUnknownOutcome(err error) bool {
+	if err == nil || IsUnavailable(err) {
+		return false
+	}
+	var (
+		pgErr  *pgconn.PgError
+		netErr net.Error
+	)
+	if errors.As(err, &pgErr) {
+		return false // the server answered: the statement failed and was rolled back
+	}
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) ||
+		errors.Is(err, pgconn.ErrConnClosed) || errors.As(err, &netErr) || pgconn.Timeout(err) ||
+		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed)
+}
+
+// IsTransient reports whether err is the database's absence, certain or
+// not. Consumers retry such failures without using up attempts: an outage
+// must not dead-letter good messages.
+func IsTransient(err error) bool { return IsUnavailable(err) || IsUnknownOutcome(err) }
 
 // InTx runs fn in a transaction and commits it. When the transaction fails
 // in a way that is certain to have happened before the server saw it (a

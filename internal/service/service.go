@@ -79,13 +79,13 @@ func DeadLetters(amqpURL, queue string) Command {
 	}}
 }
 
-// Serve listens on port, serves h until ctx is done, then stops taking
+// Serve listens on addr (host:port), serves h until ctx is done, then stops taking
 // requests and lets those in flight finish within timeout. stopping is set
 // as the shutdown begins, so /readyz fails at once. listening, when not nil,
 // is told the bound address (tests listen on port 0).
-func Serve(ctx context.Context, log *slog.Logger, port string, h http.Handler, timeout time.Duration,
+func Serve(ctx context.Context, log *slog.Logger, addr string, h http.Handler, timeout time.Duration,
 	stopping *atomic.Bool, listening func(net.Addr), attrs ...any) error {
-	ln, err := net.Listen("tcp", ":"+port)
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}

@@ -282,6 +282,9 @@ func (s *System) env(name string) []string {
 		// The email service's record of sent mails: one per system, as one
 		// container's disk (kept across the system's restarts).
 		"EMAIL_SENT_DIR": filepath.Join(s.logDir, "email-sent"),
+		// The tests drive the gateway from one address far above a person's
+		// rate; the limiter has its own test (gateway/TestRateLimit).
+		"RATE_LIMIT_RPS": "0",
 	}
 	switch base(name) {
 	case "order":
@@ -340,6 +343,17 @@ func (s *System) Start(name string) {
 func (s *System) WaitReady(name string, timeout time.Duration) {
 	s.tb.Helper()
 	WaitHTTP(s.tb, s.URL(name)+"/readyz", timeout)
+}
+
+// Signal sends sig to a running service and returns at once (SIGSTOP and
+// SIGCONT freeze and thaw it).
+func (s *System) Signal(name string, sig syscall.Signal) {
+	s.mu.Lock()
+	p := s.procs[name]
+	s.mu.Unlock()
+	if p != nil {
+		_ = p.cmd.Process.Signal(sig)
+	}
 }
 
 // Kill sends SIGKILL to a service and waits for it to die.

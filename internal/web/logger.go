@@ -20,8 +20,9 @@ func NewLogger(w io.Writer, level, format, service string) *slog.Logger {
 		l = slog.LevelError
 	}
 	opts := &slog.HandlerOptions{Level: l}
+	var h slog.Handler = slog.NewJSONHandler(w, opts)
 	if format == "text" {
-		return slog.New(slog.NewTextHandler(w, opts))
+		h = slog.NewTextHandler(w, opts)
 	}
-	return slog.New(slog.NewJSONHandler(w, opts)).With("service", service)
+	return slog.New(h).With("service", service)
 }

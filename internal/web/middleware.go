@@ -12,6 +12,13 @@ import (
 // RequestIDHeader carries the request id from the gateway downstream.
 const RequestIDHeader = "X-Request-ID"
 
+// UserHeader carries the signed-in customer's user id (the verified JWT
+// subject) from the gateway to the order service. The gateway removes it
+// from every client request and sets it only after verifying a token; the
+// order service trusts it because only the gateway can reach it (127.0.0.1
+// natively, NetworkPolicies in Kubernetes).
+const UserHeader = "X-User-ID"
+
 type ctxKey struct{}
 
 // RequestID returns the request id stored in ctx, or "".

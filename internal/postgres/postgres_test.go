@@ -1,0 +1,106 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/checkout-demo/checkout/internal/testenv"
+)
+
+// The classification decides what a client is told: IsUnavailable errors
+// answer "nothing was written, retry", IsUnknownOutcome ones must not. Real
+// errors from a real server where they can be made cheaply, wrapped the way
+// the stores wrap them.
+func TestErrorClassification(t *testing.T) {
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, testenv.Database(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+
+	// A statement the server cancelled (its caller's deadline) did nothing.
+	_, cancelled := pool.Exec(ctx, "SET statement_timeout = '10ms'; SELECT pg_sleep(1)")
+	// The server answered: the statement failed and was rolled back.
+	_, failed := pool.Exec(ctx, "SELECT 1/0")
+	// Nobody listens on the port: the statement never left.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	refusedPool, err := pgxpool.New(ctx, "postgres://postgres@"+addr+"/x?sslmode=disable&connect_timeout=2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(refusedPool.Close)
+	_, refused := refusedPool.Exec(ctx, "SELECT 1")
+	_, acquire := Acquire(ctx, refusedPool)
+
+	tests := []struct {
+		name                 string
+		err                  error
+		unavailable, unknown bool
+	}{
+		{"OK", nil, false, false},
+		{"StatementCancelled", cancelled, true, false},
+		{"ServerRefusedStatement", failed, false, false},
+		{"ConnectionRefused", refused, true, false},
+		{"PoolNeverSent", acquire, true, false},
+		{"NotReady", fmt.Errorf("get order: %w", ErrNotReady), true, false},
+		{"ConnectionDroppedAfterSend", fmt.Errorf("insert order: %w", io.ErrUnexpectedEOF), false, true},
+		{"EOF", fmt.Errorf("commit: %w", io.EOF), false, true},
+		{"DeadlineWithoutAnswer", fmt.Errorf("insert order: %w", context.DeadlineExceeded), false, true},
+		{"ConnClosed", fmt.Errorf("insert: %w", pgconn.ErrConnClosed), false, true},
+		{"Other", errors.New("boom"), false, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if tt.name == "StatementCancelled" || tt.name == "ServerRefusedStatement" || tt.name == "ConnectionRefused" {
+				if tt.err == nil {
+					t.Fatal("the statement did not fail")
+				}
+			}
+			if got := IsUnavailable(tt.err); got != tt.unavailable {
+				t.Errorf("IsUnavailable(%v) = %v, want %v", tt.err, got, tt.unavailable)
+			}
+			if got := IsUnknownOutcome(tt.err); got != tt.unknown {
+				t.Errorf("IsUnknownOutcome(%v) = %v, want %v", tt.err, got, tt.unknown)
+			}
+			if got := IsTransient(tt.err); got != (tt.unavailable || tt.unknown) {
+				t.Errorf("IsTransient(%v) = %v", tt.err, got)
+			}
+		})
+	}
+}
+
+// A transaction whose pooled connection died before the server saw it is
+// run once more; one that failed on the server is not.
+func TestInTxRetriesOnlyWhatNeverReachedTheServer(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	pool, err := pgxpool.New(ctx, testenv.Database(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	calls := 0
+	err = InTx(ctx, pool, func(tx pgx.Tx) error {
+		calls++
+		_, err := tx.Exec(ctx, "SELECT 1/0")
+		return err
+	})
+	if err == nil || calls != 1 {
+		t.Fatalf("InTx: err %v after %d calls, want a failure after 1", err, calls)
+	}
+}

@@ -1,0 +1,64 @@
+package web
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"testing"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/checkout-demo/checkout/internal/events"
+)
+
+func about(t *testing.T, service string, links func(*http.Request) map[string]string, host string) About {
+	t.Helper()
+	r := chi.NewRouter()
+	r.Method(http.MethodGet, "/", HandleAbout(service, r, links))
+	r.Method(http.MethodGet, "/things/{id}", http.NotFoundHandler())
+	r.Method(http.MethodPost, "/things", http.NotFoundHandler())
+	req := httptest.NewRequest(http.MethodGet, "/", nil)
+	req.Host = host
+	rec := httptest.NewRecorder()
+	r.ServeHTTP(rec, req)
+	if rec.Code != http.StatusOK || rec.Header().Get("Content-Type") != "application/json" {
+		t.Fatalf("GET / answered %d %s", rec.Code, rec.Header().Get("Content-Type"))
+	}
+	var a About
+	if err := json.Unmarshal(rec.Body.Bytes(), &a); err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+func TestAbout(t *testing.T) {
+	a := about(t, "payment", nil, "localhost:8002")
+	if a.Service != "payment" || a.Version == "" {
+		t.Errorf("service %q version %q", a.Service, a.Version)
+	}
+	if want := []string{"GET /", "GET /things/{id}", "POST /things"}; !slices.Equal(a.Endpoints, want) {
+		t.Errorf("endpoints %v, want %v", a.Endpoints, want)
+	}
+	if len(a.Consumes) != 1 || a.Consumes[0].Queue != events.QueuePayment ||
+		!slices.Equal(a.Consumes[0].RoutingKeys, events.QueueBindings(events.QueuePayment)) {
+		t.Errorf("consumes %+v, want %s with its bindings", a.Consumes, events.QueuePayment)
+	}
+	if want := []string{events.RoutePaymentFailed, events.RoutePaymentProcessed, events.RoutePaymentRefunded}; !slices.Equal(a.Publishes, want) {
+		t.Errorf("publishes %v, want %v", a.Publishes, want)
+	}
+	if a.Links != nil {
+		t.Errorf("links %v on a service", a.Links)
+	}
+
+	g := about(t, "gateway", SystemLinks, "shop.local:9000")
+	if len(g.Consumes) != 0 || len(g.Publishes) != 0 {
+		t.Errorf("the gateway consumes %v, publishes %v", g.Consumes, g.Publishes)
+	}
+	if g.Links["inbox"] != "http://shop.local:8026/" || g.Links["rabbitmq_management"] != "http://shop.local:15672/" {
+		t.Errorf("links %v, want the inbox and management UI on the request's host", g.Links)
+	}
+	if v6 := about(t, "gateway", SystemLinks, "[::1]:9000"); v6.Links["inbox"] != "http://[::1]:8026/" {
+		t.Errorf("links for an IPv6 host: %v", v6.Links)
+	}
+}
