@@ -189,13 +189,8 @@ func checkService(t *testing.T, conn *amqp.Connection, own string) {
 // queues.
 func declareAll(t *testing.T, ch *amqp.Channel) {
 	t.Helper()
-	if err := events.DeclareExchange(ch); err != nil {
-		t.Fatalf("declare the exchange: %v", err)
-	}
-	for _, q := range events.Topology {
-		if err := events.DeclareTopology(ch, events.ConsumerConfig{Queue: q.Name, Bindings: q.Bindings, MaxAttempts: 5}); err != nil {
-			t.Fatalf("declare %s with its bindings, retry and dead-letter queues: %v", q.Name, err)
-		}
+	if err := events.DeclareAll(ch); err != nil {
+		t.Fatalf("declare the topology: %v", err)
 	}
 }
 
@@ -204,7 +199,7 @@ func deleteAll(t *testing.T, ch *amqp.Channel) {
 	t.Helper()
 	for _, q := range events.Topology {
 		names := []string{q.Name, events.DeadLetterQueue(q.Name)}
-		for retry := 1; retry < 5; retry++ {
+		for retry := 1; retry <= events.RetryLevels; retry++ {
 			names = append(names, events.RetryQueue(q.Name, retry))
 		}
 		for _, n := range names {

@@ -32,4 +32,11 @@ type Config struct {
 	// PaymentTries is how many times it asks before it cancels the order.
 	PaymentTimeout time.Duration `envconfig:"ORDER_PAYMENT_TIMEOUT" default:"3m"`
 	PaymentTries   int           `envconfig:"ORDER_PAYMENT_TRIES" default:"3"`
+
+	// The outbox relay's batching and the clean-up of the outbox and inbox
+	// tables (internal/outbox).
+	OutboxLinger    time.Duration `envconfig:"OUTBOX_LINGER" default:"20ms"`
+	OutboxCleanup   time.Duration `envconfig:"OUTBOX_CLEANUP_INTERVAL" default:"1m"`
+	OutboxRetention time.Duration `envconfig:"OUTBOX_RETENTION" default:"24h"`
+	InboxRetention  time.Duration `envconfig:"INBOX_RETENTION" default:"168h"`
 }

@@ -54,7 +54,7 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 	pub := events.NewPublisher(broker)
 	defer pub.Close()
 	relay := outbox.NewRelay(db.Pool, pub, log)
-	relay.Poll, relay.Batch = cfg.OutboxPoll, cfg.OutboxBatch
+	relay.Poll, relay.Batch, relay.Linger, relay.CleanupInterval, relay.Retention, relay.InboxRetention = cfg.OutboxPoll, cfg.OutboxBatch, cfg.OutboxLinger, cfg.OutboxCleanup, cfg.OutboxRetention, cfg.InboxRetention
 	consumer := events.NewConsumer(broker, events.ConsumerConfig{
 		Queue: SagaQueue, Bindings: SagaBindings,
 		Prefetch: cfg.Prefetch, Concurrency: cfg.Concurrency, MaxAttempts: cfg.MaxAttempts,

@@ -35,4 +35,11 @@ type Config struct {
 	ShutdownTimeout time.Duration `envconfig:"SHUTDOWN_TIMEOUT" default:"15s"`
 	LogFormat       string        `envconfig:"LOG_FORMAT" default:"json"`
 	LogLevel        string        `envconfig:"LOG_LEVEL" default:"info"`
+
+	// The outbox relay's batching and the clean-up of the outbox and inbox
+	// tables (internal/outbox).
+	OutboxLinger    time.Duration `envconfig:"OUTBOX_LINGER" default:"20ms"`
+	OutboxCleanup   time.Duration `envconfig:"OUTBOX_CLEANUP_INTERVAL" default:"1m"`
+	OutboxRetention time.Duration `envconfig:"OUTBOX_RETENTION" default:"24h"`
+	InboxRetention  time.Duration `envconfig:"INBOX_RETENTION" default:"168h"`
 }

@@ -58,7 +58,7 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 	pub := events.NewPublisher(broker)
 	defer pub.Close()
 	relay := outbox.NewRelay(db.Pool, pub, log)
-	relay.Poll, relay.Batch = cfg.OutboxPoll, cfg.OutboxBatch
+	relay.Poll, relay.Batch, relay.Linger, relay.CleanupInterval, relay.Retention, relay.InboxRetention = cfg.OutboxPoll, cfg.OutboxBatch, cfg.OutboxLinger, cfg.OutboxCleanup, cfg.OutboxRetention, cfg.InboxRetention
 	provider := Provider{Delay: cfg.PaymentDelay, MaxAmount: maxAmount, FailureRate: cfg.PaymentFailureRate, Ledger: db.Pool}
 	c := &charger{log: log, store: store, provider: provider, relay: relay}
 	consumer := events.NewConsumer(broker, events.ConsumerConfig{

@@ -40,6 +40,10 @@ type Broker struct {
 	log *slog.Logger
 	// Name names the connections in the management UI (set before Run).
 	Name string
+	// Topology, when set (before Run), is declared on every connect before
+	// anything is published: every service declares the whole contract, so
+	// an event published before its consumer first started is kept for it.
+	Topology []QueueSpec
 
 	mu        sync.Mutex
 	conn      *amqp.Connection // consuming
@@ -47,6 +51,7 @@ type Broker struct {
 	blocked   string           // why the broker blocks publishing, or ""
 	connected chan struct{}    // closed while both are usable; replaced when one drops
 	onConnect []func()
+	classic   map[string]bool // queues found to exist as classic queues (warned once)
 }
 
 // NewBroker returns a broker for url. Call Run to connect.
@@ -73,6 +78,16 @@ func (b *Broker) Run(ctx context.Context) {
 			if pubConn, err = b.dial("publish"); err != nil {
 				_ = conn.Close()
 			}
+		}
+		if err == nil && len(b.Topology) > 0 {
+			// Nothing is published before every queue exists.
+			dctx, cancel := context.WithTimeout(ctx, 3*CallTimeout)
+			if err = b.declareOn(dctx, conn, b.Topology); err != nil {
+				_ = pubConn.CloseDeadline(time.Now().Add(time.Second))
+				_ = conn.CloseDeadline(time.Now().Add(time.Second))
+				err = fmt.Errorf("declare topology: %w", err)
+			}
+			cancel()
 		}
 		if err != nil {
 			d := backoff.Delay(attempt)
@@ -145,13 +160,20 @@ func (b *Broker) dial(role string) (*amqp.Connection, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dial: %w", err)
 	}
-	ch, err := conn.Channel()
-	if err == nil {
-		err = DeclareExchange(ch)
-		_ = ch.Close()
-	}
+	ctx, cancel := context.WithTimeout(context.Background(), CallTimeout)
+	defer cancel()
+	err = bounded(ctx, conn, func() error {
+		ch, err := conn.Channel()
+		if err != nil {
+			return err
+		}
+		if err := DeclareExchange(ch); err != nil {
+			return err
+		}
+		return ch.Close()
+	})
 	if err != nil {
-		_ = conn.Close()
+		_ = conn.CloseDeadline(time.Now().Add(time.Second))
 		return nil, fmt.Errorf("declare exchange: %w", err)
 	}
 	return conn, nil
@@ -199,12 +221,20 @@ func (b *Broker) channel(ctx context.Context, publish bool) (*amqp.Channel, erro
 		}
 		b.mu.Unlock()
 		if conn != nil {
-			ch, err := conn.Channel()
+			ch, err := openChannel(ctx, conn)
 			if err == nil {
 				return ch, nil
 			}
 			if !conn.IsClosed() {
 				return nil, fmt.Errorf("open channel: %w", err)
+			}
+			if errors.Is(err, ErrNotConnected) && ctx.Err() != nil {
+				return nil, err
+			}
+			if publish {
+				// Publishers do not wait for the next connection: the
+				// outbox tries again when the broker is back.
+				return nil, fmt.Errorf("%w: %w", ErrNotConnected, err)
 			}
 			// The connection just closed and Run has not noticed yet.
 			select {
@@ -260,4 +290,18 @@ func (b *Broker) Check(context.Context) error {
 		return fmt.Errorf("rabbitmq blocks publishing: %s", reason)
 	}
 	return nil
+}
+
+// consumeConn is the current consuming connection, or nil.
+func (b *Broker) consumeConn() *amqp.Connection {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.conn
+}
+
+// publishConn is the current publishing connection, or nil.
+func (b *Broker) publishConn() *amqp.Connection {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.pubConn
 }

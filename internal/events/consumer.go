@@ -140,36 +140,6 @@ func (c *Consumer) Check(context.Context) error {
 	return nil
 }
 
-// DeclareTopology declares the queue, its bindings, its retry queues and its
-// dead-letter queue. It is safe to call again.
-func DeclareTopology(ch *amqp.Channel, cfg ConsumerConfig) error {
-	cfg.defaults()
-	if err := DeclareExchange(ch); err != nil {
-		return fmt.Errorf("declare exchange: %w", err)
-	}
-	if _, err := ch.QueueDeclare(cfg.Queue, true, false, false, false, nil); err != nil {
-		return fmt.Errorf("declare queue %s: %w", cfg.Queue, err)
-	}
-	for _, key := range cfg.Bindings {
-		if err := ch.QueueBind(cfg.Queue, key, Exchange, false, nil); err != nil {
-			return fmt.Errorf("bind %s to %s: %w", cfg.Queue, key, err)
-		}
-	}
-	// Expired retries go back to the main queue through the default exchange.
-	for retry := 1; retry < max(cfg.MaxAttempts, 2); retry++ {
-		if _, err := ch.QueueDeclare(RetryQueue(cfg.Queue, retry), true, false, false, false, amqp.Table{
-			"x-dead-letter-exchange":    "",
-			"x-dead-letter-routing-key": cfg.Queue,
-		}); err != nil {
-			return fmt.Errorf("declare retry queue: %w", err)
-		}
-	}
-	if _, err := ch.QueueDeclare(DeadLetterQueue(cfg.Queue), true, false, false, false, nil); err != nil {
-		return fmt.Errorf("declare dead-letter queue: %w", err)
-	}
-	return nil
-}
-
 // Run consumes until ctx is done. On shutdown it stops taking deliveries,
 // hands back the ones it had not started, lets the running handlers finish
 // (up to HandlerTimeout) and acks them.
@@ -180,10 +150,12 @@ func (c *Consumer) Run(ctx context.Context) {
 	defer waitTimeout(&inflight, c.cfg.HandlerTimeout+10*time.Second)
 	backoff := Backoff{Base: 200 * time.Millisecond, Max: 5 * time.Second}
 	for attempt := 0; ctx.Err() == nil; attempt++ {
+		start := time.Now()
 		err := c.consume(ctx, sem, &inflight)
 		if ctx.Err() != nil {
 			return
 		}
+		attempt = resumeAttempt(attempt, time.Since(start))
 		d := backoff.Delay(attempt)
 		if err != nil {
 			c.log.Warn("consumer stopped, resuming", "err", err, "retry_in", d.String())
@@ -196,17 +168,38 @@ func (c *Consumer) Run(ctx context.Context) {
 	}
 }
 
+// HealthyPeriod is how long a channel must have consumed for the next
+// resubscribe to start again from the shortest backoff: late in a process's
+// life, one dropped channel must not wait as long as the tenth failure in a
+// row.
+const HealthyPeriod = 30 * time.Second
+
+// resumeAttempt is the backoff attempt for a resubscribe after a channel
+// that lived ranFor.
+func resumeAttempt(attempt int, ranFor time.Duration) int {
+	if ranFor >= HealthyPeriod {
+		return 0
+	}
+	return attempt
+}
+
 // consume runs one channel's life: declare, consume, dispatch.
 func (c *Consumer) consume(ctx context.Context, sem chan struct{}, inflight *sync.WaitGroup) error {
 	ch, err := c.broker.Channel(ctx)
 	if err != nil {
 		return err
 	}
-	defer ch.Close()
-	if err := DeclareTopology(ch, c.cfg); err != nil {
+	conn := c.broker.consumeConn()
+	if conn == nil {
+		_ = ch.Close()
+		return ErrNotConnected
+	}
+	defer func() { _ = bounded(context.Background(), conn, ch.Close) }()
+	spec := QueueSpec{Name: c.cfg.Queue, Bindings: c.cfg.Bindings}
+	if err := c.broker.declareOn(ctx, conn, []QueueSpec{spec}); err != nil {
 		return err
 	}
-	if err := ch.Qos(c.cfg.Prefetch, 0, false); err != nil {
+	if err := bounded(ctx, conn, func() error { return ch.Qos(c.cfg.Prefetch, 0, false) }); err != nil {
 		return fmt.Errorf("qos: %w", err)
 	}
 	// Retries and dead letters are published on a channel of their own in
@@ -216,16 +209,23 @@ func (c *Consumer) consume(ctx context.Context, sem chan struct{}, inflight *syn
 		return err
 	}
 	defer repub.Close()
-	if err := repub.Confirm(false); err != nil {
+	pubConn := c.broker.publishConn()
+	if pubConn == nil {
+		return ErrNotConnected
+	}
+	if err := bounded(ctx, pubConn, func() error { return repub.Confirm(false) }); err != nil {
 		return fmt.Errorf("confirm mode: %w", err)
 	}
 	// At most one move per handler is in flight, so the returns buffer never
 	// fills (a full one would stall the connection's reader).
-	r := &republisher{ch: repub, returns: repub.NotifyReturn(make(chan amqp.Return, c.cfg.Concurrency+1)), returned: map[string]bool{}}
+	r := &republisher{broker: c.broker, conn: pubConn, spec: spec, ch: repub, returns: repub.NotifyReturn(make(chan amqp.Return, c.cfg.Concurrency+1)), returned: map[string]bool{}}
 
 	tag := fmt.Sprintf("%s-%d", c.cfg.Queue, time.Now().UnixNano())
-	deliveries, err := ch.ConsumeWithContext(context.WithoutCancel(ctx), c.cfg.Queue, tag, false, false, false, false, nil)
-	if err != nil {
+	var deliveries <-chan amqp.Delivery
+	if err := bounded(ctx, conn, func() (err error) {
+		deliveries, err = ch.ConsumeWithContext(context.WithoutCancel(ctx), c.cfg.Queue, tag, false, false, false, false, nil)
+		return err
+	}); err != nil {
 		return fmt.Errorf("consume: %w", err)
 	}
 	c.readyOnce.Do(func() { close(c.ready) })
@@ -235,13 +235,26 @@ func (c *Consumer) consume(ctx context.Context, sem chan struct{}, inflight *syn
 	closed := ch.NotifyClose(make(chan *amqp.Error, 1))
 	repubClosed := repub.NotifyClose(make(chan *amqp.Error, 1))
 
+	// Handlers of this channel's deliveries run under chCtx: once the
+	// channel is gone their deliveries go back to the queue (to this
+	// consumer's next channel or to a sibling), and a handler that went on
+	// would race its own redelivery to the same effect. A shutdown does not
+	// cancel it: running handlers may finish and be acked.
+	chCtx, cancelCh := context.WithCancelCause(context.WithoutCancel(ctx))
+	defer cancelCh(errors.New("delivery channel closed"))
+	acks := newAcker(ch)
+	// Registered after ch.Close, so it runs before: the last acks go out
+	// on the open channel.
+	defer acks.stop()
+
 	for {
 		select {
 		case <-ctx.Done():
 			_ = ch.Cancel(tag, false)
 			// Deliveries the broker sent before the cancel: hand them back.
 			for d := range deliveries {
-				_ = d.Nack(false, true)
+				acks.add(d.DeliveryTag)
+				acks.settle(d.DeliveryTag, false)
 			}
 			waitTimeout(inflight, c.cfg.HandlerTimeout+10*time.Second)
 			return nil
@@ -254,16 +267,17 @@ func (c *Consumer) consume(ctx context.Context, sem chan struct{}, inflight *syn
 			if !ok {
 				return errors.New("deliveries closed")
 			}
+			acks.add(d.DeliveryTag)
 			select {
 			case sem <- struct{}{}:
 			case <-ctx.Done():
-				_ = d.Nack(false, true)
+				acks.settle(d.DeliveryTag, false)
 				continue
 			}
 			inflight.Add(1)
 			go func() {
 				defer func() { <-sem; inflight.Done() }()
-				c.handle(ctx, r, d)
+				c.handle(ctx, chCtx, r, acks, d)
 			}()
 		}
 	}
@@ -278,23 +292,27 @@ func waitTimeout(wg *sync.WaitGroup, d time.Duration) {
 	}
 }
 
-func (c *Consumer) handle(ctx context.Context, r *republisher, amqpD amqp.Delivery) {
+func (c *Consumer) handle(ctx, chCtx context.Context, r *republisher, acks *acker, amqpD amqp.Delivery) {
 	d := Delivery{Delivery: amqpD, Attempt: attemptOf(amqpD.Headers) + 1}
 	log := c.log.With("event_id", d.MessageId, "event_type", d.Type, "attempt", d.Attempt)
 
 	// A shutdown does not cancel a running handler: it is given
-	// HandlerTimeout to finish so its work can be acked.
-	hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.HandlerTimeout)
+	// HandlerTimeout to finish so its work can be acked. The loss of its
+	// channel does.
+	hctx, cancel := context.WithTimeout(chCtx, c.cfg.HandlerTimeout)
 	err := c.safeHandle(hctx, d)
 	// A handler that ran out of its own time is not waiting for an absent
 	// dependency: that attempt counts, so a message that is always too slow
 	// ends in the dead-letter queue instead of being retried forever.
 	timedOut := hctx.Err() != nil
 	cancel()
+	if chCtx.Err() != nil {
+		// The delivery is back in the queue already: neither ack nor move.
+		log.Warn("delivery channel closed while handling; the message is redelivered", "err", err)
+		return
+	}
 	if err == nil {
-		if err := d.Ack(false); err != nil {
-			log.Warn("ack failed; the message will be redelivered and de-duplicated", "err", err)
-		}
+		acks.settle(d.DeliveryTag, true)
 		return
 	}
 
@@ -309,33 +327,33 @@ func (c *Consumer) handle(ctx context.Context, r *republisher, amqpD amqp.Delive
 	case unavailable:
 		// Not the message's fault: try again later without using up an attempt.
 		mv.attempts, mv.unavailable = d.Attempt-1, mv.unavailable+1
-		mv.queue = RetryQueue(c.cfg.Queue, min(mv.unavailable, max(c.cfg.MaxAttempts-1, 1)))
+		mv.queue = RetryQueue(c.cfg.Queue, min(mv.unavailable, RetryLevels))
 		mv.delay = backoff.Delay(mv.unavailable - 1)
 		log.Warn("dependency unavailable, retrying", "err", err, "retry_in", mv.delay.String())
 	default:
-		mv.queue = RetryQueue(c.cfg.Queue, d.Attempt)
+		mv.queue = RetryQueue(c.cfg.Queue, min(d.Attempt, RetryLevels))
 		mv.delay = backoff.Delay(d.Attempt - 1)
 		log.Warn("handler failed, retrying", "err", err, "retry_in", mv.delay.String())
 	}
-	pctx, cancelPub := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	pctx, cancelPub := context.WithTimeout(context.WithoutCancel(ctx), CallTimeout)
 	defer cancelPub()
-	if err := r.publish(pctx, d, mv, c.cfg.Queue); err != nil {
+	// The move is bounded as a whole: a write to a stalled socket blocks
+	// whatever pctx says.
+	if err := bounded(pctx, r.conn, func() error { return r.publish(pctx, d, mv, c.cfg.Queue) }); err != nil {
 		if errors.Is(err, ErrUnroutable) {
 			// The retry or dead-letter queue is gone (deleted by hand):
 			// declare the topology again, or the message would bounce
 			// between the queue and this handler.
-			if derr := DeclareTopology(r.ch, c.cfg); derr != nil {
+			if derr := r.broker.Declare(pctx, r.spec); derr != nil {
 				log.Warn("declare topology again", "err", derr)
 			}
 		}
 		// The copy is not safe: hand the original back instead.
 		log.Warn("could not move message, requeueing", "err", err, "to", mv.queue)
-		_ = d.Nack(false, true)
+		acks.settle(d.DeliveryTag, false)
 		return
 	}
-	if err := d.Ack(false); err != nil {
-		log.Warn("ack after move failed; the message may be handled twice", "err", err)
-	}
+	acks.settle(d.DeliveryTag, true)
 }
 
 func (c *Consumer) safeHandle(ctx context.Context, d Delivery) (err error) {
@@ -353,16 +371,28 @@ func (c *Consumer) unavailable(err error) bool {
 
 func attemptOf(h amqp.Table) int { return headerInt(h, HeaderAttempt) }
 
+// maxHeaderCount bounds the counts read from headers: they come from the
+// wire, and anyone who can publish can set them.
+const maxHeaderCount = 1 << 16
+
+// headerInt reads a count from a header, clamped to [0, maxHeaderCount]: a
+// negative count would name a retry queue that does not exist, and a huge
+// one would overflow.
 func headerInt(h amqp.Table, key string) int {
+	var n int64
 	switch v := h[key].(type) {
+	case int8:
+		n = int64(v)
+	case int16:
+		n = int64(v)
 	case int32:
-		return int(v)
+		n = int64(v)
 	case int64:
-		return int(v)
+		n = v
 	case int:
-		return v
+		n = int64(v)
 	}
-	return 0
+	return int(min(max(n, 0), maxHeaderCount))
 }
 
 // republisher moves a message to a retry or dead-letter queue and waits for
@@ -372,6 +402,9 @@ func headerInt(h amqp.Table, key string) int {
 // confirm, so after its confirm a move drains the returns received so far
 // and looks for its own message id among them.
 type republisher struct {
+	broker  *Broker
+	conn    *amqp.Connection // the connection ch is on
+	spec    QueueSpec        // the queue it moves messages of, declared again when a move comes back
 	ch      *amqp.Channel
 	returns <-chan amqp.Return
 

@@ -54,10 +54,15 @@ func (r *recorder) snapshot() ([]string, map[string]int) {
 
 func startConsumer(t *testing.T, amqpURL string, cfg events.ConsumerConfig, r *recorder) {
 	t.Helper()
+	startConsumerFunc(t, amqpURL, cfg, r.handle)
+}
+
+func startConsumerFunc(t *testing.T, amqpURL string, cfg events.ConsumerConfig, h events.Handler) {
+	t.Helper()
 	log := web.NewLogger(io.Discard, "error", "json", "test")
 	ctx, cancel := context.WithCancel(context.Background())
 	b := events.NewBroker(amqpURL, log)
-	c := events.NewConsumer(b, cfg, r.handle, log)
+	c := events.NewConsumer(b, cfg, h, log)
 	done := make(chan struct{}, 2)
 	go func() { b.Run(ctx); done <- struct{}{} }()
 	go func() { c.Run(ctx); done <- struct{}{} }()

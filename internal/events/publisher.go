@@ -19,6 +19,7 @@ type Publisher struct {
 	broker *Broker
 
 	mu      sync.Mutex
+	conn    *amqp.Connection // the connection ch is on
 	ch      *amqp.Channel
 	returns chan amqp.Return
 }
@@ -40,8 +41,9 @@ type Result struct {
 }
 
 // Publish sends msgs and waits for the broker's confirms. It returns one
-// result per message, in order. A non-nil error means the channel failed and
-// no result is trustworthy beyond those with Err == nil.
+// result per message, in order, also when it fails. A non-nil error means
+// the channel failed and no result is trustworthy beyond those with Err ==
+// nil; ErrNotConnected means the broker is away or did not answer in time.
 func (p *Publisher) Publish(ctx context.Context, msgs []Message) ([]Result, error) {
 	if len(msgs) > MaxBatch {
 		return nil, fmt.Errorf("publish: %d messages, at most %d at once", len(msgs), MaxBatch)
@@ -50,19 +52,53 @@ func (p *Publisher) Publish(ctx context.Context, msgs []Message) ([]Result, erro
 	// from the connection: fail fast, as while it is away; the outbox and
 	// the callers try again.
 	if reason := p.broker.Blocked(); reason != "" {
-		return nil, fmt.Errorf("%w: publishing blocked: %s", ErrNotConnected, reason)
+		err := fmt.Errorf("%w: publishing blocked: %s", ErrNotConnected, reason)
+		return failAll(msgs, err), err
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if err := p.open(ctx); err != nil {
-		return nil, err
+		return failAll(msgs, err), err
 	}
+	// A write to a stalled socket blocks whatever the context says: the
+	// whole batch is bounded, and on timeout the connection is closed.
+	ch, returns := p.ch, p.returns
+	var (
+		got       []Result
+		gotFailed error
+	)
+	// got and gotFailed are read only when the call finished: a call given
+	// up on may still write them.
+	err := bounded(ctx, p.conn, func() error {
+		got, gotFailed = publishOn(ctx, ch, returns, msgs)
+		return nil
+	})
+	results, failed := failAll(msgs, err), err
+	if err == nil {
+		results, failed = got, gotFailed
+	}
+	if failed != nil {
+		p.closeLocked()
+	}
+	return results, failed
+}
+
+// failAll is one result per message, each failed with err.
+func failAll(msgs []Message, err error) []Result {
+	results := make([]Result, len(msgs))
+	for i, m := range msgs {
+		results[i] = Result{ID: m.ID, Err: err}
+	}
+	return results
+}
+
+func publishOn(ctx context.Context, ch *amqp.Channel, returns <-chan amqp.Return, msgs []Message) ([]Result, error) {
 	results := make([]Result, len(msgs))
 	pending := make([]*amqp.DeferredConfirmation, len(msgs))
 	var failed error
 	for i, m := range msgs {
 		results[i].ID = m.ID
-		dc, err := p.ch.PublishWithDeferredConfirmWithContext(ctx, Exchange, m.RoutingKey, true, false, amqp.Publishing{
+		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, Exchange, m.RoutingKey, true, false, amqp.Publishing{
 			ContentType:  ContentType,
 			DeliveryMode: amqp.Persistent,
 			MessageId:    m.ID,
@@ -96,10 +132,7 @@ func (p *Publisher) Publish(ctx context.Context, msgs []Message) ([]Result, erro
 	// The broker sends basic.return before the confirm of the same message, and
 	// the client delivers it to the buffered returns channel before it
 	// processes the confirm, so every return for this batch is here now.
-	markReturned(p.returns, results)
-	if failed != nil {
-		p.closeLocked()
-	}
+	markReturned(returns, results)
 	return results, failed
 }
 
@@ -136,12 +169,17 @@ func (p *Publisher) open(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := ch.Confirm(false); err != nil {
-		_ = ch.Close()
+	conn := p.broker.publishConn()
+	if conn == nil {
+		go ch.Close()
+		return ErrNotConnected
+	}
+	if err := bounded(ctx, conn, func() error { return ch.Confirm(false) }); err != nil {
+		go ch.Close()
 		return fmt.Errorf("confirm mode: %w", err)
 	}
 	p.returns = ch.NotifyReturn(make(chan amqp.Return, MaxBatch))
-	p.ch = ch
+	p.ch, p.conn = ch, conn
 	return nil
 }
 

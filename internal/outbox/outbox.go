@@ -14,16 +14,21 @@
 //	    created_at      timestamptz NOT NULL DEFAULT now(),
 //	    published_at    timestamptz,
 //	    attempts        int NOT NULL DEFAULT 0,
-//	    next_attempt_at timestamptz NOT NULL DEFAULT now(),
+//	    next_attempt_at timestamptz NOT NULL DEFAULT now(), -- also the claim's lease
 //	    last_error      text
 //	);
+//	CREATE INDEX outbox_unpublished ON outbox (id) WHERE published_at IS NULL;
+//	CREATE INDEX outbox_published_at ON outbox (published_at) WHERE published_at IS NOT NULL;
+//	CREATE INDEX inbox_handled_at ON inbox (handled_at); -- for the inbox clean-up
 package outbox
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -49,7 +54,9 @@ func Add(ctx context.Context, tx pgx.Tx, evs ...events.Event) error {
 }
 
 // Relay publishes unpublished outbox rows. Several relays (one per replica)
-// may run against one database: rows are claimed with FOR UPDATE SKIP LOCKED.
+// may run against one database: rows are claimed with FOR UPDATE SKIP LOCKED
+// in one short statement that leases them (next_attempt_at moves past the
+// lease), so no transaction stays open while the relay talks to the broker.
 type Relay struct {
 	pool *pgxpool.Pool
 	pub  *events.Publisher
@@ -63,12 +70,26 @@ type Relay struct {
 	Batch int
 	// Retention is how long published rows are kept for inspection.
 	Retention time.Duration
+	// Linger is the least time between the starts of two batches. When
+	// the relay was idle for longer, a new row is published at once; while
+	// rows keep coming, they gather for up to Linger and go out together,
+	// one transaction and one confirm round trip for many.
+	Linger time.Duration
+	// PublishTimeout bounds one batch's publishes and confirms.
+	PublishTimeout time.Duration
+	// CleanupInterval is how often published outbox rows past Retention
+	// and inbox ids past InboxRetention are deleted, whatever the load.
+	CleanupInterval time.Duration
+	// InboxRetention is how long consumed event ids stay in the inbox
+	// table; 0 leaves the inbox alone.
+	InboxRetention time.Duration
 }
 
 // NewRelay returns a relay with default settings.
 func NewRelay(pool *pgxpool.Pool, pub *events.Publisher, log *slog.Logger) *Relay {
 	return &Relay{pool: pool, pub: pub, log: log, wake: make(chan struct{}, 1),
-		Poll: time.Second, Batch: 200, Retention: 24 * time.Hour}
+		Poll: time.Second, Batch: 200, Retention: 24 * time.Hour, Linger: 20 * time.Millisecond,
+		PublishTimeout: events.CallTimeout, CleanupInterval: time.Minute, InboxRetention: 7 * 24 * time.Hour}
 }
 
 // Wake asks the relay to look for new rows now. It never blocks.
@@ -83,19 +104,29 @@ func (r *Relay) Wake() {
 func (r *Relay) Run(ctx context.Context) {
 	tick := time.NewTicker(r.Poll)
 	defer tick.Stop()
-	cleanup := time.NewTicker(time.Minute)
-	defer cleanup.Stop()
+	cleaned := make(chan struct{})
+	go func() { defer close(cleaned); r.cleanup(ctx) }()
+	defer func() { <-cleaned }()
 	brokerDown := false
+	var lastStart time.Time
 	for {
+		// Adaptive batching: right after a batch, rows that keep coming
+		// wait out the rest of Linger and go out together; after an idle
+		// spell the first row goes at once.
+		if wait := r.Linger - time.Since(lastStart); wait > 0 {
+			select {
+			case <-ctx.Done():
+			case <-time.After(wait):
+			}
+		}
+		lastStart = time.Now()
 		// A batch under way is finished even when ctx ends, so that a
-		// shutdown's Flush finds no rows locked by a half-done batch.
-		bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-		n, err := r.publishBatch(bctx)
-		cancel()
+		// shutdown's Flush finds every claimed row marked.
+		n, err := r.publishBatch(context.WithoutCancel(ctx))
 		switch {
 		case errors.Is(err, events.ErrNotConnected):
 			if !brokerDown {
-				r.log.Warn("outbox relay waiting for rabbitmq")
+				r.log.Warn("outbox relay waiting for rabbitmq", "err", err)
 			}
 			brokerDown = true
 		case err != nil && ctx.Err() == nil:
@@ -106,13 +137,14 @@ func (r *Relay) Run(ctx context.Context) {
 		if err == nil && n == r.batch() && ctx.Err() == nil {
 			continue // there is more
 		}
+		if n == 0 {
+			lastStart = time.Time{} // nothing was there: the next row is not part of a busy spell
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-r.wake:
 		case <-tick.C:
-		case <-cleanup.C:
-			r.deletePublished(ctx)
 		}
 	}
 }
@@ -144,91 +176,177 @@ func Pending(ctx context.Context, pool *pgxpool.Pool) (int64, error) {
 	return n, err
 }
 
-// publishBatch claims up to Batch due rows, publishes them and marks the
-// confirmed ones. It returns how many rows it claimed.
-func (r *Relay) publishBatch(ctx context.Context) (int, error) {
-	tx, err := r.pool.Begin(ctx)
-	if err != nil {
-		return 0, fmt.Errorf("begin: %w", err)
-	}
-	defer tx.Rollback(context.WithoutCancel(ctx))
+// Lease is how long a claimed row is left to the relay that claimed it:
+// past it (that relay crashed or hung between claim and mark) another
+// relay publishes it again and the consumers drop the duplicate.
+func (r *Relay) lease() time.Duration { return max(3*r.PublishTimeout, 30*time.Second) }
 
-	rows, err := tx.Query(ctx, `
-		SELECT id, event_id::text, event_type, routing_key, payload::text, attempts
-		FROM outbox
-		WHERE published_at IS NULL AND next_attempt_at <= now()
-		ORDER BY id
-		LIMIT $1
-		FOR UPDATE SKIP LOCKED`, r.batch())
+// publishBatch claims up to Batch due rows, publishes them and marks the
+// confirmed ones. It returns how many rows it claimed. No transaction is
+// open while it talks to the broker: the claim is one short statement that
+// leases the rows (next_attempt_at moves past the lease), and the marks are
+// another.
+func (r *Relay) publishBatch(ctx context.Context) (int, error) {
+	dbctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	rows, err := r.pool.Query(dbctx, `
+		UPDATE outbox SET next_attempt_at = now() + make_interval(secs => $2)
+		WHERE id IN (
+			SELECT id FROM outbox
+			WHERE published_at IS NULL AND next_attempt_at <= now()
+			ORDER BY id
+			LIMIT $1
+			FOR UPDATE SKIP LOCKED)
+		RETURNING id, event_id::text, event_type, routing_key, payload::text, attempts`, r.batch(), r.lease().Seconds())
 	if err != nil {
 		return 0, fmt.Errorf("claim outbox rows: %w", err)
 	}
-	var (
-		ids      []int64
-		attempts []int
-		msgs     []events.Message
-	)
+	type claimed struct {
+		id       int64
+		attempts int
+		msg      events.Message
+	}
+	var batch []claimed
 	for rows.Next() {
 		var (
-			id   int64
-			n    int
-			m    events.Message
+			c    claimed
 			body string
 		)
-		if err := rows.Scan(&id, &m.ID, &m.Type, &m.RoutingKey, &body, &n); err != nil {
+		if err := rows.Scan(&c.id, &c.msg.ID, &c.msg.Type, &c.msg.RoutingKey, &body, &c.attempts); err != nil {
 			rows.Close()
 			return 0, fmt.Errorf("scan outbox row: %w", err)
 		}
-		m.Body = []byte(body)
-		ids, attempts, msgs = append(ids, id), append(attempts, n), append(msgs, m)
+		c.msg.Body = []byte(body)
+		batch = append(batch, c)
 	}
 	if err := rows.Err(); err != nil {
 		return 0, fmt.Errorf("claim outbox rows: %w", err)
 	}
-	if len(msgs) == 0 {
+	if len(batch) == 0 {
 		return 0, nil
 	}
+	slices.SortFunc(batch, func(a, b claimed) int { return cmp.Compare(a.id, b.id) })
+	ids := make([]int64, len(batch))
+	msgs := make([]events.Message, len(batch))
+	for i, c := range batch {
+		ids[i], msgs[i] = c.id, c.msg
+	}
 
-	results, pubErr := r.pub.Publish(ctx, msgs)
-	if errors.Is(pubErr, events.ErrNotConnected) {
-		return 0, pubErr
-	}
-	var done []int64
-	backoff := events.Backoff{Base: time.Second, Max: time.Minute}
+	pctx, cancelPub := context.WithTimeout(ctx, r.PublishTimeout)
+	results, pubErr := r.pub.Publish(pctx, msgs)
+	cancelPub()
+	mctx, cancelMark := context.WithTimeout(ctx, 30*time.Second)
+	defer cancelMark()
+	var (
+		done, failIDs, released []int64
+		failErrs                []string
+		failDelays              []float64
+		backoff                 = events.Backoff{Base: time.Second, Max: time.Minute}
+	)
 	for i, res := range results {
-		if res.Err == nil {
+		switch {
+		case res.Err == nil:
 			done = append(done, ids[i])
-			continue
+		case errors.Is(res.Err, events.ErrNotConnected):
+			// The broker is away or stalled: not the event's fault. The row
+			// is handed back at once, so it goes out as soon as the broker
+			// is back instead of after the lease.
+			released = append(released, ids[i])
+		default:
+			delay := backoff.Delay(batch[i].attempts)
+			failIDs, failErrs, failDelays = append(failIDs, ids[i]), append(failErrs, res.Err.Error()), append(failDelays, delay.Seconds())
+			r.log.Warn("event not published", "event_id", res.ID, "routing_key", msgs[i].RoutingKey, "err", res.Err, "retry_in", delay.String())
 		}
-		delay := backoff.Delay(attempts[i])
-		if _, err := tx.Exec(ctx, `
-			UPDATE outbox SET attempts = attempts + 1, last_error = $2,
-			       next_attempt_at = now() + make_interval(secs => $3)
-			WHERE id = $1`, ids[i], res.Err.Error(), delay.Seconds()); err != nil {
-			return 0, fmt.Errorf("record outbox failure: %w", err)
-		}
-		r.log.Warn("event not published", "event_id", res.ID, "routing_key", msgs[i].RoutingKey, "err", res.Err, "retry_in", delay.String())
 	}
+	// One round trip marks the batch: the confirmed rows published, the
+	// others due again after their backoff. If it fails, the rows stay
+	// leased and are published again after the lease; consumers drop the
+	// duplicates by event id.
+	b := &pgx.Batch{}
 	if len(done) > 0 {
-		if _, err := tx.Exec(ctx, `UPDATE outbox SET published_at = now() WHERE id = ANY($1)`, done); err != nil {
-			return 0, fmt.Errorf("mark published: %w", err)
-		}
+		b.Queue(`UPDATE outbox SET published_at = now() WHERE id = ANY($1)`, done)
 	}
-	if err := tx.Commit(ctx); err != nil {
-		// The broker has the messages but the rows stay unpublished: they will
-		// be sent again and consumers drop the duplicates by event id.
-		return 0, fmt.Errorf("commit published: %w", err)
+	if len(failIDs) > 0 {
+		b.Queue(`
+			UPDATE outbox o SET attempts = o.attempts + 1, last_error = f.err,
+			       next_attempt_at = now() + make_interval(secs => f.delay)
+			FROM unnest($1::bigint[], $2::text[], $3::float8[]) AS f(id, err, delay)
+			WHERE o.id = f.id`, failIDs, failErrs, failDelays)
+	}
+	if len(released) > 0 {
+		b.Queue(`UPDATE outbox SET next_attempt_at = now() WHERE id = ANY($1)`, released)
+	}
+	if err := r.pool.SendBatch(mctx, b).Close(); err != nil {
+		return 0, fmt.Errorf("mark published: %w", err)
+	}
+	if len(done) == 0 && errors.Is(pubErr, events.ErrNotConnected) {
+		return 0, pubErr
 	}
 	return len(msgs), pubErr
 }
 
-func (r *Relay) deletePublished(ctx context.Context) {
-	tag, err := r.pool.Exec(ctx, `DELETE FROM outbox WHERE published_at < now() - make_interval(secs => $1)`, r.Retention.Seconds())
-	if err != nil {
-		r.log.Warn("delete published outbox rows", "err", err)
+// cleanupBatch is the most rows one clean-up statement deletes: short
+// statements that never hold many locks, repeated until nothing is left.
+const cleanupBatch = 2000
+
+// cleanup deletes, every CleanupInterval, published outbox rows older than
+// Retention and inbox ids older than InboxRetention. It runs on its own
+// timer, so a relay that is always busy still cleans up.
+func (r *Relay) cleanup(ctx context.Context) {
+	interval := r.CleanupInterval
+	if interval <= 0 {
 		return
 	}
-	if tag.RowsAffected() > 0 {
-		r.log.Info("deleted published outbox rows", "rows", tag.RowsAffected())
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		r.Cleanup(ctx)
 	}
+}
+
+// Cleanup deletes what is past its retention once, in batches.
+func (r *Relay) Cleanup(ctx context.Context) {
+	deleted, err := deleteInBatches(ctx, r.pool, `
+		DELETE FROM outbox WHERE id IN (
+			SELECT id FROM outbox
+			WHERE published_at < now() - make_interval(secs => $1)
+			ORDER BY published_at LIMIT $2)`, r.Retention.Seconds())
+	if err != nil {
+		r.log.Warn("delete published outbox rows", "err", err)
+	} else if deleted > 0 {
+		r.log.Info("deleted published outbox rows", "rows", deleted)
+	}
+	if r.InboxRetention <= 0 {
+		return
+	}
+	deleted, err = deleteInBatches(ctx, r.pool, `
+		DELETE FROM inbox WHERE event_id IN (
+			SELECT event_id FROM inbox
+			WHERE handled_at < now() - make_interval(secs => $1)
+			ORDER BY handled_at LIMIT $2)`, r.InboxRetention.Seconds())
+	if err != nil {
+		r.log.Warn("delete old inbox ids", "err", err)
+	} else if deleted > 0 {
+		r.log.Info("deleted old inbox ids", "rows", deleted)
+	}
+}
+
+func deleteInBatches(ctx context.Context, pool *pgxpool.Pool, sql string, olderThan float64) (int64, error) {
+	var total int64
+	for ctx.Err() == nil {
+		tag, err := pool.Exec(ctx, sql, olderThan, cleanupBatch)
+		if err != nil {
+			return total, err
+		}
+		total += tag.RowsAffected()
+		if tag.RowsAffected() < cleanupBatch {
+			break
+		}
+	}
+	return total, nil
 }

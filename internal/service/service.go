@@ -128,6 +128,10 @@ func (b *Background) Start(ctx context.Context) {
 	consumerCtx, b.stopConsumer = context.WithCancel(bg)
 	b.brokerDone, b.relayDone, b.consumerDone = make(chan struct{}), make(chan struct{}), make(chan struct{})
 
+	// Every service declares the whole topology on every connect, before
+	// it publishes: whichever starts first, every event reaches every
+	// queue that will ever consume it.
+	b.Broker.Topology = events.Topology
 	if b.Relay != nil {
 		b.Broker.OnConnect(b.Relay.Wake)
 	}

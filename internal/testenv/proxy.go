@@ -1,7 +1,6 @@
 package testenv
 
 import (
-	"io"
 	"net"
 	"net/url"
 	"sync"
@@ -15,9 +14,10 @@ type Proxy struct {
 	target string
 	ln     net.Listener
 
-	mu    sync.Mutex
-	down  bool
-	conns map[net.Conn]struct{}
+	mu      sync.Mutex
+	down    bool
+	stalled chan struct{} // non-nil while stalled; closed by Resume
+	conns   map[net.Conn]struct{}
 }
 
 // NewProxy starts a proxy to target (host:port) and stops it when the test ends.
@@ -29,7 +29,7 @@ func NewProxy(tb testing.TB, target string) *Proxy {
 	}
 	p := &Proxy{target: target, ln: ln, conns: map[net.Conn]struct{}{}}
 	go p.accept()
-	tb.Cleanup(func() { ln.Close(); p.Cut() })
+	tb.Cleanup(func() { ln.Close(); p.Resume(); p.Cut() })
 	return p
 }
 
@@ -56,6 +56,53 @@ func (p *Proxy) Cut() {
 		c.Close()
 	}
 	clear(p.conns)
+}
+
+// Stall stops forwarding bytes in both directions while keeping every
+// connection open, as a hung broker or a black-holed network path: writes
+// still succeed into the socket buffers and nothing comes back. Resume
+// forwards again.
+func (p *Proxy) Stall() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.stalled == nil {
+		p.stalled = make(chan struct{})
+	}
+}
+
+// Resume ends a Stall.
+func (p *Proxy) Resume() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.stalled != nil {
+		close(p.stalled)
+		p.stalled = nil
+	}
+}
+
+// copy forwards src to dst, holding each chunk while the proxy is stalled.
+func (p *Proxy) copy(dst, src net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			for {
+				p.mu.Lock()
+				stalled := p.stalled
+				p.mu.Unlock()
+				if stalled == nil {
+					break
+				}
+				<-stalled
+			}
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
 }
 
 // Restore lets connections through again.
@@ -98,8 +145,8 @@ func (p *Proxy) serve(c net.Conn) {
 	p.conns[c], p.conns[u] = struct{}{}, struct{}{}
 	p.mu.Unlock()
 	done := make(chan struct{}, 2)
-	go func() { io.Copy(u, c); done <- struct{}{} }()
-	go func() { io.Copy(c, u); done <- struct{}{} }()
+	go func() { p.copy(u, c); done <- struct{}{} }()
+	go func() { p.copy(c, u); done <- struct{}{} }()
 	<-done
 	c.Close()
 	u.Close()

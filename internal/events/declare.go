@@ -1,0 +1,166 @@
+package events
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// CallTimeout bounds one AMQP call that takes no context (opening a
+// channel, declaring, confirm mode) and one batch of publishes with its
+// confirms when the caller's context has no earlier deadline.
+const CallTimeout = 10 * time.Second
+
+// bounded runs f, AMQP work on conn, and gives up when ctx's deadline or
+// CallTimeout passes first: amqp091-go checks a context only before it
+// writes and Channel() takes none, so a stalled socket would block f for as
+// long as the kernel keeps the connection. On timeout the connection is
+// closed (with a deadline already passed, so the close cannot block either),
+// which fails f and tells the broker's supervisor to dial again. When ctx
+// is cancelled without a deadline, bounded returns at once and leaves f to
+// finish on its own.
+func bounded(ctx context.Context, conn *amqp.Connection, f func() error) error {
+	done := make(chan error, 1)
+	go func() { done <- f() }()
+	deadline := time.Now().Add(CallTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
+	select {
+	case err := <-done:
+		return err
+	case <-timer.C:
+	case <-ctx.Done():
+		if _, ok := ctx.Deadline(); !ok {
+			return fmt.Errorf("%w: %w", ErrNotConnected, context.Cause(ctx))
+		}
+	}
+	_ = conn.CloseDeadline(time.Now())
+	select {
+	case <-done:
+	case <-time.After(time.Second):
+	}
+	return fmt.Errorf("%w: no answer from rabbitmq in time; connection closed", ErrNotConnected)
+}
+
+// openChannel opens a channel on conn within ctx's deadline or CallTimeout.
+func openChannel(ctx context.Context, conn *amqp.Connection) (*amqp.Channel, error) {
+	var ch *amqp.Channel
+	err := bounded(ctx, conn, func() error {
+		var err error
+		ch, err = conn.Channel()
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return ch, nil
+}
+
+// isPreconditionFailed reports whether err is RabbitMQ's PRECONDITION_FAILED
+// (406), e.g. a queue declared with other arguments than it exists with.
+func isPreconditionFailed(err error) bool {
+	var ae *amqp.Error
+	return errors.As(err, &ae) && ae.Code == amqp.PreconditionFailed
+}
+
+// Declare declares the exchange and, for each spec, the queue, its
+// bindings, its retry queues and its dead-letter queue, on the consuming
+// connection. It is idempotent and safe to call from every service at once.
+//
+// A main queue is declared as a quorum queue. Where it exists already as a
+// classic queue (made by an earlier version), RabbitMQ refuses the new type
+// with PRECONDITION_FAILED: that queue is then used as it is, with a
+// warning saying how to migrate it, so an upgrade never stops a service.
+func (b *Broker) Declare(ctx context.Context, specs ...QueueSpec) error {
+	b.mu.Lock()
+	conn := b.conn
+	b.mu.Unlock()
+	if conn == nil {
+		return ErrNotConnected
+	}
+	return b.declareOn(ctx, conn, specs)
+}
+
+func (b *Broker) declareOn(ctx context.Context, conn *amqp.Connection, specs []QueueSpec) error {
+	ch, err := openChannel(ctx, conn)
+	if err != nil {
+		return fmt.Errorf("declare: %w", err)
+	}
+	defer func() { _ = bounded(ctx, conn, ch.Close) }()
+	for _, spec := range specs {
+		err := bounded(ctx, conn, func() error { return declareQueue(ch, spec, false) })
+		if isPreconditionFailed(err) {
+			// The channel is closed by the refusal: declare the queue as
+			// it is (classic, no arguments) on a fresh one.
+			b.warnClassic(spec.Name)
+			if ch, err = openChannel(ctx, conn); err != nil {
+				return fmt.Errorf("declare: %w", err)
+			}
+			err = bounded(ctx, conn, func() error { return declareQueue(ch, spec, true) })
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (b *Broker) warnClassic(queue string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.classic == nil {
+		b.classic = map[string]bool{}
+	}
+	if !b.classic[queue] {
+		b.classic[queue] = true
+		b.log.Warn("queue exists as a classic queue; using it as it is. To make it a quorum queue, stop its consumers, let it drain and delete it (rabbitmqctl delete_queue "+queue+"); the next start declares it anew",
+			"queue", queue)
+	}
+}
+
+// declareQueue declares one consumer queue and what belongs to it on ch.
+// classic declares the main queue as an existing classic queue.
+func declareQueue(ch *amqp.Channel, spec QueueSpec, classic bool) error {
+	if err := DeclareExchange(ch); err != nil {
+		return fmt.Errorf("declare exchange: %w", err)
+	}
+	var args amqp.Table
+	if !classic {
+		args = MainQueueArgs(spec.Name)
+	}
+	if _, err := ch.QueueDeclare(spec.Name, true, false, false, false, args); err != nil {
+		return fmt.Errorf("declare queue %s: %w", spec.Name, err)
+	}
+	for _, key := range spec.Bindings {
+		if err := ch.QueueBind(spec.Name, key, Exchange, false, nil); err != nil {
+			return fmt.Errorf("bind %s to %s: %w", spec.Name, key, err)
+		}
+	}
+	// Expired retries go back to the main queue through the default exchange.
+	for retry := 1; retry <= RetryLevels; retry++ {
+		if _, err := ch.QueueDeclare(RetryQueue(spec.Name, retry), true, false, false, false, RetryQueueArgs(spec.Name)); err != nil {
+			return fmt.Errorf("declare retry queue: %w", err)
+		}
+	}
+	if _, err := ch.QueueDeclare(DeadLetterQueue(spec.Name), true, false, false, false, nil); err != nil {
+		return fmt.Errorf("declare dead-letter queue: %w", err)
+	}
+	return nil
+}
+
+// DeclareAll declares the exchange and the whole topology on ch as the
+// services do at start (for tools and tests that hold a bare channel).
+func DeclareAll(ch *amqp.Channel) error {
+	for _, spec := range Topology {
+		if err := declareQueue(ch, spec, false); err != nil {
+			return err
+		}
+	}
+	return nil
+}
