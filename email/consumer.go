@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/checkout-demo/checkout/internal/backoff"
+
 	"context"
 	"encoding/json"
 	"errors"
@@ -191,7 +193,7 @@ func announce(ctx context.Context, pub *events.Batcher, ev events.Event) error {
 	if err != nil {
 		return events.Permanent(err)
 	}
-	backoff := events.Backoff{Base: 100 * time.Millisecond, Max: 2 * time.Second}
+	bo := backoff.Backoff{Base: 100 * time.Millisecond, Max: 2 * time.Second}
 	for attempt := 0; ; attempt++ {
 		err := pub.Publish(ctx, m)
 		if err == nil {
@@ -200,7 +202,7 @@ func announce(ctx context.Context, pub *events.Batcher, ev events.Event) error {
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("announce %s: %w", m.Type, err)
-		case <-time.After(backoff.Delay(attempt)):
+		case <-time.After(bo.Delay(attempt)):
 		}
 	}
 }

@@ -17,16 +17,16 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/checkout-demo/checkout/internal/events"
-	"github.com/checkout-demo/checkout/internal/service"
 	"github.com/checkout-demo/checkout/internal/web"
+	"github.com/checkout-demo/checkout/internal/worker"
 )
 
 func main() {
 	var cfg Config
-	service.Main("email", &cfg,
+	web.Main("email", &cfg,
 		func(ctx context.Context) error { return run(ctx, cfg, os.Stdout, nil) },
-		func() []service.Command {
-			return []service.Command{service.Healthcheck(cfg.Port), service.DeadLetters(cfg.AMQPURL, Queue)}
+		func() []web.Command {
+			return []web.Command{web.HealthcheckCommand(cfg.Port), worker.DeadLetters(cfg.AMQPURL, Queue)}
 		})
 }
 
@@ -63,8 +63,8 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 		RetryBase: cfg.RetryBase, RetryMax: cfg.RetryMax, HandlerTimeout: cfg.HandlerTimeout,
 		Unavailable: unavailable,
 	}, h.handle, log)
-	bg := &service.Background{Log: log, Broker: broker, Consumer: consumer}
-	bg.Start(ctx)
+	bg := &worker.Background{Log: log, Broker: broker, Consumer: consumer}
+	ctx = bg.Start(ctx)
 	defer bg.Stop()
 
 	smtpAddr := net.JoinHostPort(cfg.SMTPHost, fmt.Sprint(cfg.SMTPPort))
@@ -86,10 +86,10 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 		Stopping: stopping.Load,
 	}
 	r := chi.NewRouter()
-	r.Method(http.MethodGet, "/", web.HandleAbout("email", r, nil))
+	r.Method(http.MethodGet, "/", worker.HandleAbout("email", r))
 	r.Method(http.MethodGet, "/health", health.HandleHealth())
 	r.Method(http.MethodGet, "/livez", health.HandleLivez())
 	r.Method(http.MethodGet, "/readyz", health.HandleReadyz())
-	return service.Serve(ctx, log, net.JoinHostPort(cfg.ListenHost, cfg.Port), web.Middleware(log, r), cfg.ShutdownTimeout, &stopping, listening,
-		"smtp", smtpAddr, "email_delay", cfg.EmailDelay.String(), "smtp_sessions", cfg.SMTPSessions)
+	return bg.Result(web.ListenAndServe(ctx, log, net.JoinHostPort(cfg.ListenHost, cfg.Port), web.Middleware(log, r), cfg.ShutdownTimeout, &stopping, listening,
+		"smtp", smtpAddr, "email_delay", cfg.EmailDelay.String(), "smtp_sessions", cfg.SMTPSessions))
 }

@@ -10,16 +10,15 @@ import (
 	"os"
 	"sync/atomic"
 
-	"github.com/checkout-demo/checkout/internal/service"
 	"github.com/checkout-demo/checkout/internal/web"
 )
 
 func main() {
 	var cfg Config
-	service.Main("gateway", &cfg,
+	web.Main("gateway", &cfg,
 		func(ctx context.Context) error { return run(ctx, cfg, os.Stdout, nil) },
-		func() []service.Command {
-			return []service.Command{service.Healthcheck(cfg.Port), {Name: "token", Run: tokenCommand(cfg, os.Stdout)}}
+		func() []web.Command {
+			return []web.Command{web.HealthcheckCommand(cfg.Port), {Name: "token", Run: tokenCommand(cfg, os.Stdout)}}
 		})
 }
 
@@ -47,7 +46,7 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 		}},
 		Stopping: stopping.Load,
 	}
-	err = service.Serve(ctx, log, net.JoinHostPort(cfg.ListenHost, cfg.Port), NewServer(log, cfg, client, health, auth), cfg.ShutdownTimeout, &stopping, listening,
+	err = web.ListenAndServe(ctx, log, net.JoinHostPort(cfg.ListenHost, cfg.Port), NewServer(log, cfg, client, health, auth), cfg.ShutdownTimeout, &stopping, listening,
 		"order_service", cfg.OrderServiceURL)
 	log.Info("stopped")
 	return err

@@ -11,7 +11,7 @@ import (
 
 func addRoutes(r chi.Router, log *slog.Logger, cfg Config, client *http.Client, health web.Health, auth *authenticator) {
 	orders := newOrderClient(log, cfg, client)
-	r.Method(http.MethodGet, "/", web.HandleAbout("gateway", r, web.SystemLinks))
+	r.Method(http.MethodGet, "/", web.HandleAbout("gateway", r, web.SystemLinks, nil, nil))
 	// Probes are not limited: the orchestrator asks them from one address.
 	r.Group(func(r chi.Router) {
 		r.Use(guard(log, cfg, auth, newLimiter(cfg.RateLimitRPS, cfg.RateLimitBurst, maxClients)))

@@ -15,17 +15,17 @@ import (
 	"github.com/checkout-demo/checkout/internal/events"
 	"github.com/checkout-demo/checkout/internal/outbox"
 	"github.com/checkout-demo/checkout/internal/postgres"
-	"github.com/checkout-demo/checkout/internal/service"
 	"github.com/checkout-demo/checkout/internal/web"
+	"github.com/checkout-demo/checkout/internal/worker"
 	"github.com/checkout-demo/checkout/order/migrations"
 )
 
 func main() {
 	var cfg Config
-	service.Main("order", &cfg,
+	web.Main("order", &cfg,
 		func(ctx context.Context) error { return run(ctx, cfg, os.Stdout, nil) },
-		func() []service.Command {
-			return []service.Command{service.Healthcheck(cfg.Port), service.DeadLetters(cfg.AMQPURL, SagaQueue)}
+		func() []web.Command {
+			return []web.Command{web.HealthcheckCommand(cfg.Port), worker.DeadLetters(cfg.AMQPURL, SagaQueue)}
 		})
 }
 
@@ -62,9 +62,9 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 		Unavailable: postgres.IsTransient,
 	}, handleSagaEvent(log, store), log)
 
-	bg := &service.Background{Log: log, Broker: broker, DB: db, Migrations: migrations.FS,
+	bg := &worker.Background{Log: log, Broker: broker, DB: db, Migrations: migrations.FS,
 		Relay: relay, Consumer: consumer, FlushTimeout: cfg.ShutdownTimeout}
-	bg.Start(ctx)
+	ctx = bg.Start(ctx)
 	defer bg.Stop()
 
 	if cfg.PaymentTimeout <= 0 {
@@ -93,5 +93,5 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 		Extra:    map[string]web.Check{"rabbitmq": broker.Check, "consumer": consumer.Check},
 		Stopping: stopping.Load,
 	}
-	return service.Serve(ctx, log, net.JoinHostPort(cfg.ListenHost, cfg.Port), NewServer(log, store, relay, health), cfg.ShutdownTimeout, &stopping, listening)
+	return bg.Result(web.ListenAndServe(ctx, log, net.JoinHostPort(cfg.ListenHost, cfg.Port), NewServer(log, store, relay, health), cfg.ShutdownTimeout, &stopping, listening))
 }

@@ -15,8 +15,8 @@ import (
 	"github.com/checkout-demo/checkout/internal/money"
 	"github.com/checkout-demo/checkout/internal/outbox"
 	"github.com/checkout-demo/checkout/internal/postgres"
-	"github.com/checkout-demo/checkout/internal/service"
 	"github.com/checkout-demo/checkout/internal/web"
+	"github.com/checkout-demo/checkout/internal/worker"
 	"github.com/checkout-demo/checkout/payment/migrations"
 )
 
@@ -26,10 +26,10 @@ const Queue = "payment.order-created"
 
 func main() {
 	var cfg Config
-	service.Main("payment", &cfg,
+	web.Main("payment", &cfg,
 		func(ctx context.Context) error { return run(ctx, cfg, os.Stdout, nil) },
-		func() []service.Command {
-			return []service.Command{service.Healthcheck(cfg.Port), service.DeadLetters(cfg.AMQPURL, Queue)}
+		func() []web.Command {
+			return []web.Command{web.HealthcheckCommand(cfg.Port), worker.DeadLetters(cfg.AMQPURL, Queue)}
 		})
 }
 
@@ -68,9 +68,9 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 		Unavailable: postgres.IsTransient,
 	}, c.handle, log)
 
-	bg := &service.Background{Log: log, Broker: broker, DB: db, Migrations: migrations.FS,
+	bg := &worker.Background{Log: log, Broker: broker, DB: db, Migrations: migrations.FS,
 		Relay: relay, Consumer: consumer, FlushTimeout: cfg.ShutdownTimeout}
-	bg.Start(ctx)
+	ctx = bg.Start(ctx)
 	defer bg.Stop()
 
 	// The reconciler finishes the charges a crash or a failing database
@@ -96,6 +96,6 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 		Ready:    map[string]web.Check{"postgres": db.Ping, "rabbitmq": broker.Check, "consumer": consumer.Check},
 		Stopping: stopping.Load,
 	}
-	return service.Serve(ctx, log, net.JoinHostPort(cfg.ListenHost, cfg.Port), NewServer(log, store, health), cfg.ShutdownTimeout, &stopping, listening,
-		"payment_delay", cfg.PaymentDelay.String(), "max_amount", maxAmount.String(), "failure_rate", cfg.PaymentFailureRate)
+	return bg.Result(web.ListenAndServe(ctx, log, net.JoinHostPort(cfg.ListenHost, cfg.Port), NewServer(log, store, health), cfg.ShutdownTimeout, &stopping, listening,
+		"payment_delay", cfg.PaymentDelay.String(), "max_amount", maxAmount.String(), "failure_rate", cfg.PaymentFailureRate))
 }

@@ -7,10 +7,11 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/checkout-demo/checkout/internal/web"
+	"github.com/checkout-demo/checkout/internal/worker"
 )
 
 func addRoutes(r chi.Router, log *slog.Logger, store *Store, health web.Health) {
-	r.Method(http.MethodGet, "/", web.HandleAbout("payment", r, nil))
+	r.Method(http.MethodGet, "/", worker.HandleAbout("payment", r))
 	r.Method(http.MethodGet, "/payments/{orderID}", handleGetPayment(log, store))
 	r.Method(http.MethodGet, "/health", health.HandleHealth())
 	r.Method(http.MethodGet, "/livez", health.HandleLivez())

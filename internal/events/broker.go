@@ -1,11 +1,12 @@
 package events
 
 import (
+	"github.com/checkout-demo/checkout/internal/backoff"
+
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -70,7 +71,7 @@ func (b *Broker) OnConnect(f func()) {
 // Run connects and keeps the connections alive until ctx is done, then
 // closes them.
 func (b *Broker) Run(ctx context.Context) {
-	backoff := Backoff{Base: 200 * time.Millisecond, Max: 5 * time.Second}
+	bo := backoff.Backoff{Base: 200 * time.Millisecond, Max: 5 * time.Second}
 	for attempt := 0; ; attempt++ {
 		conn, err := b.dial("consume")
 		var pubConn *amqp.Connection
@@ -90,7 +91,7 @@ func (b *Broker) Run(ctx context.Context) {
 			cancel()
 		}
 		if err != nil {
-			d := backoff.Delay(attempt)
+			d := bo.Delay(attempt)
 			b.log.Warn("rabbitmq unavailable, retrying", "err", err, "retry_in", d.String())
 			select {
 			case <-ctx.Done():
@@ -250,26 +251,6 @@ func (b *Broker) channel(ctx context.Context, publish bool) (*amqp.Channel, erro
 		case <-connected:
 		}
 	}
-}
-
-// Backoff is exponential backoff with full jitter.
-type Backoff struct {
-	Base, Max time.Duration
-}
-
-// Delay returns the wait before retry number attempt (0 for the first retry):
-// a random duration in [d/2, d] where d = Base*2^attempt, capped at Max.
-func (bo Backoff) Delay(attempt int) time.Duration {
-	d := bo.Base
-	for i := 0; i < attempt && d < bo.Max; i++ {
-		d *= 2
-	}
-	d = min(d, bo.Max)
-	if d <= 0 {
-		return 0
-	}
-	half := d / 2
-	return half + rand.N(d-half+1)
 }
 
 // Blocked returns why RabbitMQ blocks this service's publishing (a memory

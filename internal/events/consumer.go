@@ -1,6 +1,8 @@
 package events
 
 import (
+	"github.com/checkout-demo/checkout/internal/backoff"
+
 	"context"
 	"errors"
 	"fmt"
@@ -148,7 +150,7 @@ func (c *Consumer) Run(ctx context.Context) {
 	var inflight sync.WaitGroup
 	// Handlers get HandlerTimeout, and moving a failed message 10 s more.
 	defer waitTimeout(&inflight, c.cfg.HandlerTimeout+10*time.Second)
-	backoff := Backoff{Base: 200 * time.Millisecond, Max: 5 * time.Second}
+	bo := backoff.Backoff{Base: 200 * time.Millisecond, Max: 5 * time.Second}
 	for attempt := 0; ctx.Err() == nil; attempt++ {
 		start := time.Now()
 		err := c.consume(ctx, sem, &inflight)
@@ -156,7 +158,7 @@ func (c *Consumer) Run(ctx context.Context) {
 			return
 		}
 		attempt = resumeAttempt(attempt, time.Since(start))
-		d := backoff.Delay(attempt)
+		d := bo.Delay(attempt)
 		if err != nil {
 			c.log.Warn("consumer stopped, resuming", "err", err, "retry_in", d.String())
 		}
@@ -319,7 +321,7 @@ func (c *Consumer) handle(ctx, chCtx context.Context, r *republisher, acks *acke
 	dlq := DeadLetterQueue(c.cfg.Queue)
 	mv := move{reason: err.Error(), attempts: d.Attempt, unavailable: headerInt(d.Headers, HeaderUnavailable)}
 	unavailable := c.unavailable(err) && !timedOut
-	backoff := Backoff{Base: c.cfg.RetryBase, Max: c.cfg.RetryMax}
+	bo := backoff.Backoff{Base: c.cfg.RetryBase, Max: c.cfg.RetryMax}
 	switch {
 	case IsPermanent(err) || (d.Attempt >= c.cfg.MaxAttempts && !unavailable):
 		mv.queue = dlq
@@ -328,11 +330,11 @@ func (c *Consumer) handle(ctx, chCtx context.Context, r *republisher, acks *acke
 		// Not the message's fault: try again later without using up an attempt.
 		mv.attempts, mv.unavailable = d.Attempt-1, mv.unavailable+1
 		mv.queue = RetryQueue(c.cfg.Queue, min(mv.unavailable, RetryLevels))
-		mv.delay = backoff.Delay(mv.unavailable - 1)
+		mv.delay = bo.Delay(mv.unavailable - 1)
 		log.Warn("dependency unavailable, retrying", "err", err, "retry_in", mv.delay.String())
 	default:
 		mv.queue = RetryQueue(c.cfg.Queue, min(d.Attempt, RetryLevels))
-		mv.delay = backoff.Delay(d.Attempt - 1)
+		mv.delay = bo.Delay(d.Attempt - 1)
 		log.Warn("handler failed, retrying", "err", err, "retry_in", mv.delay.String())
 	}
 	pctx, cancelPub := context.WithTimeout(context.WithoutCancel(ctx), CallTimeout)

@@ -23,6 +23,8 @@
 package outbox
 
 import (
+	"github.com/checkout-demo/checkout/internal/backoff"
+
 	"cmp"
 	"context"
 	"errors"
@@ -241,7 +243,7 @@ func (r *Relay) publishBatch(ctx context.Context) (int, error) {
 		done, failIDs, released []int64
 		failErrs                []string
 		failDelays              []float64
-		backoff                 = events.Backoff{Base: time.Second, Max: time.Minute}
+		bo                      = backoff.Backoff{Base: time.Second, Max: time.Minute}
 	)
 	for i, res := range results {
 		switch {
@@ -253,7 +255,7 @@ func (r *Relay) publishBatch(ctx context.Context) (int, error) {
 			// is back instead of after the lease.
 			released = append(released, ids[i])
 		default:
-			delay := backoff.Delay(batch[i].attempts)
+			delay := bo.Delay(batch[i].attempts)
 			failIDs, failErrs, failDelays = append(failIDs, ids[i]), append(failErrs, res.Err.Error()), append(failDelays, delay.Seconds())
 			r.log.Warn("event not published", "event_id", res.ID, "routing_key", msgs[i].RoutingKey, "err", res.Err, "retry_in", delay.String())
 		}

@@ -6,6 +6,8 @@
 package postgres
 
 import (
+	"github.com/checkout-demo/checkout/internal/backoff"
+
 	"context"
 	"errors"
 	"fmt"
@@ -26,7 +28,6 @@ import (
 	"github.com/pressly/goose/v3"
 	"github.com/pressly/goose/v3/lock"
 
-	"github.com/checkout-demo/checkout/internal/events"
 	"github.com/checkout-demo/checkout/internal/telemetry"
 )
 
@@ -89,9 +90,12 @@ func (db *DB) Ping(ctx context.Context) error {
 }
 
 // Prepare creates the database if it is missing and applies migrations,
-// retrying with backoff until it succeeds or ctx is done.
+// retrying with backoff while the database is away, until it succeeds or
+// ctx is done. An error the server gives that will not heal by waiting (a
+// migration that does not apply, a role without the rights it needs) is
+// returned at once: retrying it forever would look like an outage.
 func (db *DB) Prepare(ctx context.Context, migrations fs.FS, log *slog.Logger) error {
-	backoff := events.Backoff{Base: 200 * time.Millisecond, Max: 5 * time.Second}
+	bo := backoff.Backoff{Base: 200 * time.Millisecond, Max: 5 * time.Second}
 	for attempt := 0; ; attempt++ {
 		err := db.prepare(ctx, migrations)
 		if err == nil {
@@ -100,7 +104,11 @@ func (db *DB) Prepare(ctx context.Context, migrations fs.FS, log *slog.Logger) e
 			log.Info("database ready", "database", db.Pool.Config().ConnConfig.Database)
 			return nil
 		}
-		d := backoff.Delay(attempt)
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && !IsTransient(err) {
+			return fmt.Errorf("prepare database %s: %w", db.Pool.Config().ConnConfig.Database, err)
+		}
+		d := bo.Delay(attempt)
 		log.Warn("database not ready, retrying", "err", err, "retry_in", d.String())
 		select {
 		case <-ctx.Done():

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"testing"
+	"testing/fstest"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -102,5 +104,25 @@ func TestInTxRetriesOnlyWhatNeverReachedTheServer(t *testing.T) {
 	})
 	if err == nil || calls != 1 {
 		t.Fatalf("InTx: err %v after %d calls, want a failure after 1", err, calls)
+	}
+}
+
+// A migration that does not apply is not an outage: Prepare says so at
+// once instead of retrying until its context ends.
+func TestPrepareFailsFastOnABrokenMigration(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	db, err := Open(testenv.Database(t), 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(db.Close)
+	migrations := fstest.MapFS{"00001_broken.sql": {Data: []byte("-- +goose Up\nCREATE TABLE t (id bigint PRIMARY KEY;\n")}}
+	err = db.Prepare(ctx, migrations, slog.New(slog.DiscardHandler))
+	if err == nil || ctx.Err() != nil {
+		t.Fatalf("Prepare = %v (context: %v), want the migration's error before the deadline", err, ctx.Err())
+	}
+	if db.Ready() {
+		t.Fatal("the database counts as ready")
 	}
 }

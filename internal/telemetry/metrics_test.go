@@ -15,6 +15,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/checkout-demo/checkout/internal/telemetry"
+	"github.com/checkout-demo/checkout/internal/telemetry/amqptel"
 	"github.com/checkout-demo/checkout/internal/testenv"
 )
 
@@ -166,7 +167,7 @@ func TestQueueDepths(t *testing.T) {
 	defer conn.Close()
 	m := telemetry.NewMetrics()
 	m.RegisterQueueDepths([]string{"missing.dlq", "payment.order-created.dlq"},
-		telemetry.QueueDepth(func(context.Context) (*amqp.Channel, error) { return conn.Channel() }))
+		amqptel.QueueDepth(func(context.Context) (*amqp.Channel, error) { return conn.Channel() }))
 	text := scrape(t, m)
 	if !strings.Contains(text, `checkout_queue_messages{queue="payment.order-created.dlq"} 3`+"\n") {
 		t.Errorf("want 3 messages in the dlq:\n%s", grep(text, "queue_messages"))

@@ -20,6 +20,7 @@ import (
 	"sync/atomic"
 
 	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
 	"go.opentelemetry.io/otel/propagation"
@@ -135,7 +136,17 @@ func exporterFromEnv(ctx context.Context) (sdktrace.SpanExporter, error) {
 	return exp, nil
 }
 
-func tracer() trace.Tracer { return otel.GetTracerProvider().Tracer(Scope) }
+// Tracer is the project's tracer (of the global provider Setup installs).
+func Tracer() trace.Tracer { return otel.GetTracerProvider().Tracer(Scope) }
+
+// EndSpan records err on span (when not nil) and ends it.
+func EndSpan(span trace.Span, err error) {
+	if err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+	}
+	span.End()
+}
 
 // TraceID returns the trace id of the span in ctx as 32 hex digits, or ""
 // when ctx carries none.

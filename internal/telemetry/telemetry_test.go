@@ -24,15 +24,7 @@ func clearOTEL(t *testing.T) {
 // memory installs an in-memory exporter as the global provider for the
 // test and returns it.
 func memory(t *testing.T, service string) *tracetest.InMemoryExporter {
-	t.Helper()
-	prev := otel.GetTracerProvider()
-	exp := tracetest.NewInMemoryExporter()
-	shutdown := telemetry.SetupForTest(service, exp)
-	t.Cleanup(func() {
-		_ = shutdown(context.Background())
-		otel.SetTracerProvider(prev)
-	})
-	return exp
+	return telemetrytest.Memory(t, service)
 }
 
 func TestSetup(t *testing.T) {

@@ -8,8 +8,6 @@ import (
 	"strings"
 
 	"github.com/go-chi/chi/v5"
-
-	"github.com/checkout-demo/checkout/internal/events"
 )
 
 // About is what GET / answers: which service this is, its version, the
@@ -31,23 +29,11 @@ type Consumed struct {
 }
 
 // HandleAbout answers GET / for service. Its endpoints are read from
-// routes (the service's router) and its events from events.Topology by the
-// contract's naming: a service's queues are named "<service>.…" and the
-// routing keys it publishes "<service>.<aggregate>.<what happened>". links,
-// when not nil, gives the system's links for the request (the gateway's).
-func HandleAbout(service string, routes chi.Routes, links func(*http.Request) map[string]string) http.Handler {
-	about := About{Service: service, Version: version()}
-	for _, q := range events.Topology {
-		if strings.HasPrefix(q.Name, service+".") {
-			about.Consumes = append(about.Consumes, Consumed{Queue: q.Name, RoutingKeys: q.Bindings})
-		}
-		for _, key := range q.Bindings {
-			if strings.HasPrefix(key, service+".") && !slices.Contains(about.Publishes, key) {
-				about.Publishes = append(about.Publishes, key)
-			}
-		}
-	}
-	slices.Sort(about.Publishes)
+// routes (the service's router); what it consumes and publishes is the
+// caller's (worker.HandleAbout reads it from the contract). links, when not
+// nil, gives the system's links for the request (the gateway's).
+func HandleAbout(service string, routes chi.Routes, links func(*http.Request) map[string]string, consumes []Consumed, publishes []string) http.Handler {
+	about := About{Service: service, Version: version(), Consumes: consumes, Publishes: publishes}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		a := about
 		_ = chi.Walk(routes, func(method, route string, _ http.Handler, _ ...func(http.Handler) http.Handler) error {

@@ -8,14 +8,12 @@ import (
 	"testing"
 
 	"github.com/go-chi/chi/v5"
-
-	"github.com/checkout-demo/checkout/internal/events"
 )
 
 func about(t *testing.T, service string, links func(*http.Request) map[string]string, host string) About {
 	t.Helper()
 	r := chi.NewRouter()
-	r.Method(http.MethodGet, "/", HandleAbout(service, r, links))
+	r.Method(http.MethodGet, "/", HandleAbout(service, r, links, []Consumed{{Queue: "q", RoutingKeys: []string{"a.b.c"}}}, []string{"x.y.z"}))
 	r.Method(http.MethodGet, "/things/{id}", http.NotFoundHandler())
 	r.Method(http.MethodPost, "/things", http.NotFoundHandler())
 	req := httptest.NewRequest(http.MethodGet, "/", nil)
@@ -40,21 +38,15 @@ func TestAbout(t *testing.T) {
 	if want := []string{"GET /", "GET /things/{id}", "POST /things"}; !slices.Equal(a.Endpoints, want) {
 		t.Errorf("endpoints %v, want %v", a.Endpoints, want)
 	}
-	if len(a.Consumes) != 1 || a.Consumes[0].Queue != events.QueuePayment ||
-		!slices.Equal(a.Consumes[0].RoutingKeys, events.QueueBindings(events.QueuePayment)) {
-		t.Errorf("consumes %+v, want %s with its bindings", a.Consumes, events.QueuePayment)
-	}
-	if want := []string{events.RoutePaymentFailed, events.RoutePaymentProcessed, events.RoutePaymentRefunded}; !slices.Equal(a.Publishes, want) {
-		t.Errorf("publishes %v, want %v", a.Publishes, want)
+	if len(a.Consumes) != 1 || a.Consumes[0].Queue != "q" || !slices.Equal(a.Consumes[0].RoutingKeys, []string{"a.b.c"}) ||
+		!slices.Equal(a.Publishes, []string{"x.y.z"}) {
+		t.Errorf("consumes %+v, publishes %v: not what the service said", a.Consumes, a.Publishes)
 	}
 	if a.Links != nil {
 		t.Errorf("links %v on a service", a.Links)
 	}
 
 	g := about(t, "gateway", SystemLinks, "shop.local:9000")
-	if len(g.Consumes) != 0 || len(g.Publishes) != 0 {
-		t.Errorf("the gateway consumes %v, publishes %v", g.Consumes, g.Publishes)
-	}
 	if g.Links["inbox"] != "http://shop.local:8026/" || g.Links["rabbitmq_management"] != "http://shop.local:15672/" {
 		t.Errorf("links %v, want the inbox and management UI on the request's host", g.Links)
 	}

@@ -1,4 +1,8 @@
-package telemetry
+// Package amqptel carries trace context across RabbitMQ: a propagation
+// carrier over amqp.Table and the publish, consume and replay spans. It is
+// apart from telemetry so that a binary without a broker (the gateway)
+// does not link amqp091.
+package amqptel
 
 import (
 	"context"
@@ -6,9 +10,10 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/codes"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/checkout-demo/checkout/internal/telemetry"
 )
 
 // HeaderCarrier lets the propagator read and write trace context in AMQP
@@ -67,7 +72,7 @@ func StartPublish(ctx context.Context, exchange, routingKey string, msg *amqp.Pu
 	if dest == "" {
 		dest = routingKey
 	}
-	ctx, span := tracer().Start(ctx, "publish "+dest,
+	ctx, span := telemetry.Tracer().Start(ctx, "publish "+dest,
 		trace.WithSpanKind(trace.SpanKindProducer),
 		trace.WithAttributes(
 			semconv.MessagingSystemRabbitMQ,
@@ -103,7 +108,7 @@ func StartConsume(ctx context.Context, queue string, d *amqp.Delivery) (context.
 	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
 		opts = append(opts, trace.WithLinks(trace.Link{SpanContext: sc}))
 	}
-	return tracer().Start(ctx, "process "+queue, opts...)
+	return telemetry.Tracer().Start(ctx, "process "+queue, opts...)
 }
 
 // StartReplay starts a new trace for a dead letter that is put back on its
@@ -125,7 +130,7 @@ func StartReplay(ctx context.Context, queue string, headers amqp.Table) (context
 	if old.IsValid() {
 		opts = append(opts, trace.WithLinks(trace.Link{SpanContext: old, Attributes: []attribute.KeyValue{attribute.String("checkout.link", "dead_letter")}}))
 	}
-	ctx, span := tracer().Start(ctx, "replay "+queue, opts...)
+	ctx, span := telemetry.Tracer().Start(ctx, "replay "+queue, opts...)
 	if headers == nil {
 		headers = amqp.Table{}
 	}
@@ -133,15 +138,6 @@ func StartReplay(ctx context.Context, queue string, headers amqp.Table) (context
 		delete(headers, k)
 	}
 	return ctx, span, Inject(ctx, headers)
-}
-
-// EndSpan records err on span (when not nil) and ends it.
-func EndSpan(span trace.Span, err error) {
-	if err != nil {
-		span.RecordError(err)
-		span.SetStatus(codes.Error, err.Error())
-	}
-	span.End()
 }
 
 // QueueDepth returns a depth function for RegisterQueueDepths: it opens a

@@ -1,4 +1,4 @@
-package telemetry_test
+package amqptel_test
 
 import (
 	"context"
@@ -11,6 +11,8 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/checkout-demo/checkout/internal/telemetry"
+	"github.com/checkout-demo/checkout/internal/telemetry/amqptel"
+	"github.com/checkout-demo/checkout/internal/telemetry/telemetrytest"
 	"github.com/checkout-demo/checkout/internal/testenv"
 )
 
@@ -29,7 +31,7 @@ func spanNamed(t *testing.T, exp *tracetest.InMemoryExporter, name string) trace
 // span continues the producer's trace, a retry keeps it, and a replayed
 // dead letter starts a new trace linked to the old one.
 func TestAMQPTrace(t *testing.T) {
-	exp := memory(t, "order")
+	exp := telemetrytest.Memory(t, "order")
 	ch := testenv.Channel(t, testenv.VHost(t))
 	q, err := ch.QueueDeclare("payment.order-created", false, true, false, false, nil)
 	if err != nil {
@@ -41,7 +43,7 @@ func TestAMQPTrace(t *testing.T) {
 	}
 	send := func(ctx context.Context, name string, msg amqp.Publishing) {
 		t.Helper()
-		ctx, span := telemetry.StartPublish(ctx, "", q.Name, &msg)
+		ctx, span := amqptel.StartPublish(ctx, "", q.Name, &msg)
 		span.SetName(name)
 		err := ch.PublishWithContext(ctx, "", q.Name, false, false, msg)
 		telemetry.EndSpan(span, err)
@@ -65,7 +67,7 @@ func TestAMQPTrace(t *testing.T) {
 	insert.End()
 	send(root, "publish 1", amqp.Publishing{MessageId: "ev-1", Headers: amqp.Table{"x-attempt": int32(1)}})
 	d := receive()
-	ctx, handle := telemetry.StartConsume(context.Background(), q.Name, &d)
+	ctx, handle := amqptel.StartConsume(context.Background(), q.Name, &d)
 	handle.End()
 	publish := spanNamed(t, exp, "publish 1")
 	consume := spanNamed(t, exp, "process "+q.Name)
@@ -85,14 +87,14 @@ func TestAMQPTrace(t *testing.T) {
 	// A retry is published from inside the failed handling: same trace.
 	send(ctx, "publish retry", amqp.Publishing{MessageId: "ev-1", Headers: d.Headers})
 	retried := receive()
-	_, again := telemetry.StartConsume(context.Background(), q.Name, &retried)
+	_, again := amqptel.StartConsume(context.Background(), q.Name, &retried)
 	again.End()
 	if again.SpanContext().TraceID() != insert.SpanContext().TraceID() {
 		t.Error("the retried delivery left the trace")
 	}
 
 	// A dead letter replayed: a new trace, linked to the one it failed in.
-	rctx, replay, headers := telemetry.StartReplay(context.Background(), q.Name, retried.Headers)
+	rctx, replay, headers := amqptel.StartReplay(context.Background(), q.Name, retried.Headers)
 	err = ch.PublishWithContext(rctx, "", q.Name, false, false, amqp.Publishing{MessageId: "ev-1", Headers: headers})
 	telemetry.EndSpan(replay, err)
 	if err != nil {
@@ -102,7 +104,7 @@ func TestAMQPTrace(t *testing.T) {
 		t.Errorf("replay dropped other headers: %v", headers)
 	}
 	replayed := receive()
-	_, third := telemetry.StartConsume(context.Background(), q.Name, &replayed)
+	_, third := amqptel.StartConsume(context.Background(), q.Name, &replayed)
 	third.End()
 	if third.SpanContext().TraceID() == insert.SpanContext().TraceID() {
 		t.Error("the replayed dead letter is still in the old trace")
@@ -117,7 +119,7 @@ func TestAMQPTrace(t *testing.T) {
 }
 
 func TestHeaderCarrier(t *testing.T) {
-	c := telemetry.HeaderCarrier{"a": "x", "b": []byte("y"), "c": int32(3)}
+	c := amqptel.HeaderCarrier{"a": "x", "b": []byte("y"), "c": int32(3)}
 	if c.Get("a") != "x" || c.Get("b") != "y" || c.Get("c") != "" || c.Get("missing") != "" {
 		t.Errorf("Get: %q %q %q", c.Get("a"), c.Get("b"), c.Get("c"))
 	}
@@ -125,10 +127,10 @@ func TestHeaderCarrier(t *testing.T) {
 	if len(c.Keys()) != 4 {
 		t.Errorf("Keys = %v", c.Keys())
 	}
-	if h := telemetry.Inject(context.Background(), nil); h == nil {
+	if h := amqptel.Inject(context.Background(), nil); h == nil {
 		t.Error("Inject(nil) returned nil")
 	}
-	if ctx := telemetry.Extract(context.Background(), nil); trace.SpanContextFromContext(ctx).IsValid() {
+	if ctx := amqptel.Extract(context.Background(), nil); trace.SpanContextFromContext(ctx).IsValid() {
 		t.Error("a span context from no headers")
 	}
 }

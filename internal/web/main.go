@@ -1,0 +1,91 @@
+package web
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/kelseyhightower/envconfig"
+)
+
+// Command is a subcommand of a service binary, such as `order healthcheck`.
+type Command struct {
+	Name string
+	Run  func(ctx context.Context, args []string) error
+}
+
+// Main is what every main does: read cfg from the environment, run a
+// subcommand when one is named, or else call run with a context that SIGINT
+// and SIGTERM cancel. It exits 1 on any error. commands is called after cfg
+// is read, so it can use its values.
+func Main(name string, cfg any, run func(context.Context) error, commands func() []Command) {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := envconfig.Process("", cfg); err != nil {
+		fmt.Fprintln(os.Stderr, name+": config:", err)
+		os.Exit(1)
+	}
+	if len(os.Args) > 1 && commands != nil {
+		for _, c := range commands() {
+			if c.Name == os.Args[1] {
+				if err := c.Run(ctx, os.Args[2:]); err != nil {
+					fmt.Fprintf(os.Stderr, "%s %s: %v\n", name, c.Name, err)
+					os.Exit(1)
+				}
+				return
+			}
+		}
+	}
+	if err := run(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, name+":", err)
+		os.Exit(1)
+	}
+}
+
+// HealthcheckCommand is the `healthcheck` subcommand every binary has, for
+// container healthchecks in images without a shell or curl: it exits 0
+// when the service on this host's port answers /readyz with 200.
+func HealthcheckCommand(port string) Command {
+	return Command{Name: "healthcheck", Run: func(context.Context, []string) error {
+		client := &http.Client{Timeout: 3 * time.Second}
+		resp, err := client.Get("http://127.0.0.1:" + port + "/readyz")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("/readyz answered %s", resp.Status)
+		}
+		return nil
+	}}
+}
+
+// ListenAndServe listens on addr (host:port), serves h until ctx is done,
+// then stops taking requests and lets those in flight finish within
+// timeout. stopping is set as the shutdown begins, so /readyz fails at
+// once. listening, when not nil, is told the bound address (tests listen
+// on port 0).
+func ListenAndServe(ctx context.Context, log *slog.Logger, addr string, h http.Handler, timeout time.Duration,
+	stopping *atomic.Bool, listening func(net.Addr), attrs ...any) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	if listening != nil {
+		listening(ln.Addr())
+	}
+	log.Info("listening", append([]any{"addr", ln.Addr().String()}, attrs...)...)
+	srv := NewServer(h, log)
+	srv.RegisterOnShutdown(func() { stopping.Store(true) })
+	err = Serve(ctx, srv, ln, timeout)
+	stopping.Store(true)
+	log.Info("shutting down")
+	return err
+}
