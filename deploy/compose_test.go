@@ -269,8 +269,11 @@ func checkComposeService(t *testing.T, p *types.Project, s types.ServiceConfig, 
 	if len(s.Ports) != 1 || s.Ports[0].Published != port {
 		t.Errorf("ports %+v, want the seed's host port %s", s.Ports, port)
 	}
-	if s.Build == nil || filepath.Clean(s.Build.Dockerfile) != filepath.Join(svc.Name, "Dockerfile") {
-		t.Errorf("build %+v, want dockerfile %s/Dockerfile", s.Build, svc.Name)
+	if s.Build == nil || filepath.Clean(s.Build.Dockerfile) != "Dockerfile" {
+		t.Errorf("build %+v, want the repository's one Dockerfile", s.Build)
+	} else if args := imageArgs(svc); s.Build.Args["SERVICE"] == nil || *s.Build.Args["SERVICE"] != args["SERVICE"] ||
+		s.Build.Args["PORT"] == nil || *s.Build.Args["PORT"] != args["PORT"] {
+		t.Errorf("build args %v, want SERVICE=%s PORT=%s", s.Build.Args, args["SERVICE"], args["PORT"])
 	} else if abs, _ := filepath.Abs(root); filepath.Clean(s.Build.Context) != abs {
 		t.Errorf("build context %s, want the repository root %s", s.Build.Context, abs)
 	}

@@ -35,17 +35,24 @@ type dockerfile struct {
 	Healthcheck []string // HEALTHCHECK CMD, exec form
 }
 
-// parseDockerfile reads the instructions this project's Dockerfiles use.
-func parseDockerfile(path string) (*dockerfile, error) {
-	b, err := os.ReadFile(path)
+// parseDockerfile reads the instructions this project's Dockerfile uses,
+// as docker build reads them with the given --build-arg values.
+func parseDockerfile(path string, buildArgs map[string]string) (*dockerfile, error) {
+	raw, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
+	b := os.Expand(string(raw), func(k string) string {
+		if v, ok := buildArgs[k]; ok {
+			return v
+		}
+		return "${" + k + "}"
+	})
 	d := &dockerfile{Args: map[string]string{}, Copies: map[string]string{}}
 	// Join continuation lines, drop comments and blank lines.
 	var lines []string
 	var cur strings.Builder
-	for _, line := range strings.Split(string(b), "\n") {
+	for _, line := range strings.Split(b, "\n") {
 		trimmed := strings.TrimSpace(line)
 		if cur.Len() == 0 && (trimmed == "" || strings.HasPrefix(trimmed, "#")) {
 			continue
@@ -149,18 +156,25 @@ func parseDockerfile(path string) (*dockerfile, error) {
 	return d, nil
 }
 
-// dockerfiles parses every service's Dockerfile.
+// dockerfiles parses the one Dockerfile as each service's image is built
+// from it: with its name and port as build arguments (the compose file's
+// build args, checked in TestCompose).
 func dockerfiles(t *testing.T) map[string]*dockerfile {
 	t.Helper()
 	out := map[string]*dockerfile{}
-	for name := range services(t) {
-		d, err := parseDockerfile(filepath.Join(root, name, "Dockerfile"))
+	for name, svc := range services(t) {
+		d, err := parseDockerfile(filepath.Join(root, "Dockerfile"), imageArgs(svc))
 		if err != nil {
 			t.Fatal(err)
 		}
 		out[name] = d
 	}
 	return out
+}
+
+// imageArgs are the build arguments of a service's image.
+func imageArgs(svc service) map[string]string {
+	return map[string]string{"SERVICE": svc.Name, "PORT": svc.Port(nil)}
 }
 
 // makeBuildFlags are the Makefile's BUILD_FLAGS, split into arguments.

@@ -356,8 +356,8 @@ func TestPrometheusScrapesComposeServices(t *testing.T) {
 			t.Errorf("prometheus.yml scrapes %s, which docker-compose.yml has no service %s for", short, name)
 			continue
 		}
-		if s.Build == nil || !strings.HasPrefix(filepath.ToSlash(s.Build.Dockerfile), short+"/") {
-			t.Errorf("compose service %s is not built from %s/", name, short)
+		if s.Build == nil || s.Build.Args["SERVICE"] == nil || *s.Build.Args["SERVICE"] != short {
+			t.Errorf("compose service %s is not built as %s", name, short)
 		}
 	}
 }

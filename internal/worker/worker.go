@@ -12,6 +12,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -62,8 +63,8 @@ type Background struct {
 	// FlushTimeout bounds the last outbox flush at shutdown.
 	FlushTimeout time.Duration
 
-	ctx                                 context.Context // Start's, cancelled by fail
-	fail                                context.CancelCauseFunc
+	cancel                              context.CancelFunc // Start's context
+	failure                             atomic.Pointer[error]
 	stopBroker, stopRelay, stopConsumer context.CancelFunc
 	brokerDone, relayDone, consumerDone chan struct{}
 }
@@ -75,8 +76,7 @@ type Background struct {
 // a role without the rights it needs): the service then shuts down and
 // Err says why. An absent dependency is waited for, never such a failure.
 func (b *Background) Start(ctx context.Context) context.Context {
-	ctx, b.fail = context.WithCancelCause(ctx)
-	b.ctx = ctx
+	ctx, b.cancel = context.WithCancel(ctx)
 	bg := context.WithoutCancel(ctx)
 	var brokerCtx, relayCtx, consumerCtx context.Context
 	brokerCtx, b.stopBroker = context.WithCancel(bg)
@@ -99,7 +99,8 @@ func (b *Background) Start(ctx context.Context) context.Context {
 		}
 		if err := b.DB.Prepare(relayCtx, b.Migrations, b.Log); err != nil {
 			if relayCtx.Err() == nil {
-				b.fail(err)
+				b.failure.CompareAndSwap(nil, &err)
+				b.cancel()
 			}
 			return
 		}
@@ -135,11 +136,10 @@ func (b *Background) Result(err error) error {
 
 // Err is the failure that ended the service, or nil.
 func (b *Background) Err() error {
-	err := context.Cause(b.ctx)
-	if err == context.Canceled {
-		return nil
+	if err := b.failure.Load(); err != nil {
+		return *err
 	}
-	return err
+	return nil
 }
 
 // Stop ends the parts in the order that loses nothing: the consumer stops
@@ -160,5 +160,6 @@ func (b *Background) Stop() {
 	}
 	b.stopBroker()
 	<-b.brokerDone
+	b.cancel()
 	b.Log.Info("stopped")
 }
