@@ -122,27 +122,13 @@ func writeDecodeError(w http.ResponseWriter, r *http.Request, err error) {
 	}
 }
 
-// writeStoreError maps a store error to the client's answer, once for the
-// service: 503 when the database certainly did nothing (retrying is safe),
-// 504 when the statement may have been carried out and its answer was lost
-// (retry only with the same Idempotency-Key, or look the order up), 500
-// otherwise (the database refused the statement: nothing was written). The
-// cause goes to the log only.
+// writeStoreError answers a store error as postgres.Answer maps it (the
+// project's one mapping); the cause goes to the log only.
 func writeStoreError(w http.ResponseWriter, r *http.Request, log *slog.Logger, op string, err error) {
 	log.Error(op, "err", err, "request_id", web.RequestID(r.Context()))
 	if r.Context().Err() != nil {
 		return // the client is gone
 	}
-	switch {
-	case postgres.IsUnavailable(err):
-		web.WriteProblem(w, r, http.StatusServiceUnavailable, "the order database is unavailable; nothing was written; please retry")
-	case postgres.IsUnknownOutcome(err) && r.Method == http.MethodPost:
-		web.WriteProblem(w, r, http.StatusGatewayTimeout,
-			"the order database did not answer; the order may or may not have been placed: "+
-				"retry with the same Idempotency-Key header, or look the order up before placing it again")
-	case postgres.IsUnknownOutcome(err):
-		web.WriteProblem(w, r, http.StatusServiceUnavailable, "the order database did not answer; please retry")
-	default:
-		web.WriteProblem(w, r, http.StatusInternalServerError, "internal error")
-	}
+	status, detail := postgres.Answer(err, r.Method == http.MethodPost, "the order database")
+	web.WriteProblem(w, r, status, detail)
 }

@@ -36,11 +36,8 @@ func handleGetPayment(log *slog.Logger, store *Store) http.Handler {
 			web.WriteProblem(w, r, http.StatusNotFound, "no payment for order "+strconv.FormatInt(id, 10))
 		case err != nil:
 			log.Error("get payment", "err", err, "order_id", id)
-			if postgres.IsTransient(err) {
-				web.WriteProblem(w, r, http.StatusServiceUnavailable, "the payment database is unavailable; please retry")
-				return
-			}
-			web.WriteProblem(w, r, http.StatusInternalServerError, "internal error")
+			status, detail := postgres.Answer(err, false, "the payment database")
+			web.WriteProblem(w, r, status, detail)
 		default:
 			web.WriteJSON(w, http.StatusOK, p)
 		}

@@ -15,6 +15,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
+	"net/http"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -253,4 +254,23 @@ func InTx(ctx context.Context, pool *pgxpool.Pool, fn func(pgx.Tx) error) error 
 		err = pgx.BeginFunc(ctx, pool, fn)
 	}
 	return err
+}
+
+// Answer is the one mapping of a database error to what an API client is
+// told: 503 when the database certainly did nothing (retrying is safe); for
+// a write whose outcome is unknown (its answer was lost), 504 saying so; a
+// read that got no answer, 503; anything else, 500 (the database refused
+// the statement: nothing was written). what names the database for people
+// ("the order database"); the cause itself is for the log only.
+func Answer(err error, write bool, what string) (status int, detail string) {
+	switch {
+	case IsUnavailable(err):
+		return http.StatusServiceUnavailable, what + " is unavailable; nothing was written; please retry"
+	case IsUnknownOutcome(err) && write:
+		return http.StatusGatewayTimeout, what + " did not answer; the change may or may not have been made: " +
+			"retry with the same Idempotency-Key header, or look it up before trying again"
+	case IsUnknownOutcome(err):
+		return http.StatusServiceUnavailable, what + " did not answer; please retry"
+	}
+	return http.StatusInternalServerError, "internal error"
 }

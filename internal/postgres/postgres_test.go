@@ -126,3 +126,26 @@ func TestPrepareFailsFastOnABrokenMigration(t *testing.T) {
 		t.Fatal("the database counts as ready")
 	}
 }
+
+// The one mapping to HTTP: only a certain "nothing was written" says retry
+// freely; a write with an unknown outcome says so.
+func TestAnswer(t *testing.T) {
+	tests := []struct {
+		name   string
+		err    error
+		write  bool
+		status int
+	}{
+		{"Unavailable", ErrNotReady, true, 503},
+		{"UnknownWrite", io.ErrUnexpectedEOF, true, 504},
+		{"UnknownRead", io.ErrUnexpectedEOF, false, 503},
+		{"Refused", errors.New("boom"), true, 500},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if status, detail := Answer(tt.err, tt.write, "the x database"); status != tt.status || detail == "" {
+				t.Errorf("Answer = %d %q, want %d", status, detail, tt.status)
+			}
+		})
+	}
+}
