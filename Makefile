@@ -4,7 +4,7 @@ GO       ?= go
 # The same flags as the Dockerfiles' build stage.
 BUILD_FLAGS := -trimpath -ldflags="-s -w"
 
-.PHONY: all build run test deps lint bench cost loadtest fault dlq dlq-replay fmt clean help
+.PHONY: all build run test test-short deps lint bench cost loadtest fault dlq dlq-replay fmt clean help
 
 all: build
 
@@ -24,10 +24,13 @@ run: build
 deps:
 	@bash scripts/deps.sh
 
-## test: vet, then every test with the race detector against the real services
-test: deps
-	$(GO) vet ./...
+## test: lint (gofmt, vet, staticcheck), then every test with the race detector against the real services
+test: deps lint
 	$(GO) test -race -count=1 -timeout 12m ./...
+
+## test-short: the quick loop: every test but the long runs (fault, knee, first deploy), no race detector
+test-short: deps
+	$(GO) test -short -count=1 ./...
 
 ## lint: gofmt, vet, staticcheck
 lint:

@@ -20,6 +20,7 @@ import (
 // SMTP but not yet acked. After the restart every customer has a mail, and
 // at most one (the one whose record the kill may have beaten) has two.
 func TestEmailKilledMidBurst(t *testing.T) {
+	testenv.Long(t)
 	t.Parallel()
 	const n = 300
 	s := testenv.NewSystem(t, "")

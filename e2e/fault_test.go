@@ -73,11 +73,12 @@ func (f *faultLog) add(format string, args ...any) {
 // pending, no charge of the provider's without its payment row, every
 // customer mailed, duplicate mails at most the number of email-service kills.
 func TestFault(t *testing.T) {
+	testenv.Long(t)
 	t.Parallel()
 	cfg := loadFaultConfig(t)
 	vhost := testenv.VHost(t)
-	brokerProxy := testenv.NewProxy(t, "127.0.0.1:5672")
-	dbProxy := testenv.NewProxy(t, "127.0.0.1:5432")
+	brokerProxy := testenv.NewProxy(t, testenv.BrokerAddr())
+	dbProxy := testenv.NewProxy(t, testenv.PostgresAddr())
 	s := testenv.NewSystem(t, brokerProxy.URL(vhost))
 	for k, v := range map[string]string{"PAYMENT_DELAY": "300ms", "EMAIL_DELAY": "300ms"} {
 		s.Env[k] = v

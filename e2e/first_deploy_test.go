@@ -14,6 +14,7 @@ import (
 // every service declares the whole topology at start, not only its own
 // queue, so no event is routed to some of its consumers and not others.
 func TestFirstDeployEmailStartsLate(t *testing.T) {
+	testenv.Long(t)
 	t.Parallel()
 	s := testenv.NewSystem(t, "")
 	for k, v := range fast {

@@ -92,6 +92,7 @@ func TestLostAnswerIsRecovered(t *testing.T) {
 // payment service is down all end (paid or cancelled) with their mail once
 // it is back, with no one stepping in: the saga asks again.
 func TestPurgedOrderCreatedEnds(t *testing.T) {
+	testenv.Long(t)
 	t.Parallel()
 	s := testenv.NewSystem(t, "")
 	for k, v := range fast {

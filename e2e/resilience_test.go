@@ -26,8 +26,8 @@ func status(t *testing.T, url string) int {
 func TestStartBeforeDependencies(t *testing.T) {
 	t.Parallel()
 	vhost := testenv.VHost(t)
-	broker := testenv.NewProxy(t, "127.0.0.1:5672")
-	db := testenv.NewProxy(t, "127.0.0.1:5432")
+	broker := testenv.NewProxy(t, testenv.BrokerAddr())
+	db := testenv.NewProxy(t, testenv.PostgresAddr())
 	broker.Cut()
 	db.Cut()
 	s := testenv.NewSystem(t, broker.URL(vhost))

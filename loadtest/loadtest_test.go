@@ -153,6 +153,7 @@ func TestShortRunAccountsForEveryOrder(t *testing.T) {
 // The knee search runs end to end on a tiny scale; again, only its
 // consistency is checked.
 func TestKnee(t *testing.T) {
+	testenv.Long(t)
 	t.Parallel()
 	s := startSystem(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)

@@ -294,7 +294,7 @@ func TestRequestTimeout(t *testing.T) {
 func TestCheckoutWhileBrokerDown(t *testing.T) {
 	t.Parallel()
 	amqpURL := testenv.VHost(t)
-	proxy := testenv.NewProxy(t, "127.0.0.1:5672")
+	proxy := testenv.NewProxy(t, testenv.BrokerAddr())
 	q := testenv.Watch(t, amqpURL, events.RouteOrderCreated) // declares the exchange and binds first
 	svc := startService(t, testenv.Database(t), proxy.URL(amqpURL))
 

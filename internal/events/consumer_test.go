@@ -270,7 +270,7 @@ func TestDeletedRetryQueueIsDeclaredAgain(t *testing.T) {
 func TestConsumerResumesAfterConnectionLoss(t *testing.T) {
 	t.Parallel()
 	url := testenv.VHost(t)
-	proxy := testenv.NewProxy(t, "127.0.0.1:5672")
+	proxy := testenv.NewProxy(t, testenv.BrokerAddr())
 	r := &recorder{handled: map[string]int{}}
 	startConsumer(t, proxy.URL(url), config("test.resume"), r)
 

@@ -98,7 +98,7 @@ func TestWireHeadersAreClamped(t *testing.T) {
 func TestHandlerCancelledWhenChannelDies(t *testing.T) {
 	t.Parallel()
 	url := testenv.VHost(t)
-	proxy := testenv.NewProxy(t, "127.0.0.1:5672")
+	proxy := testenv.NewProxy(t, testenv.BrokerAddr())
 	started := make(chan struct{}, 4)
 	cancelled := make(chan error, 4)
 	var once sync.Once

@@ -21,7 +21,7 @@ func TestPublishSurvivesConnectionLossMidBatch(t *testing.T) {
 	t.Parallel()
 	url := testenv.VHost(t)
 	q := testenv.Watch(t, url, testKey)
-	proxy := testenv.NewProxy(t, "127.0.0.1:5672")
+	proxy := testenv.NewProxy(t, testenv.BrokerAddr())
 	log := web.NewLogger(io.Discard, "error", "json", "test")
 	ctx, cancel := context.WithCancel(context.Background())
 	b := events.NewBroker(proxy.URL(url), log)

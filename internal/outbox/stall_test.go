@@ -23,7 +23,7 @@ func TestRelayStalledBrokerHoldsNoLocks(t *testing.T) {
 	t.Parallel()
 	db, vhost := setup(t)
 	testenv.Watch(t, vhost, events.RouteOrderCreated) // a queue takes the events
-	proxy := testenv.NewProxy(t, "127.0.0.1:5672")
+	proxy := testenv.NewProxy(t, testenv.BrokerAddr())
 	log := web.NewLogger(io.Discard, "error", "json", "test")
 	ctx, cancel := context.WithCancel(context.Background())
 	broker := events.NewBroker(proxy.URL(vhost), log)

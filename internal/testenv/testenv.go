@@ -108,6 +108,21 @@ func VHost(tb testing.TB) string {
 	return u.String()
 }
 
+// BrokerAddr and PostgresAddr are the host:port of TEST_AMQP_URL and
+// TEST_DATABASE_URL, for proxies in front of them.
+func BrokerAddr() string   { return hostOf(AMQPURL) }
+func PostgresAddr() string { return hostOf(PostgresURL) }
+
+// Long marks a test that takes minutes (the fault run, the knee search):
+// `go test -short` skips it for a quick loop, but never under CI=true,
+// where everything runs.
+func Long(tb testing.TB) {
+	tb.Helper()
+	if testing.Short() && os.Getenv("CI") != "true" {
+		tb.Skip("a long run: -short skips it (CI runs it)")
+	}
+}
+
 func hostOf(raw string) string {
 	u, err := url.Parse(raw)
 	if err != nil {
