@@ -51,7 +51,7 @@ type Broker struct {
 	blocked   string           // why the broker blocks publishing, or ""
 	connected chan struct{}    // closed while both are usable; replaced when one drops
 	onConnect []func()
-	classic   map[string]bool // queues found to exist as classic queues (warned once)
+	kept      map[string]bool // queues found to exist with other arguments (warned once)
 }
 
 // NewBroker returns a broker for url. Call Run to connect.

@@ -7,18 +7,22 @@ package testenv
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+
+	"github.com/checkout-demo/checkout/internal/events"
 )
 
 // Defaults, overridable with TEST_DATABASE_URL, TEST_AMQP_URL and
@@ -105,7 +109,39 @@ func VHost(tb testing.TB) string {
 	})
 	u, _ := url.Parse(AMQPURL)
 	u.Path = "/" + name
+	// The topology's policies, as whoever administers a real broker sets
+	// them: without them retries would expire into nothing.
+	SetPolicies(tb, u.String(), events.Policies())
 	return u.String()
+}
+
+// SetPolicies sets policies on the vhost of amqpURL (one of VHost's), as
+// the deployments set events.Policies(): for a test's own queues, give it
+// events.QueuePolicies(name).
+func SetPolicies(tb testing.TB, amqpURL string, policies []events.Policy) {
+	tb.Helper()
+	u, err := url.Parse(amqpURL)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	vhost := strings.TrimPrefix(u.Path, "/")
+	for _, p := range policies {
+		def, err := json.Marshal(p.Definition)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		body, err := json.Marshal(p)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		if err := api(http.MethodPut, "/api/policies/"+url.PathEscape(vhost)+"/"+url.PathEscape(p.Name), string(body)); err == nil {
+			continue
+		}
+		if out, err := exec.Command("rabbitmqctl", "set_policy", "-p", vhost, "--priority", strconv.Itoa(p.Priority),
+			"--apply-to", p.ApplyTo, p.Name, p.Pattern, string(def)).CombinedOutput(); err != nil {
+			tb.Fatalf("set policy %s: %v: %s", p.Name, err, out)
+		}
+	}
 }
 
 func hostOf(raw string) string {
