@@ -39,7 +39,8 @@ const kedaRole = "keda"
 // dead-letter queues, the bindings), publishes to the exchange, moves its
 // own messages to its retry and dead-letter queues, consumes its own queue
 // and reads its dead letters; it cannot consume or read another service's
-// queue, nor declare a queue outside the topology. KEDA reads queue depths
+// queue (main, retry or dead-letter), nor declare a queue outside the
+// topology. KEDA reads queue depths
 // and can do nothing else.
 func checkGrants(t *testing.T, grants map[string]rabbitGrant) {
 	t.Helper()
@@ -173,6 +174,10 @@ func checkService(t *testing.T, conn *amqp.Connection, own string) {
 			_, _, err := ch.Get(events.DeadLetterQueue(q.Name), false)
 			return err
 		})
+		refused("read another service's retry queue "+events.RetryQueue(q.Name, 1), func(ch *amqp.Channel) error {
+			_, _, err := ch.Get(events.RetryQueue(q.Name, 1), false)
+			return err
+		})
 		refused("purge another service's queue "+q.Name, func(ch *amqp.Channel) error {
 			_, err := ch.QueuePurge(q.Name, false)
 			return err
@@ -270,6 +275,32 @@ func deleteRabbitUser(t *testing.T, name string) {
 	}
 	if out, err := exec.Command("rabbitmqctl", "-q", "delete_user", name).CombinedOutput(); err != nil {
 		t.Logf("delete RabbitMQ user %s: %v: %s", name, err, out)
+	}
+}
+
+// rabbitAPIGet decodes the management API's answer to GET path into v.
+func rabbitAPIGet(t *testing.T, path string, v any) {
+	t.Helper()
+	u, err := url.Parse(testenv.RabbitAPI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, err := http.NewRequest(http.MethodGet, strings.Replace(testenv.RabbitAPI, u.User.String()+"@", "", 1)+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pw, _ := u.User.Password()
+	req.SetBasicAuth(u.User.Username(), pw)
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %s", path, resp.Status)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		t.Fatalf("GET %s: %v", path, err)
 	}
 }
 
