@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"maps"
 	"net/http"
 	"net/url"
@@ -111,8 +113,52 @@ func checkRoles(t *testing.T, adminURL string, userURL map[string]string) {
 				t.Fatalf("role %s: no service consuming exactly one queue (%v)", role, svc.Queues)
 			}
 			checkService(t, conn, svc.Queues[0])
+			// An upgrade, as on a machine where an earlier version ran:
+			// the queues exist with that version's arguments (classic
+			// main queues, retry queues with dead-letter arguments); the
+			// service keeps them as they are and starts.
+			deleteAll(t, channel(t, admin))
+			declareEarlier(t, channel(t, admin))
+			checkStarts(t, u)
 		})
 	}
+}
+
+// declareEarlier declares the topology as an earlier version did.
+func declareEarlier(t *testing.T, ch *amqp.Channel) {
+	t.Helper()
+	for _, q := range events.Topology {
+		if _, err := ch.QueueDeclare(q.Name, true, false, false, false, nil); err != nil {
+			t.Fatal(err)
+		}
+		for retry := 1; retry <= events.RetryLevels; retry++ {
+			if _, err := ch.QueueDeclare(events.RetryQueue(q.Name, retry), true, false, false, false,
+				amqp.Table{"x-dead-letter-exchange": "", "x-dead-letter-routing-key": q.Name}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
+
+// checkStarts connects a broker as the service does at start (declaring
+// the whole topology) with the user of amqpURL.
+func checkStarts(t *testing.T, amqpURL string) {
+	t.Helper()
+	b := events.NewBroker(amqpURL, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	b.Topology = events.Topology
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { b.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	wait, stop := context.WithTimeout(ctx, 30*time.Second)
+	defer stop()
+	// Channel waits for the connection, which is up once the topology is
+	// declared.
+	ch, err := b.Channel(wait)
+	if err != nil {
+		t.Fatalf("the service does not start on the earlier version's queues: %v", err)
+	}
+	_ = ch.Close()
 }
 
 func checkService(t *testing.T, conn *amqp.Connection, own string) {
