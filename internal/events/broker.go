@@ -44,6 +44,8 @@ type Broker struct {
 	// anything is published: every service declares the whole contract, so
 	// an event published before its consumer first started is kept for it.
 	Topology []QueueSpec
+	// user is the user of url, the validated user_id of what it publishes.
+	user string
 
 	mu        sync.Mutex
 	conn      *amqp.Connection // consuming
@@ -56,7 +58,7 @@ type Broker struct {
 
 // NewBroker returns a broker for url. Call Run to connect.
 func NewBroker(url string, log *slog.Logger) *Broker {
-	return &Broker{url: url, log: log, Name: "checkout", connected: make(chan struct{})}
+	return &Broker{url: url, user: userOf(url), log: log, Name: "checkout", connected: make(chan struct{})}
 }
 
 // OnConnect registers f to run after every successful (re)connect, e.g. to

@@ -115,6 +115,32 @@ func VHost(tb testing.TB) string {
 	return u.String()
 }
 
+// User creates a RabbitMQ user (a fresh name starting with prefix) with
+// every permission on the vhost of amqpURL (one of VHost's), deletes it when
+// the test ends, and returns its name and an AMQP URL for it.
+func User(tb testing.TB, amqpURL, prefix string) (string, string) {
+	tb.Helper()
+	u, err := url.Parse(amqpURL)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	name, password := Name(prefix), uuid.NewString()
+	vhost := strings.TrimPrefix(u.Path, "/")
+	if err := api(http.MethodPut, "/api/users/"+name, `{"password":"`+password+`","tags":""}`); err != nil {
+		tb.Fatalf("create user: %v", err)
+	}
+	tb.Cleanup(func() {
+		if err := api(http.MethodDelete, "/api/users/"+name, ""); err != nil {
+			tb.Logf("delete user %s: %v", name, err)
+		}
+	})
+	if err := api(http.MethodPut, "/api/permissions/"+url.PathEscape(vhost)+"/"+name, `{"configure":".*","write":".*","read":".*"}`); err != nil {
+		tb.Fatalf("grant user: %v", err)
+	}
+	u.User = url.UserPassword(name, password)
+	return name, u.String()
+}
+
 // SetPolicies sets policies on the vhost of amqpURL (one of VHost's), as
 // the deployments set events.Policies(): for a test's own queues, give it
 // events.QueuePolicies(name).
