@@ -5,6 +5,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/checkout-demo/checkout/internal/events"
 	"github.com/checkout-demo/checkout/internal/postgres"
 	"github.com/checkout-demo/checkout/internal/testenv"
 	ordermigrations "github.com/checkout-demo/checkout/order/migrations"
@@ -95,6 +97,30 @@ func TestNativeUsers(t *testing.T) {
 	}
 
 	checkRoles(t, vhostURL, userURL)
+
+	// The topology's policies on the vhost; testenv.VHost set them too, so
+	// they are removed first and users.sh run again.
+	vhost := strings.TrimPrefix(vu.Path, "/")
+	for _, p := range events.Policies() {
+		if err := rabbitAPI(http.MethodDelete, "/api/policies/"+url.PathEscape(vhost)+"/"+url.PathEscape(p.Name), ""); err != nil {
+			t.Fatalf("delete policy %s: %v", p.Name, err)
+		}
+	}
+	cmd := exec.CommandContext(ctx, "bash", filepath.Join(root, "scripts", "users.sh"))
+	cmd.Env = env
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("users.sh: %v\n%s", err, out)
+	}
+	var set []struct {
+		policy
+		Name string
+	}
+	rabbitAPIGet(t, "/api/policies/"+url.PathEscape(vhost), &set)
+	policies := map[string]policy{}
+	for _, p := range set {
+		policies[p.Name] = p.policy
+	}
+	comparePolicies(t, "users.sh", policies)
 
 	for svc, u := range dbURL {
 		t.Run(svc+"-db", func(t *testing.T) {

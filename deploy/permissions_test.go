@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"maps"
 	"net/http"
 	"net/url"
@@ -39,7 +41,8 @@ const kedaRole = "keda"
 // dead-letter queues, the bindings), publishes to the exchange, moves its
 // own messages to its retry and dead-letter queues, consumes its own queue
 // and reads its dead letters; it cannot consume or read another service's
-// queue, nor declare a queue outside the topology. KEDA reads queue depths
+// queue (main, retry or dead-letter), nor declare a queue outside the
+// topology. KEDA reads queue depths
 // and can do nothing else.
 func checkGrants(t *testing.T, grants map[string]rabbitGrant) {
 	t.Helper()
@@ -110,8 +113,52 @@ func checkRoles(t *testing.T, adminURL string, userURL map[string]string) {
 				t.Fatalf("role %s: no service consuming exactly one queue (%v)", role, svc.Queues)
 			}
 			checkService(t, conn, svc.Queues[0])
+			// An upgrade, as on a machine where an earlier version ran:
+			// the queues exist with that version's arguments (classic
+			// main queues, retry queues with dead-letter arguments); the
+			// service keeps them as they are and starts.
+			deleteAll(t, channel(t, admin))
+			declareEarlier(t, channel(t, admin))
+			checkStarts(t, u)
 		})
 	}
+}
+
+// declareEarlier declares the topology as an earlier version did.
+func declareEarlier(t *testing.T, ch *amqp.Channel) {
+	t.Helper()
+	for _, q := range events.Topology {
+		if _, err := ch.QueueDeclare(q.Name, true, false, false, false, nil); err != nil {
+			t.Fatal(err)
+		}
+		for retry := 1; retry <= events.RetryLevels; retry++ {
+			if _, err := ch.QueueDeclare(events.RetryQueue(q.Name, retry), true, false, false, false,
+				amqp.Table{"x-dead-letter-exchange": "", "x-dead-letter-routing-key": q.Name}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
+
+// checkStarts connects a broker as the service does at start (declaring
+// the whole topology) with the user of amqpURL.
+func checkStarts(t *testing.T, amqpURL string) {
+	t.Helper()
+	b := events.NewBroker(amqpURL, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	b.Topology = events.Topology
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { b.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	wait, stop := context.WithTimeout(ctx, 30*time.Second)
+	defer stop()
+	// Channel waits for the connection, which is up once the topology is
+	// declared.
+	ch, err := b.Channel(wait)
+	if err != nil {
+		t.Fatalf("the service does not start on the earlier version's queues: %v", err)
+	}
+	_ = ch.Close()
 }
 
 func checkService(t *testing.T, conn *amqp.Connection, own string) {
@@ -171,6 +218,10 @@ func checkService(t *testing.T, conn *amqp.Connection, own string) {
 		})
 		refused("read another service's dead letters "+events.DeadLetterQueue(q.Name), func(ch *amqp.Channel) error {
 			_, _, err := ch.Get(events.DeadLetterQueue(q.Name), false)
+			return err
+		})
+		refused("read another service's retry queue "+events.RetryQueue(q.Name, 1), func(ch *amqp.Channel) error {
+			_, _, err := ch.Get(events.RetryQueue(q.Name, 1), false)
 			return err
 		})
 		refused("purge another service's queue "+q.Name, func(ch *amqp.Channel) error {
@@ -270,6 +321,32 @@ func deleteRabbitUser(t *testing.T, name string) {
 	}
 	if out, err := exec.Command("rabbitmqctl", "-q", "delete_user", name).CombinedOutput(); err != nil {
 		t.Logf("delete RabbitMQ user %s: %v: %s", name, err, out)
+	}
+}
+
+// rabbitAPIGet decodes the management API's answer to GET path into v.
+func rabbitAPIGet(t *testing.T, path string, v any) {
+	t.Helper()
+	u, err := url.Parse(testenv.RabbitAPI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, err := http.NewRequest(http.MethodGet, strings.Replace(testenv.RabbitAPI, u.User.String()+"@", "", 1)+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pw, _ := u.User.Password()
+	req.SetBasicAuth(u.User.Username(), pw)
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %s", path, resp.Status)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		t.Fatalf("GET %s: %v", path, err)
 	}
 }
 

@@ -56,6 +56,41 @@ func normalise(t *testing.T, v any) map[string]any {
 	return out
 }
 
+// A policy as a deploy file gives it, normalised through JSON.
+type policy struct {
+	Pattern    string         `json:"pattern"`
+	ApplyTo    string         `json:"apply-to"`
+	Priority   int            `json:"priority"`
+	Definition map[string]any `json:"definition"`
+}
+
+// comparePolicies holds policies (name -> policy, of vhost /) to
+// events.Policies(): the dead-lettering and retries of the queues the
+// services declare without dead-letter arguments.
+func comparePolicies(t *testing.T, where string, got map[string]policy) {
+	t.Helper()
+	want := map[string]policy{}
+	for _, p := range events.Policies() {
+		want[p.Name] = policy{Pattern: p.Pattern, ApplyTo: p.ApplyTo, Priority: p.Priority, Definition: normalise(t, p.Definition)}
+	}
+	for name, w := range want {
+		g, ok := got[name]
+		if !ok {
+			t.Errorf("%s: no policy %s", where, name)
+			continue
+		}
+		g.Definition = normalise(t, g.Definition)
+		if fmt.Sprint(g) != fmt.Sprint(w) {
+			t.Errorf("%s: policy %s is %+v, want %+v (events.Policies)", where, name, g, w)
+		}
+	}
+	for name := range got {
+		if _, ok := want[name]; !ok {
+			t.Errorf("%s: policy %s is not in events.Policies", where, name)
+		}
+	}
+}
+
 func compareTopology(t *testing.T, where string, queues map[string]map[string]any, bindings []string) {
 	t.Helper()
 	want := wantQueues(t)
@@ -94,6 +129,10 @@ func TestComposeTopology(t *testing.T) {
 			DestinationType            string `json:"destination_type"`
 			RoutingKey                 string `json:"routing_key"`
 		}
+		Policies []struct {
+			policy
+			Name, VHost string
+		}
 	}
 	for _, c := range p.Services["rabbitmq"].Configs {
 		if c.Target == "/etc/rabbitmq/definitions.json" {
@@ -117,6 +156,14 @@ func TestComposeTopology(t *testing.T) {
 		bindings = append(bindings, b.Destination+" <- "+b.RoutingKey)
 	}
 	compareTopology(t, "compose definitions", queues, bindings)
+	policies := map[string]policy{}
+	for _, p := range defs.Policies {
+		if p.VHost != "/" {
+			t.Errorf("definitions: policy %s on vhost %q, want /", p.Name, p.VHost)
+		}
+		policies[p.Name] = p.policy
+	}
+	comparePolicies(t, "compose definitions", policies)
 }
 
 // The Topology Operator's Queue and Binding resources declare the same
@@ -157,6 +204,21 @@ func TestKubernetesTopology(t *testing.T) {
 				bindings = append(bindings, b.Destination+" <- "+b.RoutingKey)
 			}
 			compareTopology(t, "kubernetes", queues, bindings)
+			policies := map[string]policy{}
+			for _, o := range r.all("Policy") {
+				p := decode[struct {
+					Spec struct {
+						Name, VHost, Pattern, ApplyTo string
+						Priority                      int
+						Definition                    map[string]any
+					}
+				}](t, o).Spec
+				if p.VHost != "/" {
+					t.Errorf("Policy %s: vhost %q, want /", p.Name, p.VHost)
+				}
+				policies[p.Name] = policy{Pattern: p.Pattern, ApplyTo: p.ApplyTo, Priority: p.Priority, Definition: p.Definition}
+			}
+			comparePolicies(t, "kubernetes", policies)
 		})
 	}
 }

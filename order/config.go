@@ -32,6 +32,10 @@ type Config struct {
 	// PaymentTries is how many times it asks before it cancels the order.
 	PaymentTimeout time.Duration `envconfig:"ORDER_PAYMENT_TIMEOUT" default:"3m"`
 	PaymentTries   int           `envconfig:"ORDER_PAYMENT_TRIES" default:"3"`
+	// PaymentAMQPUser is the payment service's RabbitMQ user: a payment
+	// event published by any other user (RabbitMQ validates the user_id
+	// property) is refused. Empty: not checked.
+	PaymentAMQPUser string `envconfig:"PAYMENT_AMQP_USER"`
 
 	// The outbox relay's batching and the clean-up of the outbox and inbox
 	// tables (internal/outbox).

@@ -60,7 +60,7 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 		Prefetch: cfg.Prefetch, Concurrency: cfg.Concurrency, MaxAttempts: cfg.MaxAttempts,
 		RetryBase: cfg.RetryBase, RetryMax: cfg.RetryMax, HandlerTimeout: cfg.HandlerTimeout,
 		Unavailable: postgres.IsTransient,
-	}, handleSagaEvent(log, store), log)
+	}, handleSagaEvent(log, store, cfg.PaymentAMQPUser), log)
 
 	bg := &worker.Background{Log: log, Broker: broker, DB: db, Migrations: migrations.FS,
 		Relay: relay, Consumer: consumer, FlushTimeout: cfg.ShutdownTimeout}

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/checkout-demo/checkout/internal/events"
@@ -93,11 +95,33 @@ func sagaEvent(d events.Delivery) (SagaEvent, error) {
 	return e, nil
 }
 
+// ErrUntrustedPublisher refuses a payment event that the payment service's
+// RabbitMQ user did not publish.
+var ErrUntrustedPublisher = errors.New("payment event not published by the payment service's user")
+
+// paymentTypes are the events only the payment service publishes.
+var paymentTypes = []string{events.TypePaymentProcessed, events.TypePaymentFailed, events.TypePaymentRefunded}
+
+// trusted reports whether d, if it claims to come from the payment service
+// (by its type or its routing key), was published by paymentUser; an empty
+// paymentUser trusts every publisher.
+func trusted(d events.Delivery, paymentUser string) bool {
+	claims := slices.Contains(paymentTypes, d.Type) || strings.HasPrefix(d.RoutingKey, "payment.") ||
+		strings.HasPrefix(d.EventRoutingKey(), "payment.")
+	return paymentUser == "" || !claims || d.PublishedBy == paymentUser
+}
+
 // handleSagaEvent moves an order along: pending → paid or payment_failed,
 // and records refunds and what became of each mail. A payment event that
-// does not match its order is dead-lettered.
-func handleSagaEvent(log *slog.Logger, store *Store) events.Handler {
+// does not match its order, or that the payment service's user (paymentUser,
+// when set) did not publish, is dead-lettered.
+func handleSagaEvent(log *slog.Logger, store *Store, paymentUser string) events.Handler {
 	return func(ctx context.Context, d events.Delivery) error {
+		if !trusted(d, paymentUser) {
+			log.Error("payment event refused", "event_id", d.MessageId, "event_type", d.Type,
+				"published_by", d.PublishedBy, "want", paymentUser, "err", ErrUntrustedPublisher)
+			return events.Permanent(ErrUntrustedPublisher)
+		}
 		e, err := sagaEvent(d)
 		if err != nil {
 			return err

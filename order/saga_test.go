@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"log/slog"
 	"net/http"
 	"slices"
 	"testing"
@@ -25,7 +27,13 @@ type sagaSystem struct {
 
 func startSaga(t *testing.T, opts ...func(*Config)) sagaSystem {
 	t.Helper()
-	amqpURL := testenv.VHost(t)
+	return startSagaIn(t, testenv.VHost(t), opts...)
+}
+
+// startSagaIn starts the order service on the vhost of amqpURL (one of
+// testenv.VHost's), which the test's own publishes use.
+func startSagaIn(t *testing.T, amqpURL string, opts ...func(*Config)) sagaSystem {
+	t.Helper()
 	svc := startService(t, testenv.Database(t), amqpURL, opts...)
 	// The saga consumer declares its queue a moment after /readyz.
 	ch := testenv.Channel(t, amqpURL)
@@ -194,6 +202,88 @@ func TestMismatchedPaymentIsDeadLettered(t *testing.T) {
 			}
 		})
 	}
+}
+
+// The order service trusts payment events only from the payment service's
+// RabbitMQ user (the user_id property, which RabbitMQ validates against the
+// publishing connection's user): one published by another user, with no
+// user id, or with another user's claim in the header the service's own
+// moves carry is dead-lettered and changes nothing; the payment service's
+// own (its publisher sets the user id) is applied.
+func TestPaymentEventsOnlyFromThePaymentUser(t *testing.T) {
+	t.Parallel()
+	amqpURL := testenv.VHost(t)
+	_, orderURL := testenv.User(t, amqpURL, "order")
+	payUser, payURL := testenv.User(t, amqpURL, "payment")
+	s := startSagaIn(t, amqpURL, func(c *Config) { c.AMQPURL, c.PaymentAMQPUser = orderURL, payUser })
+	o := s.checkout(t)
+
+	conn, err := amqp.Dial(amqpURL) // as guest: another user
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	for _, tt := range []struct {
+		name string
+		pub  amqp.Publishing
+	}{
+		{"another user", amqp.Publishing{UserId: "guest"}},
+		{"no user id", amqp.Publishing{}},
+		{"a claim in the header", amqp.Publishing{UserId: "guest", Headers: amqp.Table{events.HeaderPublishedBy: payUser}}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			m, err := events.Encode(processed(o))
+			if err != nil {
+				t.Fatal(err)
+			}
+			p := tt.pub
+			p.MessageId, p.Type, p.ContentType, p.DeliveryMode, p.Body = m.ID, m.Type, events.ContentType, amqp.Persistent, m.Body
+			if err := testenv.Channel(t, amqpURL).PublishWithContext(context.Background(), events.Exchange, m.RoutingKey, true, false, p); err != nil {
+				t.Fatal(err)
+			}
+			deadline := time.Now().Add(30 * time.Second)
+			for {
+				dls, _, err := events.ListDeadLetters(context.Background(), conn, SagaQueue, 10)
+				if err == nil && slices.ContainsFunc(dls, func(d events.DeadLetter) bool { return d.EventID == m.ID }) {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("not dead-lettered: %+v %v", dls, err)
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			if got := s.get(t, o.ID); got.Status != StatusPending {
+				t.Fatalf("an untrusted payment event changed the order: %s %v", got.Status, got.steps())
+			}
+		})
+	}
+
+	// The payment service's publisher, on its own user's connection.
+	b := events.NewBroker(payURL, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { b.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	pub := events.NewPublisher(b)
+	defer pub.Close()
+	m, err := events.Encode(processed(o))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wait, stop := context.WithTimeout(ctx, 30*time.Second)
+	defer stop()
+	if ch, err := b.PublishChannel(wait); err == nil { // connected
+		_ = ch.Close()
+	}
+	for {
+		if _, err := pub.Publish(wait, []events.Message{m}); err == nil {
+			break
+		} else if wait.Err() != nil {
+			t.Fatalf("publish as the payment user: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	s.waitFor(t, o.ID, "paid", func(o Order) bool { return o.Status == StatusPaid })
 }
 
 // An order without a payment result is asked about again after the

@@ -112,7 +112,9 @@ elif (exec 3<>/dev/tcp/127.0.0.1/4318) 2>/dev/null || [ -x "$JAEGER" ]; then
 else
   traces="traces: off (scripts/jaeger.sh build once, then make run again)"
 fi
-start order 36 env AMQP_URL="$ORDER_AMQP_URL" DATABASE_URL="$ORDER_DATABASE_URL" ./bin/order
+# Payment events are believed only from the user of PAYMENT_AMQP_URL.
+start order 36 env AMQP_URL="$ORDER_AMQP_URL" DATABASE_URL="$ORDER_DATABASE_URL" \
+  PAYMENT_AMQP_USER="${PAYMENT_AMQP_USER:-$(printf '%s' "$PAYMENT_AMQP_URL" | sed -n 's#^[a-z]*://\([^:@/]*\).*#\1#p')}" ./bin/order
 start payment 33 env AMQP_URL="$PAYMENT_AMQP_URL" DATABASE_URL="$PAYMENT_DATABASE_URL" ./bin/payment
 start email 35 env AMQP_URL="$EMAIL_AMQP_URL" ./bin/email
 start gateway 32 ./bin/gateway

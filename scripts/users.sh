@@ -22,6 +22,13 @@
 # (consume) only its own queues. deploy/permissions_test.go holds these
 # regexes, compose's definitions and the Kubernetes Permissions to the
 # topology against the real broker.
+#
+# It also sets the topology's policies (events.Policies) on each vhost: the
+# main queues' dead-lettering past the delivery limit and the retry queues'
+# way back. They are policies, not queue arguments, because RabbitMQ checks
+# read on a queue declared with a dead-letter exchange; without them a retry
+# would expire into nothing. deploy/native_users_test.go holds them to the
+# code.
 set -euo pipefail
 
 PG_ADMIN_URL=${PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable}
@@ -38,11 +45,23 @@ perm_configure() { printf '^(%s|(%s)(\\.retry\\.[0-9]+|\\.dlq)?)$' "$EXCHANGE" "
 # through the default exchange (and declaring a retry queue, whose dead-letter
 # exchange is the default one, needs write on it too).
 perm_write() { printf '^(%s|amq\\.default|%s)$' "$EXCHANGE" "$QUEUES"; }
-# Its own queue, its retry queues (declaring a queue with a dead-letter
-# exchange needs read on it, so every retry queue of the topology) and its
-# dead-letter queue; the exchange (queue.bind reads from it).
+# Its own queue, retry queues and dead-letter queue; the exchange
+# (queue.bind reads from it).
 perm_read() { # own queue regex
-  printf '^(%s|%s(\\.dlq)?|(%s)\\.retry\\.[0-9]+)$' "$EXCHANGE" "$1" "$QUEUES"
+  printf '^(%s|%s(\\.retry\\.[0-9]+|\\.dlq)?)$' "$EXCHANGE" "$1"
+}
+# The policies of events.Policies for the topology's queues on vhost $1, as
+# JSON lines.
+policies() {
+  local q
+  for q in payment.order-created email.payment-results order.saga-events; do
+    jq -nc --arg vhost "$1" --arg q "$q" --arg pat "${q//./\\.}" --argjson prio 10 --argjson limit 50 '
+      {vhost: $vhost, name: $q, pattern: "^\($pat)$", "apply-to": "queues", priority: $prio,
+       definition: {"delivery-limit": $limit, "dead-letter-exchange": "", "dead-letter-routing-key": "\($q).dlq",
+                    "dead-letter-strategy": "at-least-once", overflow: "reject-publish"}},
+      {vhost: $vhost, name: "\($q).retry", pattern: "^\($pat)\\.retry\\.[0-9]+$", "apply-to": "queues", priority: $prio,
+       definition: {"dead-letter-exchange": "", "dead-letter-routing-key": $q}}'
+  done
 }
 
 safe() { [[ $1 =~ ^[A-Za-z0-9._~-]+$ ]] || die "$2 '$1' must be letters, digits and - _ . ~ (it goes into URLs and JSON as it is)"; }
@@ -87,6 +106,8 @@ if [ ${#entries[@]} -gt 0 ]; then
     users: map({name: .user, password, tags: []}),
     vhosts: (map(.vhost) | unique | map({name: .})),
     permissions: map({user, vhost, configure, write, read})}')
+  pols=$(for v in $(printf '%s' "$defs" | jq -r '.vhosts[].name'); do policies "$v"; done | jq -sc .)
+  defs=$(printf '%s' "$defs" | jq -c --argjson p "$pols" '. + {policies: $p}')
   api_auth=$(printf '%s' "$RABBITMQ_API" | sed -n 's#^[a-z]*://\([^@/]*\)@.*#\1#p')
   api_base=$(printf '%s' "$RABBITMQ_API" | sed 's#://[^@/]*@#://#')
   if curl -fsS -o /dev/null --max-time 5 -u "$api_auth" "$api_base/api/overview" 2>/dev/null; then
@@ -99,7 +120,7 @@ if [ ${#entries[@]} -gt 0 ]; then
   else
     die "neither the RabbitMQ management API ($api_base) nor rabbitmqctl can create the services' users"
   fi
-  say "RabbitMQ users $(printf '%s' "$defs" | jq -r '.users | map(.name) | join(", ")'): each reads only its own queues"
+  say "RabbitMQ users $(printf '%s' "$defs" | jq -r '.users | map(.name) | join(", ")'): each reads only its own queues; the topology's policies set"
 fi
 
 # ---------------------------------------------------------------- PostgreSQL

@@ -45,6 +45,8 @@ type Broker struct {
 	// anything is published: every service declares the whole contract, so
 	// an event published before its consumer first started is kept for it.
 	Topology []QueueSpec
+	// user is the user of url, the validated user_id of what it publishes.
+	user string
 
 	mu        sync.Mutex
 	conn      *amqp.Connection // consuming
@@ -52,12 +54,12 @@ type Broker struct {
 	blocked   string           // why the broker blocks publishing, or ""
 	connected chan struct{}    // closed while both are usable; replaced when one drops
 	onConnect []func()
-	classic   map[string]bool // queues found to exist as classic queues (warned once)
+	kept      map[string]bool // queues found to exist with other arguments (warned once)
 }
 
 // NewBroker returns a broker for url. Call Run to connect.
 func NewBroker(url string, log *slog.Logger) *Broker {
-	return &Broker{url: url, log: log, Name: "checkout", connected: make(chan struct{})}
+	return &Broker{url: url, user: userOf(url), log: log, Name: "checkout", connected: make(chan struct{})}
 }
 
 // OnConnect registers f to run after every successful (re)connect, e.g. to

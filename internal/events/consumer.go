@@ -81,6 +81,10 @@ type Delivery struct {
 	amqp.Delivery
 	// Attempt is 1 on the first try.
 	Attempt int
+	// PublishedBy is the RabbitMQ user that published the event, as the
+	// broker validated it (its user_id, also after this service moved it to
+	// a retry queue and back); empty when the publisher set none.
+	PublishedBy string
 }
 
 // EventRoutingKey is the routing key the event was published with, also
@@ -295,7 +299,7 @@ func waitTimeout(wg *sync.WaitGroup, d time.Duration) {
 }
 
 func (c *Consumer) handle(ctx, chCtx context.Context, r *republisher, acks *acker, amqpD amqp.Delivery) {
-	d := Delivery{Delivery: amqpD, Attempt: attemptOf(amqpD.Headers) + 1}
+	d := Delivery{Delivery: amqpD, Attempt: attemptOf(amqpD.Headers) + 1, PublishedBy: publishedBy(amqpD, c.broker.user)}
 	log := c.log.With("event_id", d.MessageId, "event_type", d.Type, "attempt", d.Attempt)
 
 	// A shutdown does not cancel a running handler: it is given
@@ -454,6 +458,7 @@ func (r *republisher) publish(ctx context.Context, d Delivery, mv move, from str
 	headers[HeaderUnavailable] = int32(mv.unavailable)
 	headers[HeaderRoutingKey] = d.EventRoutingKey()
 	headers[HeaderError] = truncate(mv.reason, 1000)
+	headers[HeaderPublishedBy] = d.PublishedBy
 	queue := mv.queue
 	pub := amqp.Publishing{
 		Headers:      headers,
@@ -463,6 +468,7 @@ func (r *republisher) publish(ctx context.Context, d Delivery, mv move, from str
 		Type:         d.Type,
 		Timestamp:    d.Timestamp,
 		AppId:        d.AppId,
+		UserId:       r.broker.user,
 		Body:         d.Body,
 	}
 	if queue == DeadLetterQueue(from) {

@@ -59,6 +59,7 @@ func startConsumer(t *testing.T, amqpURL string, cfg events.ConsumerConfig, r *r
 
 func startConsumerFunc(t *testing.T, amqpURL string, cfg events.ConsumerConfig, h events.Handler) {
 	t.Helper()
+	testenv.SetPolicies(t, amqpURL, events.QueuePolicies(cfg.Queue))
 	log := web.NewLogger(io.Discard, "error", "json", "test")
 	ctx, cancel := context.WithCancel(context.Background())
 	b := events.NewBroker(amqpURL, log)

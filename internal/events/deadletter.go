@@ -76,6 +76,7 @@ func ReplayDeadLetters(ctx context.Context, conn *amqp.Connection, queue string,
 		return 0, fmt.Errorf("dead-letter queue %s: %w", DeadLetterQueue(queue), err)
 	}
 	max = min(max, dlq.Messages)
+	self := connUser(conn)
 	moved := 0
 	for moved < max && ctx.Err() == nil {
 		d, ok, err := ch.Get(DeadLetterQueue(queue), false)
@@ -92,10 +93,11 @@ func ReplayDeadLetters(ctx context.Context, conn *amqp.Connection, queue string,
 		replays, _ := headers["x-replayed"].(int32)
 		headers["x-replayed"] = replays + 1
 		headers[HeaderRoutingKey] = Delivery{Delivery: d}.EventRoutingKey()
+		headers[HeaderPublishedBy] = publishedBy(d, self)
 		delete(headers, HeaderAttempt)
 		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, "", queue, true, false, amqp.Publishing{
 			Headers: headers, ContentType: d.ContentType, DeliveryMode: amqp.Persistent,
-			MessageId: d.MessageId, Type: d.Type, Timestamp: d.Timestamp, AppId: d.AppId, Body: d.Body,
+			MessageId: d.MessageId, Type: d.Type, Timestamp: d.Timestamp, AppId: d.AppId, UserId: self, Body: d.Body,
 		})
 		if err != nil {
 			return moved, fmt.Errorf("republish %s: %w", d.MessageId, err)

@@ -73,10 +73,12 @@ func isPreconditionFailed(err error) bool {
 // bindings, its retry queues and its dead-letter queue, on the consuming
 // connection. It is idempotent and safe to call from every service at once.
 //
-// A main queue is declared as a quorum queue. Where it exists already as a
-// classic queue (made by an earlier version), RabbitMQ refuses the new type
-// with PRECONDITION_FAILED: that queue is then used as it is, with a
-// warning saying how to migrate it, so an upgrade never stops a service.
+// The queues are declared with MainQueueArgs and RetryQueueArgs (no
+// dead-letter arguments: those come from Policies). Where a queue exists
+// already with other arguments (a classic queue, or one with the dead-letter
+// arguments of an earlier version), RabbitMQ refuses the declaration with
+// PRECONDITION_FAILED: that queue is then used as it is, with a warning
+// saying how to renew it, so an upgrade never stops a service.
 func (b *Broker) Declare(ctx context.Context, specs ...QueueSpec) error {
 	b.mu.Lock()
 	conn := b.conn
@@ -92,73 +94,82 @@ func (b *Broker) declareOn(ctx context.Context, conn *amqp.Connection, specs []Q
 	if err != nil {
 		return fmt.Errorf("declare: %w", err)
 	}
-	defer func() { _ = bounded(ctx, conn, ch.Close) }()
+	d := &declarer{ch: ch, reopen: conn.Channel, kept: b.warnKept}
+	defer func() { _ = bounded(ctx, conn, d.ch.Close) }()
 	for _, spec := range specs {
-		err := bounded(ctx, conn, func() error { return declareQueue(ch, spec, false) })
-		if isPreconditionFailed(err) {
-			// The channel is closed by the refusal: declare the queue as
-			// it is (classic, no arguments) on a fresh one.
-			b.warnClassic(spec.Name)
-			if ch, err = openChannel(ctx, conn); err != nil {
-				return fmt.Errorf("declare: %w", err)
-			}
-			err = bounded(ctx, conn, func() error { return declareQueue(ch, spec, true) })
-		}
-		if err != nil {
+		if err := bounded(ctx, conn, func() error { return d.declare(spec) }); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func (b *Broker) warnClassic(queue string) {
+func (b *Broker) warnKept(queue string) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.classic == nil {
-		b.classic = map[string]bool{}
+	if b.kept == nil {
+		b.kept = map[string]bool{}
 	}
-	if !b.classic[queue] {
-		b.classic[queue] = true
-		b.log.Warn("queue exists as a classic queue; using it as it is. To make it a quorum queue, stop its consumers, let it drain and delete it (rabbitmqctl delete_queue "+queue+"); the next start declares it anew",
+	if !b.kept[queue] {
+		b.kept[queue] = true
+		b.log.Warn("queue exists with other arguments than this version declares (a classic queue, or an earlier version's dead-letter arguments); using it as it is. To renew it, stop its consumers, let it drain and delete it (rabbitmqctl delete_queue "+queue+"); the next start declares it anew",
 			"queue", queue)
 	}
 }
 
-// declareQueue declares one consumer queue and what belongs to it on ch.
-// classic declares the main queue as an existing classic queue.
-func declareQueue(ch *amqp.Channel, spec QueueSpec, classic bool) error {
-	if err := DeclareExchange(ch); err != nil {
+// A declarer declares queues on ch. When reopen is set, a queue that exists
+// with other arguments is used as it is: kept is told, and the channel (closed
+// by the refusal) is opened anew.
+type declarer struct {
+	ch     *amqp.Channel
+	reopen func() (*amqp.Channel, error)
+	kept   func(queue string)
+}
+
+func (d *declarer) queue(name string, args amqp.Table) error {
+	_, err := d.ch.QueueDeclare(name, true, false, false, false, args)
+	if !isPreconditionFailed(err) || d.reopen == nil {
+		return err
+	}
+	d.kept(name)
+	if d.ch, err = d.reopen(); err != nil {
+		return err
+	}
+	_, err = d.ch.QueueDeclarePassive(name, true, false, false, false, nil)
+	return err
+}
+
+// declare declares one consumer queue and what belongs to it.
+func (d *declarer) declare(spec QueueSpec) error {
+	if err := DeclareExchange(d.ch); err != nil {
 		return fmt.Errorf("declare exchange: %w", err)
 	}
-	var args amqp.Table
-	if !classic {
-		args = MainQueueArgs(spec.Name)
-	}
-	if _, err := ch.QueueDeclare(spec.Name, true, false, false, false, args); err != nil {
+	if err := d.queue(spec.Name, MainQueueArgs(spec.Name)); err != nil {
 		return fmt.Errorf("declare queue %s: %w", spec.Name, err)
 	}
 	for _, key := range spec.Bindings {
-		if err := ch.QueueBind(spec.Name, key, Exchange, false, nil); err != nil {
+		if err := d.ch.QueueBind(spec.Name, key, Exchange, false, nil); err != nil {
 			return fmt.Errorf("bind %s to %s: %w", spec.Name, key, err)
 		}
 	}
-	// Expired retries go back to the main queue through the default exchange.
 	for retry := 1; retry <= RetryLevels; retry++ {
-		if _, err := ch.QueueDeclare(RetryQueue(spec.Name, retry), true, false, false, false, RetryQueueArgs(spec.Name)); err != nil {
+		if err := d.queue(RetryQueue(spec.Name, retry), RetryQueueArgs(spec.Name)); err != nil {
 			return fmt.Errorf("declare retry queue: %w", err)
 		}
 	}
-	if _, err := ch.QueueDeclare(DeadLetterQueue(spec.Name), true, false, false, false, nil); err != nil {
+	if err := d.queue(DeadLetterQueue(spec.Name), nil); err != nil {
 		return fmt.Errorf("declare dead-letter queue: %w", err)
 	}
 	return nil
 }
 
 // DeclareAll declares the exchange and the whole topology on ch as the
-// services do at start (for tools and tests that hold a bare channel).
+// services do at start (for tools and tests that hold a bare channel; a
+// queue that exists with other arguments fails it).
 func DeclareAll(ch *amqp.Channel) error {
+	d := &declarer{ch: ch}
 	for _, spec := range Topology {
-		if err := declareQueue(ch, spec, false); err != nil {
+		if err := d.declare(spec); err != nil {
 			return err
 		}
 	}

@@ -70,7 +70,7 @@ func (p *Publisher) Publish(ctx context.Context, msgs []Message) ([]Result, erro
 	// got and gotFailed are read only when the call finished: a call given
 	// up on may still write them.
 	err := bounded(ctx, p.conn, func() error {
-		got, gotFailed = publishOn(ctx, ch, returns, msgs)
+		got, gotFailed = publishOn(ctx, ch, returns, p.broker.user, msgs)
 		return nil
 	})
 	results, failed := failAll(msgs, err), err
@@ -92,7 +92,9 @@ func failAll(msgs []Message, err error) []Result {
 	return results
 }
 
-func publishOn(ctx context.Context, ch *amqp.Channel, returns <-chan amqp.Return, msgs []Message) ([]Result, error) {
+// publishOn publishes msgs on ch as user (the connection's: RabbitMQ
+// validates the user_id, so consumers may trust it).
+func publishOn(ctx context.Context, ch *amqp.Channel, returns <-chan amqp.Return, user string, msgs []Message) ([]Result, error) {
 	results := make([]Result, len(msgs))
 	pending := make([]*amqp.DeferredConfirmation, len(msgs))
 	var failed error
@@ -105,6 +107,7 @@ func publishOn(ctx context.Context, ch *amqp.Channel, returns <-chan amqp.Return
 			Type:         m.Type,
 			Timestamp:    time.Now(),
 			AppId:        "checkout",
+			UserId:       user,
 			Body:         m.Body,
 		})
 		if err != nil {

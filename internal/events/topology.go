@@ -1,5 +1,7 @@
 package events
 
+import "regexp"
+
 // The topology is part of the contract: every queue any service will ever
 // consume from, with its bindings. Every service declares all of it at start
 // (with each queue's retry and dead-letter queues), so an event published
@@ -66,23 +68,63 @@ func QueueNames() []string {
 	return names
 }
 
-// MainQueueArgs are the arguments of a consumer queue: a quorum queue whose
-// messages past the delivery limit are dead-lettered (at least once) to its
-// dead-letter queue through the default exchange.
-func MainQueueArgs(name string) map[string]any {
-	return map[string]any{
-		"x-queue-type":              "quorum",
-		"x-delivery-limit":          int32(DeliveryLimit),
-		"x-dead-letter-exchange":    "",
-		"x-dead-letter-routing-key": DeadLetterQueue(name),
-		"x-dead-letter-strategy":    "at-least-once",
-		"x-overflow":                "reject-publish",
+// MainQueueArgs are the arguments a consumer queue is declared with: a
+// quorum queue, nothing more. Its dead-lettering and delivery limit come
+// from the queue's policy (see Policies): RabbitMQ checks read permission on
+// a queue declared with an x-dead-letter-exchange argument, and every
+// service declares every main queue but may read only its own.
+func MainQueueArgs(string) map[string]any {
+	return map[string]any{"x-queue-type": "quorum"}
+}
+
+// RetryQueueArgs are the arguments of a delay queue of a consumer queue: a
+// classic queue with none (for the same reason). Its messages carry their
+// own TTL and expire back onto the consumer queue by its retry policy.
+func RetryQueueArgs(string) map[string]any { return nil }
+
+// A Policy is a RabbitMQ policy of the topology, set on the vhost by whoever
+// administers the broker (compose's definitions, the Kubernetes Policy
+// resources, scripts/users.sh for a native run), never by a service: setting
+// policies needs the policymaker tag.
+type Policy struct {
+	Name       string         `json:"name"`
+	Pattern    string         `json:"pattern"`
+	ApplyTo    string         `json:"apply-to"`
+	Priority   int            `json:"priority"`
+	Definition map[string]any `json:"definition"`
+}
+
+// PolicyPriority is the priority of the topology's policies: RabbitMQ
+// applies one policy to a queue, the highest, so these win over a catch-all
+// of the operator's at the default priority 0.
+const PolicyPriority = 10
+
+// QueuePolicies returns the policies of the consumer queue name: its
+// messages handed back more than DeliveryLimit times are dead-lettered (at
+// least once) to its dead-letter queue through the default exchange, and
+// expired messages of its retry queues go back to it.
+func QueuePolicies(name string) []Policy {
+	quoted := regexp.QuoteMeta(name)
+	return []Policy{
+		{Name: name, Pattern: "^" + quoted + "$", ApplyTo: "queues", Priority: PolicyPriority, Definition: map[string]any{
+			"delivery-limit":          DeliveryLimit,
+			"dead-letter-exchange":    "",
+			"dead-letter-routing-key": DeadLetterQueue(name),
+			"dead-letter-strategy":    "at-least-once",
+			"overflow":                "reject-publish",
+		}},
+		{Name: name + ".retry", Pattern: "^" + quoted + `\.retry\.[0-9]+$`, ApplyTo: "queues", Priority: PolicyPriority, Definition: map[string]any{
+			"dead-letter-exchange":    "",
+			"dead-letter-routing-key": name,
+		}},
 	}
 }
 
-// RetryQueueArgs are the arguments of a delay queue of the consumer queue
-// name: a classic queue whose messages expire (per-message TTL) back onto
-// name through the default exchange.
-func RetryQueueArgs(name string) map[string]any {
-	return map[string]any{"x-dead-letter-exchange": "", "x-dead-letter-routing-key": name}
+// Policies returns the policies of the whole topology.
+func Policies() []Policy {
+	var out []Policy
+	for _, q := range Topology {
+		out = append(out, QueuePolicies(q.Name)...)
+	}
+	return out
 }

@@ -67,6 +67,7 @@ func TestQuorumQueueDeliveryLimit(t *testing.T) {
 	t.Parallel()
 	url := testenv.VHost(t)
 	spec := events.QueueSpec{Name: "test.quorum", Bindings: []string{testKey}}
+	testenv.SetPolicies(t, url, events.QueuePolicies(spec.Name))
 	connectedBroker(t, url, []events.QueueSpec{spec})
 	ch := testenv.Channel(t, url)
 	// Declaring it as a classic queue is refused: it is a quorum queue.
@@ -100,20 +101,45 @@ func TestQuorumQueueDeliveryLimit(t *testing.T) {
 	})
 }
 
-// A main queue left as a classic queue by an earlier version is used as it
-// is: declaring it as a quorum queue fails with PRECONDITION_FAILED, and
-// that must not stop the service.
-func TestExistingClassicQueueIsKept(t *testing.T) {
+// A queue left by an earlier version with other arguments (a classic main
+// queue, or a quorum queue and retry queues with the dead-letter arguments
+// that are now policies) is used as it is: declaring it with this version's
+// arguments fails with PRECONDITION_FAILED, and that must not stop the
+// service.
+func TestExistingQueueIsKept(t *testing.T) {
 	t.Parallel()
-	url := testenv.VHost(t)
-	spec := events.QueueSpec{Name: "test.legacy", Bindings: []string{testKey}}
-	ch := testenv.Channel(t, url)
-	if _, err := ch.QueueDeclare(spec.Name, true, false, false, false, nil); err != nil {
-		t.Fatal(err)
+	oldMain := amqp.Table{"x-queue-type": "quorum", "x-delivery-limit": int32(events.DeliveryLimit),
+		"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "test.legacy.dlq",
+		"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
+	for _, tc := range []struct {
+		name       string
+		main       amqp.Table
+		oldRetries bool
+	}{
+		{"classic", nil, false},
+		{"old-arguments", oldMain, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			url := testenv.VHost(t)
+			spec := events.QueueSpec{Name: "test.legacy", Bindings: []string{testKey}}
+			ch := testenv.Channel(t, url)
+			if _, err := ch.QueueDeclare(spec.Name, true, false, false, false, tc.main); err != nil {
+				t.Fatal(err)
+			}
+			if tc.oldRetries {
+				for n := 1; n <= events.RetryLevels; n++ {
+					if _, err := ch.QueueDeclare(events.RetryQueue(spec.Name, n), true, false, false, false,
+						amqp.Table{"x-dead-letter-exchange": "", "x-dead-letter-routing-key": spec.Name}); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			connectedBroker(t, url, []events.QueueSpec{spec})
+			r := &recorder{handled: map[string]int{}}
+			startConsumer(t, url, events.ConsumerConfig{Queue: spec.Name, Bindings: spec.Bindings}, r)
+			publish(t, url, "old-queue")
+			waitFor(t, "handled from the old queue", func() bool { _, h := r.snapshot(); return h["old-queue"] == 1 })
+		})
 	}
-	connectedBroker(t, url, []events.QueueSpec{spec})
-	r := &recorder{handled: map[string]int{}}
-	startConsumer(t, url, events.ConsumerConfig{Queue: spec.Name, Bindings: spec.Bindings}, r)
-	publish(t, url, "old-queue")
-	waitFor(t, "handled from the classic queue", func() bool { _, h := r.snapshot(); return h["old-queue"] == 1 })
 }

@@ -7,18 +7,22 @@ package testenv
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+
+	"github.com/checkout-demo/checkout/internal/events"
 )
 
 // Defaults, overridable with TEST_DATABASE_URL, TEST_AMQP_URL and
@@ -105,6 +109,9 @@ func VHost(tb testing.TB) string {
 	})
 	u, _ := url.Parse(AMQPURL)
 	u.Path = "/" + name
+	// The topology's policies, as whoever administers a real broker sets
+	// them: without them retries would expire into nothing.
+	SetPolicies(tb, u.String(), events.Policies())
 	return u.String()
 }
 
@@ -120,6 +127,61 @@ func Long(tb testing.TB) {
 	tb.Helper()
 	if testing.Short() && os.Getenv("CI") != "true" {
 		tb.Skip("a long run: -short skips it (CI runs it)")
+	}
+}
+
+// User creates a RabbitMQ user (a fresh name starting with prefix) with
+// every permission on the vhost of amqpURL (one of VHost's), deletes it when
+// the test ends, and returns its name and an AMQP URL for it.
+func User(tb testing.TB, amqpURL, prefix string) (string, string) {
+	tb.Helper()
+	u, err := url.Parse(amqpURL)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	name, password := Name(prefix), uuid.NewString()
+	vhost := strings.TrimPrefix(u.Path, "/")
+	if err := api(http.MethodPut, "/api/users/"+name, `{"password":"`+password+`","tags":""}`); err != nil {
+		tb.Fatalf("create user: %v", err)
+	}
+	tb.Cleanup(func() {
+		if err := api(http.MethodDelete, "/api/users/"+name, ""); err != nil {
+			tb.Logf("delete user %s: %v", name, err)
+		}
+	})
+	if err := api(http.MethodPut, "/api/permissions/"+url.PathEscape(vhost)+"/"+name, `{"configure":".*","write":".*","read":".*"}`); err != nil {
+		tb.Fatalf("grant user: %v", err)
+	}
+	u.User = url.UserPassword(name, password)
+	return name, u.String()
+}
+
+// SetPolicies sets policies on the vhost of amqpURL (one of VHost's), as
+// the deployments set events.Policies(): for a test's own queues, give it
+// events.QueuePolicies(name).
+func SetPolicies(tb testing.TB, amqpURL string, policies []events.Policy) {
+	tb.Helper()
+	u, err := url.Parse(amqpURL)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	vhost := strings.TrimPrefix(u.Path, "/")
+	for _, p := range policies {
+		def, err := json.Marshal(p.Definition)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		body, err := json.Marshal(p)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		if err := api(http.MethodPut, "/api/policies/"+url.PathEscape(vhost)+"/"+url.PathEscape(p.Name), string(body)); err == nil {
+			continue
+		}
+		if out, err := exec.Command("rabbitmqctl", "set_policy", "-p", vhost, "--priority", strconv.Itoa(p.Priority),
+			"--apply-to", p.ApplyTo, p.Name, p.Pattern, string(def)).CombinedOutput(); err != nil {
+			tb.Fatalf("set policy %s: %v: %s", p.Name, err, out)
+		}
 	}
 }
 
