@@ -34,6 +34,11 @@ func main() {
 // deliveries and lets the mails in flight finish.
 func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.Addr)) error {
 	log := web.NewLogger(stdout, cfg.LogLevel, cfg.LogFormat, "email")
+	metrics, stopTelemetry, err := web.Telemetry(ctx, log, "email", cfg.ShutdownTimeout)
+	if err != nil {
+		return err
+	}
+	defer stopTelemetry()
 	mailer, err := NewMailer(cfg, log)
 	if err != nil {
 		return err
@@ -90,6 +95,6 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 	r.Method(http.MethodGet, "/health", health.HandleHealth())
 	r.Method(http.MethodGet, "/livez", health.HandleLivez())
 	r.Method(http.MethodGet, "/readyz", health.HandleReadyz())
-	return bg.Result(web.ListenAndServe(ctx, log, net.JoinHostPort(cfg.ListenHost, cfg.Port), web.Middleware(log, r), cfg.ShutdownTimeout, &stopping, listening,
+	return bg.Result(web.ListenAndServe(ctx, log, net.JoinHostPort(cfg.ListenHost, cfg.Port), web.Observed(log, metrics, r), cfg.ShutdownTimeout, &stopping, listening,
 		"smtp", smtpAddr, "email_delay", cfg.EmailDelay.String(), "smtp_sessions", cfg.SMTPSessions))
 }

@@ -36,6 +36,12 @@ func main() {
 func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.Addr)) error {
 	log := web.NewLogger(stdout, cfg.LogLevel, cfg.LogFormat, "order")
 
+	metrics, stopTelemetry, err := web.Telemetry(ctx, log, "order", cfg.ShutdownTimeout)
+	if err != nil {
+		return err
+	}
+	defer stopTelemetry()
+
 	db, err := postgres.Open(cfg.DatabaseURL, cfg.DBMaxConns)
 	if err != nil {
 		return err
@@ -93,5 +99,5 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 		Extra:    map[string]web.Check{"rabbitmq": broker.Check, "consumer": consumer.Check},
 		Stopping: stopping.Load,
 	}
-	return bg.Result(web.ListenAndServe(ctx, log, net.JoinHostPort(cfg.ListenHost, cfg.Port), NewServer(log, store, relay, health), cfg.ShutdownTimeout, &stopping, listening))
+	return bg.Result(web.ListenAndServe(ctx, log, net.JoinHostPort(cfg.ListenHost, cfg.Port), NewServer(log, metrics, store, relay, health), cfg.ShutdownTimeout, &stopping, listening))
 }

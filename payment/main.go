@@ -46,6 +46,12 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 		return fmt.Errorf("PAYMENT_FAILURE_RATE must be between 0 and 1, got %v", cfg.PaymentFailureRate)
 	}
 
+	metrics, stopTelemetry, err := web.Telemetry(ctx, log, "payment", cfg.ShutdownTimeout)
+	if err != nil {
+		return err
+	}
+	defer stopTelemetry()
+
 	db, err := postgres.Open(cfg.DatabaseURL, cfg.DBMaxConns)
 	if err != nil {
 		return err
@@ -96,6 +102,6 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 		Ready:    map[string]web.Check{"postgres": db.Ping, "rabbitmq": broker.Check, "consumer": consumer.Check},
 		Stopping: stopping.Load,
 	}
-	return bg.Result(web.ListenAndServe(ctx, log, net.JoinHostPort(cfg.ListenHost, cfg.Port), NewServer(log, store, health), cfg.ShutdownTimeout, &stopping, listening,
+	return bg.Result(web.ListenAndServe(ctx, log, net.JoinHostPort(cfg.ListenHost, cfg.Port), NewServer(log, metrics, store, health), cfg.ShutdownTimeout, &stopping, listening,
 		"payment_delay", cfg.PaymentDelay.String(), "max_amount", maxAmount.String(), "failure_rate", cfg.PaymentFailureRate))
 }
