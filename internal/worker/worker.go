@@ -19,6 +19,7 @@ import (
 	"github.com/checkout-demo/checkout/internal/events"
 	"github.com/checkout-demo/checkout/internal/outbox"
 	"github.com/checkout-demo/checkout/internal/postgres"
+	"github.com/checkout-demo/checkout/internal/telemetry"
 	"github.com/checkout-demo/checkout/internal/web"
 )
 
@@ -46,6 +47,16 @@ func HandleAbout(service string, routes chi.Routes) http.Handler {
 // DeadLetters is the `dlq list|replay` subcommand for the service's queue.
 func DeadLetters(amqpURL, queue string) web.Command {
 	return web.Command{Name: "dlq", Run: func(ctx context.Context, args []string) error {
+		// A replay's new trace is exported when OTEL_* say so.
+		shutdown, err := telemetry.Setup(ctx, "dlq")
+		if err != nil {
+			return err
+		}
+		defer func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = shutdown(ctx)
+		}()
 		return events.DeadLetterCommand(ctx, args, amqpURL, queue, os.Stdout)
 	}}
 }
