@@ -59,16 +59,17 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 	broker := events.NewBroker(cfg.AMQPURL, log)
 	broker.Name = "email"
 	pub := events.NewPublisher(broker)
+	pub.Metrics = metrics
 	defer pub.Close()
 	h := &mailHandler{log: log, mailer: mailer, broker: broker, pub: events.NewBatcher(pub), sent: sent,
-		delay: cfg.EmailDelay, retryWindow: cfg.RetryWindow}
+		delay: cfg.EmailDelay, retryWindow: cfg.RetryWindow, metrics: metrics}
 	consumer := events.NewConsumer(broker, events.ConsumerConfig{
 		Queue: Queue, Bindings: events.QueueBindings(Queue),
 		Prefetch: cfg.Prefetch, Concurrency: cfg.Concurrency, MaxAttempts: cfg.MaxAttempts,
-		RetryBase: cfg.RetryBase, RetryMax: cfg.RetryMax, HandlerTimeout: cfg.HandlerTimeout,
+		RetryBase: cfg.RetryBase, RetryMax: cfg.RetryMax, HandlerTimeout: cfg.HandlerTimeout, Metrics: metrics,
 		Unavailable: unavailable,
 	}, h.handle, log)
-	bg := &worker.Background{Log: log, Broker: broker, Consumer: consumer}
+	bg := &worker.Background{Log: log, Broker: broker, Consumer: consumer, Metrics: metrics}
 	ctx = bg.Start(ctx)
 	defer bg.Stop()
 

@@ -47,7 +47,7 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 		return err
 	}
 	defer db.Close()
-	store := &Store{pool: db.Pool, ready: db.Ready, timeout: cfg.RequestTimeout}
+	store := &Store{pool: db.Pool, ready: db.Ready, timeout: cfg.RequestTimeout, metrics: metrics}
 	if cfg.AccessTokenSecret != "" {
 		if len(cfg.AccessTokenSecret) < 32 {
 			return fmt.Errorf("ACCESS_TOKEN_SECRET must be at least 32 bytes")
@@ -58,18 +58,19 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 	broker := events.NewBroker(cfg.AMQPURL, log)
 	broker.Name = "order"
 	pub := events.NewPublisher(broker)
+	pub.Metrics = metrics
 	defer pub.Close()
 	relay := outbox.NewRelay(db.Pool, pub, log)
 	relay.Poll, relay.Batch, relay.Linger, relay.CleanupInterval, relay.Retention, relay.InboxRetention = cfg.OutboxPoll, cfg.OutboxBatch, cfg.OutboxLinger, cfg.OutboxCleanup, cfg.OutboxRetention, cfg.InboxRetention
 	consumer := events.NewConsumer(broker, events.ConsumerConfig{
 		Queue: SagaQueue, Bindings: SagaBindings,
 		Prefetch: cfg.Prefetch, Concurrency: cfg.Concurrency, MaxAttempts: cfg.MaxAttempts,
-		RetryBase: cfg.RetryBase, RetryMax: cfg.RetryMax, HandlerTimeout: cfg.HandlerTimeout,
+		RetryBase: cfg.RetryBase, RetryMax: cfg.RetryMax, HandlerTimeout: cfg.HandlerTimeout, Metrics: metrics,
 		Unavailable: postgres.IsTransient,
 	}, handleSagaEvent(log, store), log)
 
 	bg := &worker.Background{Log: log, Broker: broker, DB: db, Migrations: migrations.FS,
-		Relay: relay, Consumer: consumer, FlushTimeout: cfg.ShutdownTimeout}
+		Relay: relay, Consumer: consumer, FlushTimeout: cfg.ShutdownTimeout, Metrics: metrics}
 	ctx = bg.Start(ctx)
 	defer bg.Stop()
 

@@ -37,6 +37,8 @@ type Store struct {
 	timeout time.Duration
 	// key derives the orders' access tokens (access.go).
 	key tokenKey
+	// metrics counts the saga's ends and times the mails (nil: none).
+	metrics *telemetry.Metrics
 }
 
 func (s *Store) bound(ctx context.Context) (context.Context, context.CancelFunc) {
@@ -330,14 +332,15 @@ func selectItems(ctx context.Context, tx pgx.Tx, id int64) ([]Item, error) {
 // nothing. It reports whether the event changed the order.
 func (s *Store) Advance(ctx context.Context, e SagaEvent) (bool, error) {
 	applied := false
+	var created time.Time
 	err := postgres.InTx(ctx, s.pool, func(tx pgx.Tx) error {
 		fresh, err := inbox.Claim(ctx, tx, e.EventID, e.EventType)
 		if err != nil || !fresh {
 			return err
 		}
 		var have Payer
-		err = tx.QueryRow(ctx, `SELECT user_id, user_email, total_amount FROM orders WHERE id = $1 FOR UPDATE`, e.OrderID).
-			Scan(&have.UserID, &have.UserEmail, &have.Amount)
+		err = tx.QueryRow(ctx, `SELECT user_id, user_email, total_amount, created_at FROM orders WHERE id = $1 FOR UPDATE`, e.OrderID).
+			Scan(&have.UserID, &have.UserEmail, &have.Amount, &created)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return ErrNotFound
 		}
@@ -364,7 +367,29 @@ func (s *Store) Advance(ctx context.Context, e SagaEvent) (bool, error) {
 		}
 		return settle(ctx, tx, e.OrderID)
 	})
+	if err == nil && applied {
+		s.observe(e.Step, created)
+	}
 	return applied, err
+}
+
+// observe counts a committed saga step: the ends of the payment and the
+// time from the order's creation to its confirmation mail.
+func (s *Store) observe(step string, created time.Time) {
+	switch step {
+	case StepPaid:
+		s.metrics.SagaOutcome(telemetry.SagaPaid)
+	case StepPaymentFailed:
+		s.metrics.SagaOutcome(telemetry.SagaDeclined)
+	case StepRefunded:
+		s.metrics.SagaOutcome(telemetry.SagaRefunded)
+	case StepCancelled:
+		s.metrics.SagaOutcome(telemetry.SagaCancelled)
+	case StepNoticeUnconfirmed:
+		s.metrics.SagaOutcome(telemetry.SagaTimedOut)
+	case StepConfirmationSent:
+		s.metrics.TimeToMail(time.Since(created))
+	}
 }
 
 // addStep records a timeline step once; it reports whether it was new.

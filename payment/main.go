@@ -62,20 +62,21 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 	broker := events.NewBroker(cfg.AMQPURL, log)
 	broker.Name = "payment"
 	pub := events.NewPublisher(broker)
+	pub.Metrics = metrics
 	defer pub.Close()
 	relay := outbox.NewRelay(db.Pool, pub, log)
 	relay.Poll, relay.Batch, relay.Linger, relay.CleanupInterval, relay.Retention, relay.InboxRetention = cfg.OutboxPoll, cfg.OutboxBatch, cfg.OutboxLinger, cfg.OutboxCleanup, cfg.OutboxRetention, cfg.InboxRetention
 	provider := Provider{Delay: cfg.PaymentDelay, MaxAmount: maxAmount, FailureRate: cfg.PaymentFailureRate, Ledger: db.Pool}
-	c := &charger{log: log, store: store, provider: provider, relay: relay}
+	c := &charger{log: log, store: store, provider: provider, relay: relay, metrics: metrics}
 	consumer := events.NewConsumer(broker, events.ConsumerConfig{
 		Queue: Queue, Bindings: events.QueueBindings(Queue),
 		Prefetch: cfg.Prefetch, Concurrency: cfg.Concurrency, MaxAttempts: cfg.MaxAttempts,
-		RetryBase: cfg.RetryBase, RetryMax: cfg.RetryMax, HandlerTimeout: cfg.HandlerTimeout,
+		RetryBase: cfg.RetryBase, RetryMax: cfg.RetryMax, HandlerTimeout: cfg.HandlerTimeout, Metrics: metrics,
 		Unavailable: postgres.IsTransient,
 	}, c.handle, log)
 
 	bg := &worker.Background{Log: log, Broker: broker, DB: db, Migrations: migrations.FS,
-		Relay: relay, Consumer: consumer, FlushTimeout: cfg.ShutdownTimeout}
+		Relay: relay, Consumer: consumer, FlushTimeout: cfg.ShutdownTimeout, Metrics: metrics}
 	ctx = bg.Start(ctx)
 	defer bg.Stop()
 

@@ -150,6 +150,9 @@ func NewConsumer(b *Broker, cfg ConsumerConfig, h Handler, log *slog.Logger) *Co
 	return &Consumer{broker: b, cfg: cfg, handler: h, log: log.With("queue", cfg.Queue), ready: make(chan struct{})}
 }
 
+// Queue is the name of the queue it consumes.
+func (c *Consumer) Queue() string { return c.cfg.Queue }
+
 // Ready is closed once the consumer's queues are declared and it consumes.
 func (c *Consumer) Ready() <-chan struct{} { return c.ready }
 

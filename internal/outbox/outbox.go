@@ -182,6 +182,23 @@ func Pending(ctx context.Context, pool *pgxpool.Pool) (int64, error) {
 	return n, err
 }
 
+// Stats returns the query of the outbox's backlog for
+// telemetry.Metrics.RegisterOutbox: the rows not yet published and the age
+// of the oldest (the relay's lag; it grows while RabbitMQ is away).
+func Stats(pool *pgxpool.Pool) func(ctx context.Context) (telemetry.OutboxStats, error) {
+	return func(ctx context.Context) (telemetry.OutboxStats, error) {
+		var (
+			s   telemetry.OutboxStats
+			age float64
+		)
+		err := pool.QueryRow(ctx, `
+			SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8
+			FROM outbox WHERE published_at IS NULL`).Scan(&s.Pending, &age)
+		s.OldestAge = time.Duration(age * float64(time.Second))
+		return s, err
+	}
+}
+
 // Lease is how long a claimed row is left to the relay that claimed it:
 // past it (that relay crashed or hung between claim and mark) another
 // relay publishes it again and the consumers drop the duplicate.

@@ -20,6 +20,7 @@ import (
 	"github.com/checkout-demo/checkout/internal/outbox"
 	"github.com/checkout-demo/checkout/internal/postgres"
 	"github.com/checkout-demo/checkout/internal/telemetry"
+	"github.com/checkout-demo/checkout/internal/telemetry/amqptel"
 	"github.com/checkout-demo/checkout/internal/web"
 )
 
@@ -72,6 +73,9 @@ type Background struct {
 	Consumer   *events.Consumer
 	// FlushTimeout bounds the last outbox flush at shutdown.
 	FlushTimeout time.Duration
+	// Metrics, when set, gets the outbox's backlog (with a Relay and a DB)
+	// and the depth of the consumer's dead-letter queue at each scrape.
+	Metrics *telemetry.Metrics
 
 	ctx                                 context.Context // Start's, cancelled by fail
 	fail                                context.CancelCauseFunc
@@ -99,6 +103,12 @@ func (b *Background) Start(ctx context.Context) context.Context {
 	// it publishes: whichever starts first, every event reaches every
 	// queue that will ever consume it.
 	b.Broker.Topology = events.Topology
+	if b.Relay != nil && b.DB != nil {
+		b.Metrics.RegisterOutbox(outbox.Stats(b.DB.Pool))
+	}
+	if b.Consumer != nil {
+		b.Metrics.RegisterQueueDepths([]string{events.DeadLetterQueue(b.Consumer.Queue())}, amqptel.QueueDepth(b.Broker.Channel))
+	}
 	if b.Relay != nil {
 		b.Broker.OnConnect(b.Relay.Wake)
 	}
