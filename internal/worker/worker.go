@@ -77,6 +77,7 @@ type Background struct {
 	// and the depth of the consumer's dead-letter queue at each scrape.
 	Metrics *telemetry.Metrics
 
+	parent                              context.Context // Start's argument
 	ctx                                 context.Context // Start's, cancelled by fail
 	fail                                context.CancelCauseFunc
 	stopBroker, stopRelay, stopConsumer context.CancelFunc
@@ -90,6 +91,7 @@ type Background struct {
 // a role without the rights it needs): the service then shuts down and
 // Err says why. An absent dependency is waited for, never such a failure.
 func (b *Background) Start(ctx context.Context) context.Context {
+	b.parent = ctx
 	ctx, b.fail = context.WithCancelCause(ctx)
 	b.ctx = ctx
 	bg := context.WithoutCancel(ctx)
@@ -157,7 +159,9 @@ func (b *Background) Result(err error) error {
 // Err is the failure that ended the service, or nil.
 func (b *Background) Err() error {
 	err := context.Cause(b.ctx)
-	if err == context.Canceled {
+	// The end of Start's context (a signal: NotifyContext gives it the
+	// signal as its cause) is a shutdown, not a failure.
+	if err == context.Canceled || (b.parent.Err() != nil && err == context.Cause(b.parent)) {
 		return nil
 	}
 	return err
