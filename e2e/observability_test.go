@@ -146,7 +146,7 @@ func TestMetricsCountTheEvents(t *testing.T) {
 	type sample struct{ service, name, labels string }
 	want := map[sample]float64{
 		{"gateway", "checkout_http_request_duration_seconds_count", `method="POST",route="/api/checkout",status="201"`}: n,
-		{"order", "checkout_http_request_duration_seconds_count", `method="POST",route="/orders",status="201"`}:        n,
+		{"order", "checkout_http_request_duration_seconds_count", `method="POST",route="/orders",status="201"`}:         n,
 		{"order", "checkout_publisher_confirms_total", `result="ack"`}:                                                  n,
 		{"order", "checkout_saga_outcomes_total", `outcome="paid"`}:                                                     n,
 		{"order", "checkout_saga_time_to_mail_seconds_count", ``}:                                                       n,
