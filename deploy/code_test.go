@@ -49,6 +49,19 @@ func (s service) Reads(name string) bool {
 // goRuntimeEnv are variables the Go runtime itself reads.
 var goRuntimeEnv = map[string]bool{"GOMEMLIMIT": true, "GOMAXPROCS": true, "GOGC": true, "GODEBUG": true}
 
+// otelEnv are the OTEL_* variables the OpenTelemetry set-up reads
+// (telemetry.Setup and the SDK it builds) in a service that calls
+// web.Telemetry: they are no envconfig tags, and only those services read
+// them.
+var otelEnv = []string{
+	"OTEL_SDK_DISABLED", "OTEL_TRACES_EXPORTER", "OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES",
+	"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+	"OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+	"OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TIMEOUT", "OTEL_EXPORTER_OTLP_INSECURE",
+	"OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG",
+	"OTEL_BSP_SCHEDULE_DELAY", "OTEL_BSP_EXPORT_TIMEOUT", "OTEL_BSP_MAX_QUEUE_SIZE", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+}
+
 var loadServices = sync.OnceValues(func() (map[string]service, error) {
 	names, err := makeVar("SERVICES")
 	if err != nil {
@@ -87,7 +100,7 @@ func parseService(name string) (service, error) {
 	if err != nil {
 		return s, err
 	}
-	foundConfig := false
+	foundConfig, traced := false, false
 	for _, path := range files {
 		if strings.HasSuffix(path, "_test.go") {
 			continue
@@ -98,6 +111,12 @@ func parseService(name string) (service, error) {
 		}
 		ast.Inspect(f, func(n ast.Node) bool {
 			switch n := n.(type) {
+			case *ast.CallExpr:
+				if sel, ok := n.Fun.(*ast.SelectorExpr); ok && sel.Sel.Name == "Telemetry" {
+					if pkg, ok := sel.X.(*ast.Ident); ok && pkg.Name == "web" {
+						traced = true
+					}
+				}
 			case *ast.TypeSpec:
 				st, ok := n.Type.(*ast.StructType)
 				if n.Name.Name != "Config" || !ok {
@@ -129,6 +148,11 @@ func parseService(name string) (service, error) {
 	}
 	if !foundConfig || len(s.Env) == 0 {
 		return s, &os.PathError{Op: "find envconfig tags of type Config", Path: filepath.Join(root, name), Err: os.ErrNotExist}
+	}
+	if traced {
+		for _, k := range otelEnv {
+			s.Env[k] = ""
+		}
 	}
 	return s, nil
 }
@@ -214,6 +238,11 @@ func TestServicesAreRead(t *testing.T) {
 		}
 		if s.Env["PORT"] == "" {
 			t.Errorf("%s: no default PORT among its envconfig tags %v", name, slices.Sorted(maps.Keys(s.Env)))
+		}
+	}
+	for name, svc := range all {
+		if !svc.Reads("OTEL_EXPORTER_OTLP_ENDPOINT") || svc.Reads("OTEL_NOT_A_VARIABLE") {
+			t.Errorf("%s: OTEL_* variables misread (it calls web.Telemetry): %v", name, slices.Sorted(maps.Keys(svc.Env)))
 		}
 	}
 	if !all["order"].Reads("DATABASE_URL") || all["gateway"].Reads("DATABASE_URL") {

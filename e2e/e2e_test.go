@@ -28,6 +28,7 @@ type order struct {
 	Status      string `json:"status"`
 	TotalAmount string `json:"total_amount"`
 	UserEmail   string `json:"user_email"`
+	TraceID     string `json:"trace_id"`
 	Timeline    []struct {
 		Step string    `json:"step"`
 		At   time.Time `json:"at"`

@@ -13,8 +13,11 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/checkout-demo/checkout/internal/events"
+	"github.com/checkout-demo/checkout/internal/telemetry"
 )
 
 // Queue is the queue the service consumes, events.QueueEmail, spelled out
@@ -33,6 +36,7 @@ type mailHandler struct {
 	sent        *sentLog
 	delay       time.Duration // EMAIL_DELAY
 	retryWindow time.Duration // EMAIL_RETRY_WINDOW
+	metrics     *telemetry.Metrics
 
 	flights flights
 	retries retryClock
@@ -52,7 +56,8 @@ func (h *mailHandler) handle(ctx context.Context, d events.Delivery) error {
 	}
 	defer release()
 	if h.sent.has(ml.Key) {
-		h.log.Info("mail was sent before; announcing it again only", "order_id", ml.OrderID, "kind", ml.Kind, "event_id", d.MessageId)
+		events.MarkDuplicate(ctx)
+		h.log.InfoContext(ctx, "mail was sent before; announcing it again only", "order_id", ml.OrderID, "kind", ml.Kind, "event_id", d.MessageId)
 		return h.announceSent(ctx, ml)
 	}
 	select {
@@ -66,16 +71,11 @@ func (h *mailHandler) handle(ctx context.Context, d events.Delivery) error {
 	if !h.broker.Connected() {
 		return events.ErrNotConnected
 	}
-	err = h.mailer.Send(ctx, ml, func() bool { return h.sent.has(ml.Key) }, func() {
-		if err := h.sent.add(ml.Key); err != nil {
-			h.log.Warn("mail sent, but not recorded on disk: a crash before the ack would send it again",
-				"order_id", ml.OrderID, "kind", ml.Kind, "event_id", d.MessageId, "err", err)
-		}
-	})
+	err = h.send(ctx, ml, d)
 	switch {
 	case err == nil:
 		h.retries.forget(ml.Key)
-		h.log.Info("mail sent", "order_id", ml.OrderID, "kind", ml.Kind, "event_id", d.MessageId, "message_id", ml.MessageID)
+		h.log.InfoContext(ctx, "mail sent", "order_id", ml.OrderID, "kind", ml.Kind, "event_id", d.MessageId, "message_id", ml.MessageID)
 	case errors.Is(err, errSentBefore):
 	case ctx.Err() != nil:
 		return err
@@ -95,6 +95,26 @@ func (h *mailHandler) handle(ctx context.Context, d events.Delivery) error {
 		return events.Permanent(fmt.Errorf("%w; EmailFailed announced", err))
 	}
 	return h.announceSent(ctx, ml)
+}
+
+// send hands ml to the SMTP server in a span of its own, timing it and
+// counting a refusal by its reply class.
+func (h *mailHandler) send(ctx context.Context, ml Mail, d events.Delivery) (err error) {
+	ctx, span := telemetry.Tracer().Start(ctx, "smtp send", trace.WithSpanKind(trace.SpanKindClient),
+		trace.WithAttributes(attribute.String("mail.kind", ml.Kind)))
+	start := time.Now()
+	defer func() {
+		if !errors.Is(err, errSentBefore) {
+			h.metrics.SMTPSend(time.Since(start), err)
+		}
+		telemetry.EndSpan(span, err)
+	}()
+	return h.mailer.Send(ctx, ml, func() bool { return h.sent.has(ml.Key) }, func() {
+		if err := h.sent.add(ml.Key); err != nil {
+			h.log.WarnContext(ctx, "mail sent, but not recorded on disk: a crash before the ack would send it again",
+				"order_id", ml.OrderID, "kind", ml.Kind, "event_id", d.MessageId, "err", err)
+		}
+	})
 }
 
 // compose decodes the event and composes its mail.
@@ -179,7 +199,7 @@ func (h *mailHandler) announceFailed(ctx context.Context, ml Mail, reason string
 		OrderID: ml.OrderID, Kind: ml.Kind, To: ml.To, MessageID: ml.MessageID, Reason: reason,
 	}
 	ev.EventID = uuid.NewSHA1(failedNamespace, []byte(ml.MessageID)).String()
-	h.log.Warn("mail refused for good", "order_id", ml.OrderID, "kind", ml.Kind, "message_id", ml.MessageID, "reason", reason)
+	h.log.WarnContext(ctx, "mail refused for good", "order_id", ml.OrderID, "kind", ml.Kind, "message_id", ml.MessageID, "reason", reason)
 	return announce(ctx, h.pub, ev)
 }
 

@@ -34,6 +34,11 @@ func main() {
 // deliveries and lets the mails in flight finish.
 func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.Addr)) error {
 	log := web.NewLogger(stdout, cfg.LogLevel, cfg.LogFormat, "email")
+	metrics, stopTelemetry, err := web.Telemetry(ctx, log, "email", cfg.ShutdownTimeout)
+	if err != nil {
+		return err
+	}
+	defer stopTelemetry()
 	mailer, err := NewMailer(cfg, log)
 	if err != nil {
 		return err
@@ -54,16 +59,17 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 	broker := events.NewBroker(cfg.AMQPURL, log)
 	broker.Name = "email"
 	pub := events.NewPublisher(broker)
+	pub.Metrics = metrics
 	defer pub.Close()
 	h := &mailHandler{log: log, mailer: mailer, broker: broker, pub: events.NewBatcher(pub), sent: sent,
-		delay: cfg.EmailDelay, retryWindow: cfg.RetryWindow}
+		delay: cfg.EmailDelay, retryWindow: cfg.RetryWindow, metrics: metrics}
 	consumer := events.NewConsumer(broker, events.ConsumerConfig{
 		Queue: Queue, Bindings: events.QueueBindings(Queue),
 		Prefetch: cfg.Prefetch, Concurrency: cfg.Concurrency, MaxAttempts: cfg.MaxAttempts,
-		RetryBase: cfg.RetryBase, RetryMax: cfg.RetryMax, HandlerTimeout: cfg.HandlerTimeout,
+		RetryBase: cfg.RetryBase, RetryMax: cfg.RetryMax, HandlerTimeout: cfg.HandlerTimeout, Metrics: metrics,
 		Unavailable: unavailable,
 	}, h.handle, log)
-	bg := &worker.Background{Log: log, Broker: broker, Consumer: consumer}
+	bg := &worker.Background{Log: log, Broker: broker, Consumer: consumer, Metrics: metrics}
 	ctx = bg.Start(ctx)
 	defer bg.Stop()
 
@@ -90,6 +96,6 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 	r.Method(http.MethodGet, "/health", health.HandleHealth())
 	r.Method(http.MethodGet, "/livez", health.HandleLivez())
 	r.Method(http.MethodGet, "/readyz", health.HandleReadyz())
-	return bg.Result(web.ListenAndServe(ctx, log, net.JoinHostPort(cfg.ListenHost, cfg.Port), web.Middleware(log, r), cfg.ShutdownTimeout, &stopping, listening,
+	return bg.Result(web.ListenAndServe(ctx, log, net.JoinHostPort(cfg.ListenHost, cfg.Port), web.Observed(log, metrics, r), cfg.ShutdownTimeout, &stopping, listening,
 		"smtp", smtpAddr, "email_delay", cfg.EmailDelay.String(), "smtp_sessions", cfg.SMTPSessions))
 }

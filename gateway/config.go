@@ -41,4 +41,8 @@ type Config struct {
 	// lets one call through to see whether the order service is back.
 	BreakerFailures    int           `envconfig:"BREAKER_FAILURES" default:"5"`
 	BreakerOpenTimeout time.Duration `envconfig:"BREAKER_OPEN_TIMEOUT" default:"5s"`
+
+	// JaegerQueryURL is the Jaeger query API the /traces/{trace_id} page
+	// draws one trace from.
+	JaegerQueryURL string `envconfig:"JAEGER_QUERY_URL" default:"http://localhost:16686"`
 }

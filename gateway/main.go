@@ -26,6 +26,11 @@ func main() {
 // listening, when not nil, is told the bound address.
 func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.Addr)) error {
 	log := web.NewLogger(stdout, cfg.LogLevel, cfg.LogFormat, "gateway")
+	metrics, stopTelemetry, err := web.Telemetry(ctx, log, "gateway", cfg.ShutdownTimeout)
+	if err != nil {
+		return err
+	}
+	defer stopTelemetry()
 	client := newClient()
 	defer client.CloseIdleConnections()
 	auth, err := newAuthenticator(ctx, cfg)
@@ -46,7 +51,7 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 		}},
 		Stopping: stopping.Load,
 	}
-	err = web.ListenAndServe(ctx, log, net.JoinHostPort(cfg.ListenHost, cfg.Port), NewServer(log, cfg, client, health, auth), cfg.ShutdownTimeout, &stopping, listening,
+	err = web.ListenAndServe(ctx, log, net.JoinHostPort(cfg.ListenHost, cfg.Port), NewServer(log, metrics, cfg, client, health, auth), cfg.ShutdownTimeout, &stopping, listening,
 		"order_service", cfg.OrderServiceURL)
 	log.Info("stopped")
 	return err

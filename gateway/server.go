@@ -7,11 +7,12 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
+	"github.com/checkout-demo/checkout/internal/telemetry"
 	"github.com/checkout-demo/checkout/internal/web"
 )
 
 // NewServer returns the gateway's HTTP handler.
-func NewServer(log *slog.Logger, cfg Config, client *http.Client, health web.Health, auth *authenticator) http.Handler {
+func NewServer(log *slog.Logger, metrics *telemetry.Metrics, cfg Config, client *http.Client, health web.Health, auth *authenticator) http.Handler {
 	r := chi.NewRouter()
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		web.WriteProblem(w, r, http.StatusNotFound, "no such endpoint")
@@ -19,8 +20,8 @@ func NewServer(log *slog.Logger, cfg Config, client *http.Client, health web.Hea
 	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
 		web.WriteProblem(w, r, http.StatusMethodNotAllowed, "method not allowed on this endpoint")
 	})
-	addRoutes(r, log, cfg, client, health, auth)
-	return web.Middleware(log, r)
+	addRoutes(r, log, metrics, cfg, client, health, auth)
+	return web.Observed(log, metrics, r)
 }
 
 // newClient returns the client for upstream calls: kept-alive connections,
@@ -31,5 +32,5 @@ func newClient() *http.Client {
 	t.MaxIdleConns = 512
 	t.MaxIdleConnsPerHost = 256
 	t.ResponseHeaderTimeout = 30 * time.Second
-	return &http.Client{Transport: t}
+	return &http.Client{Transport: telemetry.Transport(t)}
 }

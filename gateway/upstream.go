@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/sony/gobreaker/v2"
+
+	"github.com/checkout-demo/checkout/internal/telemetry"
 )
 
 // The outcome of one call to the order service.
@@ -61,7 +63,7 @@ type orderClient struct {
 	breaker *gobreaker.CircuitBreaker[*http.Response]
 }
 
-func newOrderClient(log *slog.Logger, cfg Config, client *http.Client) *orderClient {
+func newOrderClient(log *slog.Logger, metrics *telemetry.Metrics, cfg Config, client *http.Client) *orderClient {
 	if cfg.UpstreamAttempts <= 0 {
 		cfg.UpstreamAttempts = 3
 	}
@@ -72,6 +74,7 @@ func newOrderClient(log *slog.Logger, cfg Config, client *http.Client) *orderCli
 		cfg.BreakerOpenTimeout = 5 * time.Second
 	}
 	failures := uint32(cfg.BreakerFailures)
+	metrics.BreakerState("order-service", telemetry.BreakerClosed)
 	return &orderClient{log: log, cfg: cfg, client: client,
 		breaker: gobreaker.NewCircuitBreaker[*http.Response](gobreaker.Settings{
 			Name:        "order-service",
@@ -81,6 +84,7 @@ func newOrderClient(log *slog.Logger, cfg Config, client *http.Client) *orderCli
 			IsExcluded:  excluded,
 			OnStateChange: func(name string, from, to gobreaker.State) {
 				log.Warn("circuit breaker changed state", "upstream", name, "from", from.String(), "to", to.String())
+				metrics.BreakerState(name, int(to))
 			},
 		})}
 }

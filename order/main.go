@@ -36,12 +36,18 @@ func main() {
 func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.Addr)) error {
 	log := web.NewLogger(stdout, cfg.LogLevel, cfg.LogFormat, "order")
 
+	metrics, stopTelemetry, err := web.Telemetry(ctx, log, "order", cfg.ShutdownTimeout)
+	if err != nil {
+		return err
+	}
+	defer stopTelemetry()
+
 	db, err := postgres.Open(cfg.DatabaseURL, cfg.DBMaxConns)
 	if err != nil {
 		return err
 	}
 	defer db.Close()
-	store := &Store{pool: db.Pool, ready: db.Ready, timeout: cfg.RequestTimeout}
+	store := &Store{pool: db.Pool, ready: db.Ready, timeout: cfg.RequestTimeout, metrics: metrics}
 	if cfg.AccessTokenSecret != "" {
 		if len(cfg.AccessTokenSecret) < 32 {
 			return fmt.Errorf("ACCESS_TOKEN_SECRET must be at least 32 bytes")
@@ -52,18 +58,19 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 	broker := events.NewBroker(cfg.AMQPURL, log)
 	broker.Name = "order"
 	pub := events.NewPublisher(broker)
+	pub.Metrics = metrics
 	defer pub.Close()
 	relay := outbox.NewRelay(db.Pool, pub, log)
 	relay.Poll, relay.Batch, relay.Linger, relay.CleanupInterval, relay.Retention, relay.InboxRetention = cfg.OutboxPoll, cfg.OutboxBatch, cfg.OutboxLinger, cfg.OutboxCleanup, cfg.OutboxRetention, cfg.InboxRetention
 	consumer := events.NewConsumer(broker, events.ConsumerConfig{
 		Queue: SagaQueue, Bindings: SagaBindings,
 		Prefetch: cfg.Prefetch, Concurrency: cfg.Concurrency, MaxAttempts: cfg.MaxAttempts,
-		RetryBase: cfg.RetryBase, RetryMax: cfg.RetryMax, HandlerTimeout: cfg.HandlerTimeout,
+		RetryBase: cfg.RetryBase, RetryMax: cfg.RetryMax, HandlerTimeout: cfg.HandlerTimeout, Metrics: metrics,
 		Unavailable: postgres.IsTransient,
 	}, handleSagaEvent(log, store, cfg.PaymentAMQPUser), log)
 
 	bg := &worker.Background{Log: log, Broker: broker, DB: db, Migrations: migrations.FS,
-		Relay: relay, Consumer: consumer, FlushTimeout: cfg.ShutdownTimeout}
+		Relay: relay, Consumer: consumer, FlushTimeout: cfg.ShutdownTimeout, Metrics: metrics}
 	ctx = bg.Start(ctx)
 	defer bg.Stop()
 
@@ -93,5 +100,5 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 		Extra:    map[string]web.Check{"rabbitmq": broker.Check, "consumer": consumer.Check},
 		Stopping: stopping.Load,
 	}
-	return bg.Result(web.ListenAndServe(ctx, log, net.JoinHostPort(cfg.ListenHost, cfg.Port), NewServer(log, store, relay, health), cfg.ShutdownTimeout, &stopping, listening))
+	return bg.Result(web.ListenAndServe(ctx, log, net.JoinHostPort(cfg.ListenHost, cfg.Port), NewServer(log, metrics, store, relay, health), cfg.ShutdownTimeout, &stopping, listening))
 }

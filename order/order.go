@@ -83,6 +83,9 @@ type Order struct {
 	UpdatedAt            time.Time    `json:"updated_at"`
 	CancelReason         string       `json:"cancel_reason,omitempty"`
 	Timeline             []Step       `json:"timeline,omitempty"`
+	// TraceID is the trace the checkout began (empty when it was not
+	// traced): /traces/{trace_id} on the gateway, or Jaeger, shows it.
+	TraceID string `json:"trace_id,omitempty"`
 	// AccessToken opens the order (GET with Authorization: Bearer); it is
 	// in the checkout answer only.
 	AccessToken string `json:"access_token,omitempty"`

@@ -131,12 +131,12 @@ func handleSagaEvent(log *slog.Logger, store *Store, paymentUser string) events.
 		case errors.Is(err, ErrNotFound):
 			return events.Permanent(fmt.Errorf("order %d: %w", e.OrderID, err))
 		case errors.Is(err, ErrMismatch):
-			log.Error("payment event refused", "order_id", e.OrderID, "event_id", e.EventID, "event_type", e.EventType, "err", err)
+			log.ErrorContext(ctx, "payment event refused", "order_id", e.OrderID, "event_id", e.EventID, "event_type", e.EventType, "err", err)
 			return events.Permanent(err)
 		case err != nil:
 			return err
 		}
-		log.Info("order advanced", "order_id", e.OrderID, "event_id", e.EventID, "step", e.Step, "applied", applied)
+		log.InfoContext(ctx, "order advanced", "order_id", e.OrderID, "event_id", e.EventID, "step", e.Step, "applied", applied)
 		return nil
 	}
 }

@@ -6,6 +6,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
+	"github.com/checkout-demo/checkout/internal/telemetry"
 	"github.com/checkout-demo/checkout/internal/web"
 )
 
@@ -14,7 +15,7 @@ import (
 type waker interface{ Wake() }
 
 // NewServer returns the order service's HTTP handler.
-func NewServer(log *slog.Logger, store *Store, relay waker, health web.Health) http.Handler {
+func NewServer(log *slog.Logger, metrics *telemetry.Metrics, store *Store, relay waker, health web.Health) http.Handler {
 	r := chi.NewRouter()
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		web.WriteProblem(w, r, http.StatusNotFound, "no such endpoint")
@@ -23,5 +24,5 @@ func NewServer(log *slog.Logger, store *Store, relay waker, health web.Health) h
 		web.WriteProblem(w, r, http.StatusMethodNotAllowed, "method not allowed on this endpoint")
 	})
 	addRoutes(r, log, store, relay, health)
-	return web.Middleware(log, r)
+	return web.Observed(log, metrics, r)
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/checkout-demo/checkout/internal/inbox"
 	"github.com/checkout-demo/checkout/internal/money"
 	"github.com/checkout-demo/checkout/internal/postgres"
+	"github.com/checkout-demo/checkout/internal/telemetry"
 )
 
 // ErrNotFound is returned for an order that does not exist.
@@ -36,6 +37,8 @@ type Store struct {
 	timeout time.Duration
 	// key derives the orders' access tokens (access.go).
 	key tokenKey
+	// metrics counts the saga's ends and times the mails (nil: none).
+	metrics *telemetry.Metrics
 }
 
 func (s *Store) bound(ctx context.Context) (context.Context, context.CancelFunc) {
@@ -126,7 +129,8 @@ func (s *Store) create(ctx context.Context, n NewOrder, key string) (Order, erro
 	}
 	now := time.Now().UTC().Truncate(time.Microsecond)
 	o := Order{AccessToken: token, ID: id, UserID: n.UserID, UserEmail: n.UserEmail, Status: StatusPending, TotalAmount: n.Total,
-		Items: n.Items, CreatedAt: now, UpdatedAt: now, Timeline: []Step{{Step: StepCreated, At: now}}}
+		Items: n.Items, CreatedAt: now, UpdatedAt: now, Timeline: []Step{{Step: StepCreated, At: now}},
+		TraceID: telemetry.TraceID(ctx)}
 	m, err := events.Encode(events.OrderCreated{
 		Meta:    events.NewMeta(events.TypeOrderCreated, now),
 		OrderID: o.ID, UserID: o.UserID, UserEmail: o.UserEmail, TotalAmount: o.TotalAmount, Items: o.Items,
@@ -135,7 +139,8 @@ func (s *Store) create(ctx context.Context, n NewOrder, key string) (Order, erro
 		return Order{}, err
 	}
 	args := []any{o.ID, n.UserID, n.UserEmail, n.Total, productIDs, quantities, prices, key, hashIf(key, n), now,
-		m.ID, m.Type, m.RoutingKey, string(m.Body), nonce, tokenHash, nullIfZero(n.Owner)}
+		m.ID, m.Type, m.RoutingKey, string(m.Body), nonce, tokenHash, nullIfZero(n.Owner),
+		o.TraceID, telemetry.EncodeTraceContext(ctx)}
 	err = s.insert(ctx, args)
 	if err != nil && pgconn.SafeToRetry(err) && ctx.Err() == nil {
 		// The pooled connection died before the server saw the statement
@@ -165,8 +170,8 @@ func (s *Store) insert(ctx context.Context, args []any) error {
 // the outbox row (the one outbox.Add would write) in one atomic statement.
 const insertOrder = `
 		WITH o AS (
-			INSERT INTO orders (id, user_id, user_email, total_amount, idempotency_key, request_hash, created_at, updated_at)
-			VALUES ($1, $2, $3, $4, nullif($8, ''), nullif($9, ''), $10, $10)
+			INSERT INTO orders (id, user_id, user_email, total_amount, idempotency_key, request_hash, created_at, updated_at, trace_id)
+			VALUES ($1, $2, $3, $4, nullif($8, ''), nullif($9, ''), $10, $10, nullif($18, ''))
 		), i AS (
 			INSERT INTO order_items (order_id, line, product_id, quantity, price)
 			SELECT $1, t.line, t.product_id, t.quantity, t.price
@@ -176,7 +181,7 @@ const insertOrder = `
 		), a AS (
 			INSERT INTO order_access (order_id, nonce, token_hash, user_id) VALUES ($1, $15, $16, $17)
 		)
-		INSERT INTO outbox (event_id, event_type, routing_key, payload) VALUES ($11, $12, $13, $14)`
+		INSERT INTO outbox (event_id, event_type, routing_key, payload, trace_context) VALUES ($11, $12, $13, $14, nullif($19, ''))`
 
 // idBlockSize is how many order ids one nextval reserves; the sequence's
 // INCREMENT BY (migration 00003) must be the same.
@@ -246,9 +251,9 @@ func (s *Store) get(ctx context.Context, id int64) (Order, error) {
 func getOrder(ctx context.Context, tx pgx.Tx, id int64) (Order, error) {
 	var o Order
 	err := tx.QueryRow(ctx, `
-		SELECT id, user_id, user_email, status, total_amount, created_at, updated_at, coalesce(cancel_reason, '')
+		SELECT id, user_id, user_email, status, total_amount, created_at, updated_at, coalesce(cancel_reason, ''), coalesce(trace_id, '')
 		FROM orders WHERE id = $1`, id,
-	).Scan(&o.ID, &o.UserID, &o.UserEmail, &o.Status, &o.TotalAmount, &o.CreatedAt, &o.UpdatedAt, &o.CancelReason)
+	).Scan(&o.ID, &o.UserID, &o.UserEmail, &o.Status, &o.TotalAmount, &o.CreatedAt, &o.UpdatedAt, &o.CancelReason, &o.TraceID)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Order{}, ErrNotFound
 	}
@@ -327,14 +332,15 @@ func selectItems(ctx context.Context, tx pgx.Tx, id int64) ([]Item, error) {
 // nothing. It reports whether the event changed the order.
 func (s *Store) Advance(ctx context.Context, e SagaEvent) (bool, error) {
 	applied := false
+	var created time.Time
 	err := postgres.InTx(ctx, s.pool, func(tx pgx.Tx) error {
 		fresh, err := inbox.Claim(ctx, tx, e.EventID, e.EventType)
 		if err != nil || !fresh {
 			return err
 		}
 		var have Payer
-		err = tx.QueryRow(ctx, `SELECT user_id, user_email, total_amount FROM orders WHERE id = $1 FOR UPDATE`, e.OrderID).
-			Scan(&have.UserID, &have.UserEmail, &have.Amount)
+		err = tx.QueryRow(ctx, `SELECT user_id, user_email, total_amount, created_at FROM orders WHERE id = $1 FOR UPDATE`, e.OrderID).
+			Scan(&have.UserID, &have.UserEmail, &have.Amount, &created)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return ErrNotFound
 		}
@@ -361,7 +367,29 @@ func (s *Store) Advance(ctx context.Context, e SagaEvent) (bool, error) {
 		}
 		return settle(ctx, tx, e.OrderID)
 	})
+	if err == nil && applied {
+		s.observe(e.Step, created)
+	}
 	return applied, err
+}
+
+// observe counts a committed saga step: the ends of the payment and the
+// time from the order's creation to its confirmation mail.
+func (s *Store) observe(step string, created time.Time) {
+	switch step {
+	case StepPaid:
+		s.metrics.SagaOutcome(telemetry.SagaPaid)
+	case StepPaymentFailed:
+		s.metrics.SagaOutcome(telemetry.SagaDeclined)
+	case StepRefunded:
+		s.metrics.SagaOutcome(telemetry.SagaRefunded)
+	case StepCancelled:
+		s.metrics.SagaOutcome(telemetry.SagaCancelled)
+	case StepNoticeUnconfirmed:
+		s.metrics.SagaOutcome(telemetry.SagaTimedOut)
+	case StepConfirmationSent:
+		s.metrics.TimeToMail(time.Since(created))
+	}
 }
 
 // addStep records a timeline step once; it reports whether it was new.

@@ -77,7 +77,9 @@ func (s *Store) Watch(ctx context.Context, timeout time.Duration, tries int, log
 		return 0, err
 	}
 	n := 0
+	var steps []string
 	err := postgres.InTx(ctx, s.pool, func(tx pgx.Tx) error {
+		steps = steps[:0]
 		rows, err := tx.Query(ctx, `
 			SELECT id, status, asks, user_id, user_email, total_amount, created_at FROM orders
 			WHERE NOT settled AND watch_from < now() - make_interval(secs => $1)
@@ -94,18 +96,26 @@ func (s *Store) Watch(ctx context.Context, timeout time.Duration, tries int, log
 			return fmt.Errorf("select due orders: %w", err)
 		}
 		for _, d := range ds {
-			if err := act(ctx, tx, d, tries, log); err != nil {
+			step, err := act(ctx, tx, d, tries, log)
+			if err != nil {
 				return err
 			}
+			steps = append(steps, step)
 		}
 		n = len(ds)
 		return nil
 	})
+	if err == nil {
+		for _, step := range steps {
+			s.observe(step, time.Time{})
+		}
+	}
 	return n, err
 }
 
-// act does the next step of one due order within tx.
-func act(ctx context.Context, tx pgx.Tx, d due, tries int, log *slog.Logger) error {
+// act does the next step of one due order within tx, and returns that
+// step.
+func act(ctx context.Context, tx pgx.Tx, d due, tries int, log *slog.Logger) (string, error) {
 	now := time.Now().UTC()
 	log = log.With("order_id", d.id, "status", d.status, "asks", d.asks)
 	var (
@@ -120,7 +130,7 @@ func act(ctx context.Context, tx pgx.Tx, d due, tries int, log *slog.Logger) err
 	case d.asks < tries:
 		created, err := createdEvent(ctx, tx, d, now)
 		if err != nil {
-			return err
+			return "", err
 		}
 		ev, step = created, StepNoticeAskedAgain(d.asks+1)
 		if d.status == StatusPending {
@@ -137,20 +147,20 @@ func act(ctx context.Context, tx pgx.Tx, d due, tries int, log *slog.Logger) err
 		update = `UPDATE orders SET settled = true WHERE id = $1`
 	}
 	if _, err := tx.Exec(ctx, update, args...); err != nil {
-		return fmt.Errorf("order %d: %w", d.id, err)
+		return "", fmt.Errorf("order %d: %w", d.id, err)
 	}
 	var eventID any
 	if ev != nil {
 		if err := outbox.Add(ctx, tx, ev); err != nil {
-			return err
+			return "", err
 		}
 		eventID = ev.EventMeta().EventID
 	}
 	if _, err := addStep(ctx, tx, d.id, step, now, eventID); err != nil {
-		return err
+		return "", err
 	}
 	log.Warn("saga step", "step", step, "event_id", eventID)
-	return nil
+	return step, nil
 }
 
 func cancelReason(tries int) string {

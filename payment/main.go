@@ -46,6 +46,12 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 		return fmt.Errorf("PAYMENT_FAILURE_RATE must be between 0 and 1, got %v", cfg.PaymentFailureRate)
 	}
 
+	metrics, stopTelemetry, err := web.Telemetry(ctx, log, "payment", cfg.ShutdownTimeout)
+	if err != nil {
+		return err
+	}
+	defer stopTelemetry()
+
 	db, err := postgres.Open(cfg.DatabaseURL, cfg.DBMaxConns)
 	if err != nil {
 		return err
@@ -56,20 +62,21 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 	broker := events.NewBroker(cfg.AMQPURL, log)
 	broker.Name = "payment"
 	pub := events.NewPublisher(broker)
+	pub.Metrics = metrics
 	defer pub.Close()
 	relay := outbox.NewRelay(db.Pool, pub, log)
 	relay.Poll, relay.Batch, relay.Linger, relay.CleanupInterval, relay.Retention, relay.InboxRetention = cfg.OutboxPoll, cfg.OutboxBatch, cfg.OutboxLinger, cfg.OutboxCleanup, cfg.OutboxRetention, cfg.InboxRetention
 	provider := Provider{Delay: cfg.PaymentDelay, MaxAmount: maxAmount, FailureRate: cfg.PaymentFailureRate, Ledger: db.Pool}
-	c := &charger{log: log, store: store, provider: provider, relay: relay}
+	c := &charger{log: log, store: store, provider: provider, relay: relay, metrics: metrics}
 	consumer := events.NewConsumer(broker, events.ConsumerConfig{
 		Queue: Queue, Bindings: events.QueueBindings(Queue),
 		Prefetch: cfg.Prefetch, Concurrency: cfg.Concurrency, MaxAttempts: cfg.MaxAttempts,
-		RetryBase: cfg.RetryBase, RetryMax: cfg.RetryMax, HandlerTimeout: cfg.HandlerTimeout,
+		RetryBase: cfg.RetryBase, RetryMax: cfg.RetryMax, HandlerTimeout: cfg.HandlerTimeout, Metrics: metrics,
 		Unavailable: postgres.IsTransient,
 	}, c.handle, log)
 
 	bg := &worker.Background{Log: log, Broker: broker, DB: db, Migrations: migrations.FS,
-		Relay: relay, Consumer: consumer, FlushTimeout: cfg.ShutdownTimeout}
+		Relay: relay, Consumer: consumer, FlushTimeout: cfg.ShutdownTimeout, Metrics: metrics}
 	ctx = bg.Start(ctx)
 	defer bg.Stop()
 
@@ -96,6 +103,6 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 		Ready:    map[string]web.Check{"postgres": db.Ping, "rabbitmq": broker.Check, "consumer": consumer.Check},
 		Stopping: stopping.Load,
 	}
-	return bg.Result(web.ListenAndServe(ctx, log, net.JoinHostPort(cfg.ListenHost, cfg.Port), NewServer(log, store, health), cfg.ShutdownTimeout, &stopping, listening,
+	return bg.Result(web.ListenAndServe(ctx, log, net.JoinHostPort(cfg.ListenHost, cfg.Port), NewServer(log, metrics, store, health), cfg.ShutdownTimeout, &stopping, listening,
 		"payment_delay", cfg.PaymentDelay.String(), "max_amount", maxAmount.String(), "failure_rate", cfg.PaymentFailureRate))
 }

@@ -12,9 +12,12 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/checkout-demo/checkout/internal/events"
 	"github.com/checkout-demo/checkout/internal/money"
+	"github.com/checkout-demo/checkout/internal/telemetry"
 )
 
 // Payment statuses. A payment is written as charging (the intent) and
@@ -150,6 +153,28 @@ type charger struct {
 	store    *Store
 	provider Provider
 	relay    interface{ Wake() }
+	metrics  *telemetry.Metrics
+}
+
+// charge asks the provider to charge, in a span of its own, and times the
+// call by its result.
+func (c *charger) charge(ctx context.Context, p Payment) (d Decision, err error) {
+	ctx, span := telemetry.Tracer().Start(ctx, "payment provider charge", trace.WithSpanKind(trace.SpanKindClient))
+	start := time.Now()
+	defer func() {
+		result := telemetry.ProviderError
+		switch {
+		case err != nil:
+		case d.Approved:
+			result = telemetry.ProviderApproved
+		default:
+			result = telemetry.ProviderDeclined
+		}
+		c.metrics.ProviderCall(result, time.Since(start))
+		span.SetAttributes(attribute.String("payment.result", result))
+		telemetry.EndSpan(span, err)
+	}()
+	return c.provider.Charge(ctx, p.OrderID, p.Amount)
 }
 
 // complete finishes a payment left in the charging state: it asks the
@@ -170,7 +195,7 @@ func (c *charger) complete(ctx context.Context, p Payment, asked bool) error {
 		}
 	}
 	if !found && !p.Cancelled {
-		if d, err = c.provider.Charge(ctx, p.OrderID, p.Amount); err != nil {
+		if d, err = c.charge(ctx, p); err != nil {
 			return err
 		}
 		found = true
@@ -180,7 +205,7 @@ func (c *charger) complete(ctx context.Context, p Payment, asked bool) error {
 		return err
 	}
 	c.relay.Wake()
-	c.log.Info("payment recorded", "order_id", p.OrderID, "payment_id", p.ID, "status", p.Status, "amount", p.Amount.String())
+	c.log.InfoContext(ctx, "payment recorded", "order_id", p.OrderID, "payment_id", p.ID, "status", p.Status, "amount", p.Amount.String())
 	return nil
 }
 
@@ -208,9 +233,9 @@ func (c *charger) handleOrderCreated(ctx context.Context, d events.Delivery) err
 		return c.complete(ctx, p, outcome == intentUnfinished)
 	case intentAnswered:
 		c.relay.Wake()
-		log.Info("order asked again; result published again", "status", p.Status)
+		log.InfoContext(ctx, "order asked again; result published again", "status", p.Status)
 	default:
-		log.Info("duplicate OrderCreated ignored", "status", p.Status)
+		log.InfoContext(ctx, "duplicate OrderCreated ignored", "status", p.Status)
 	}
 	return nil
 }
@@ -234,7 +259,7 @@ func (c *charger) handleOrderCancelled(ctx context.Context, d events.Delivery) e
 	if refunded {
 		c.relay.Wake()
 	}
-	c.log.Info("order cancelled", "order_id", ev.OrderID, "event_id", ev.EventID, "status", p.Status, "refunded", refunded)
+	c.log.InfoContext(ctx, "order cancelled", "order_id", ev.OrderID, "event_id", ev.EventID, "status", p.Status, "refunded", refunded)
 	return nil
 }
 

@@ -9,17 +9,18 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/checkout-demo/checkout/internal/postgres"
+	"github.com/checkout-demo/checkout/internal/telemetry"
 	"github.com/checkout-demo/checkout/internal/web"
 )
 
 // NewServer returns the payment service's HTTP handler.
-func NewServer(log *slog.Logger, store *Store, health web.Health) http.Handler {
+func NewServer(log *slog.Logger, metrics *telemetry.Metrics, store *Store, health web.Health) http.Handler {
 	r := chi.NewRouter()
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		web.WriteProblem(w, r, http.StatusNotFound, "no such endpoint")
 	})
 	addRoutes(r, log, store, health)
-	return web.Middleware(log, r)
+	return web.Observed(log, metrics, r)
 }
 
 func handleGetPayment(log *slog.Logger, store *Store) http.Handler {

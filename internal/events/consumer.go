@@ -13,6 +13,10 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/checkout-demo/checkout/internal/telemetry"
+	"github.com/checkout-demo/checkout/internal/telemetry/amqptel"
 )
 
 // Headers the consumer sets on messages it retries or dead-letters.
@@ -45,6 +49,9 @@ type ConsumerConfig struct {
 	// backoff but does not count as an attempt: an outage must not send
 	// good messages to the dead-letter queue.
 	Unavailable func(error) bool
+	// Metrics, when set, counts the deliveries by outcome and times the
+	// handler (checkout_consumer_messages_total and _handling_duration_seconds).
+	Metrics *telemetry.Metrics
 }
 
 func (c *ConsumerConfig) defaults() {
@@ -115,6 +122,18 @@ func IsPermanent(err error) bool {
 	return errors.As(err, &p)
 }
 
+type duplicateKey struct{}
+
+// MarkDuplicate tells the consumer running the handler of ctx that its
+// delivery was a repeat with no effect (the inbox had its event id): it is
+// counted as a duplicate rather than as handled. Outside a handler it does
+// nothing.
+func MarkDuplicate(ctx context.Context) {
+	if dup, ok := ctx.Value(duplicateKey{}).(*atomic.Bool); ok {
+		dup.Store(true)
+	}
+}
+
 // Consumer consumes one queue with bounded concurrency and acks a message
 // only after its handler returned. It re-declares its topology and resumes
 // after the broker connection comes back.
@@ -134,6 +153,9 @@ func NewConsumer(b *Broker, cfg ConsumerConfig, h Handler, log *slog.Logger) *Co
 	cfg.defaults()
 	return &Consumer{broker: b, cfg: cfg, handler: h, log: log.With("queue", cfg.Queue), ready: make(chan struct{})}
 }
+
+// Queue is the name of the queue it consumes.
+func (c *Consumer) Queue() string { return c.cfg.Queue }
 
 // Ready is closed once the consumer's queues are declared and it consumes.
 func (c *Consumer) Ready() <-chan struct{} { return c.ready }
@@ -301,12 +323,20 @@ func waitTimeout(wg *sync.WaitGroup, d time.Duration) {
 func (c *Consumer) handle(ctx, chCtx context.Context, r *republisher, acks *acker, amqpD amqp.Delivery) {
 	d := Delivery{Delivery: amqpD, Attempt: attemptOf(amqpD.Headers) + 1, PublishedBy: publishedBy(amqpD, c.broker.user)}
 	log := c.log.With("event_id", d.MessageId, "event_type", d.Type, "attempt", d.Attempt)
+	// The handling continues the producer's trace (or the mover's, for a
+	// retry); its log lines carry the trace id.
+	tctx, span := amqptel.StartConsume(chCtx, c.cfg.Queue, &amqpD)
+	var err error
+	defer func() { telemetry.EndSpan(span, err) }()
 
 	// A shutdown does not cancel a running handler: it is given
 	// HandlerTimeout to finish so its work can be acked. The loss of its
 	// channel does.
-	hctx, cancel := context.WithTimeout(chCtx, c.cfg.HandlerTimeout)
-	err := c.safeHandle(hctx, d)
+	var dup atomic.Bool
+	hctx, cancel := context.WithTimeout(context.WithValue(tctx, duplicateKey{}, &dup), c.cfg.HandlerTimeout)
+	start := time.Now()
+	err = c.safeHandle(hctx, d)
+	took := time.Since(start)
 	// A handler that ran out of its own time is not waiting for an absent
 	// dependency: that attempt counts, so a message that is always too slow
 	// ends in the dead-letter queue instead of being retried forever.
@@ -314,11 +344,16 @@ func (c *Consumer) handle(ctx, chCtx context.Context, r *republisher, acks *acke
 	cancel()
 	if chCtx.Err() != nil {
 		// The delivery is back in the queue already: neither ack nor move.
-		log.Warn("delivery channel closed while handling; the message is redelivered", "err", err)
+		log.WarnContext(tctx, "delivery channel closed while handling; the message is redelivered", "err", err)
 		return
 	}
 	if err == nil {
 		acks.settle(d.DeliveryTag, true)
+		outcome := telemetry.OutcomeHandled
+		if dup.Load() {
+			outcome = telemetry.OutcomeDuplicate
+		}
+		c.cfg.Metrics.ConsumerMessage(c.cfg.Queue, outcome, took)
 		return
 	}
 
@@ -329,19 +364,25 @@ func (c *Consumer) handle(ctx, chCtx context.Context, r *republisher, acks *acke
 	switch {
 	case IsPermanent(err) || (d.Attempt >= c.cfg.MaxAttempts && !unavailable):
 		mv.queue = dlq
-		log.Error("message dead-lettered", "err", err, "dead_letter_queue", dlq)
+		log.ErrorContext(tctx, "message dead-lettered", "err", err, "dead_letter_queue", dlq)
 	case unavailable:
 		// Not the message's fault: try again later without using up an attempt.
 		mv.attempts, mv.unavailable = d.Attempt-1, mv.unavailable+1
 		mv.queue = RetryQueue(c.cfg.Queue, min(mv.unavailable, RetryLevels))
 		mv.delay = bo.Delay(mv.unavailable - 1)
-		log.Warn("dependency unavailable, retrying", "err", err, "retry_in", mv.delay.String())
+		log.WarnContext(tctx, "dependency unavailable, retrying", "err", err, "retry_in", mv.delay.String())
 	default:
 		mv.queue = RetryQueue(c.cfg.Queue, min(d.Attempt, RetryLevels))
 		mv.delay = bo.Delay(d.Attempt - 1)
-		log.Warn("handler failed, retrying", "err", err, "retry_in", mv.delay.String())
+		log.WarnContext(tctx, "handler failed, retrying", "err", err, "retry_in", mv.delay.String())
 	}
-	pctx, cancelPub := context.WithTimeout(context.WithoutCancel(ctx), CallTimeout)
+	outcome := telemetry.OutcomeRetried
+	if mv.queue == dlq {
+		outcome = telemetry.OutcomeDeadLettered
+	}
+	// The move publishes under the attempt's span, so the retry (or the
+	// dead letter) stays in the trace.
+	pctx, cancelPub := context.WithTimeout(trace.ContextWithSpan(context.WithoutCancel(ctx), span), CallTimeout)
 	defer cancelPub()
 	// The move is bounded as a whole: a write to a stalled socket blocks
 	// whatever pctx says.
@@ -351,15 +392,18 @@ func (c *Consumer) handle(ctx, chCtx context.Context, r *republisher, acks *acke
 			// declare the topology again, or the message would bounce
 			// between the queue and this handler.
 			if derr := r.broker.Declare(pctx, r.spec); derr != nil {
-				log.Warn("declare topology again", "err", derr)
+				log.WarnContext(tctx, "declare topology again", "err", derr)
 			}
 		}
-		// The copy is not safe: hand the original back instead.
-		log.Warn("could not move message, requeueing", "err", err, "to", mv.queue)
+		// The copy is not safe: hand the original back instead (it is
+		// tried again, so it counts as retried).
+		log.WarnContext(tctx, "could not move message, requeueing", "err", err, "to", mv.queue)
 		acks.settle(d.DeliveryTag, false)
+		c.cfg.Metrics.ConsumerMessage(c.cfg.Queue, telemetry.OutcomeRetried, took)
 		return
 	}
 	acks.settle(d.DeliveryTag, true)
+	c.cfg.Metrics.ConsumerMessage(c.cfg.Queue, outcome, took)
 }
 
 func (c *Consumer) safeHandle(ctx context.Context, d Delivery) (err error) {
@@ -449,7 +493,7 @@ type move struct {
 	delay       time.Duration
 }
 
-func (r *republisher) publish(ctx context.Context, d Delivery, mv move, from string) error {
+func (r *republisher) publish(ctx context.Context, d Delivery, mv move, from string) (err error) {
 	headers := amqp.Table{}
 	for k, v := range d.Headers {
 		headers[k] = v
@@ -477,6 +521,10 @@ func (r *republisher) publish(ctx context.Context, d Delivery, mv move, from str
 	} else {
 		pub.Expiration = strconv.FormatInt(max(mv.delay.Milliseconds(), 1), 10)
 	}
+	// The copy carries the failed attempt's context (replacing the
+	// traceparent it came with).
+	ctx, span := amqptel.StartPublish(ctx, "", queue, &pub)
+	defer func() { telemetry.EndSpan(span, err) }()
 	dc, err := r.ch.PublishWithDeferredConfirmWithContext(ctx, "", queue, true, false, pub)
 	if err != nil {
 		return err

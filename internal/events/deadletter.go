@@ -10,6 +10,9 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/checkout-demo/checkout/internal/telemetry"
+	"github.com/checkout-demo/checkout/internal/telemetry/amqptel"
 )
 
 // DeadLetter is one message in a dead-letter queue.
@@ -95,15 +98,12 @@ func ReplayDeadLetters(ctx context.Context, conn *amqp.Connection, queue string,
 		headers[HeaderRoutingKey] = Delivery{Delivery: d}.EventRoutingKey()
 		headers[HeaderPublishedBy] = publishedBy(d, self)
 		delete(headers, HeaderAttempt)
-		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, "", queue, true, false, amqp.Publishing{
-			Headers: headers, ContentType: d.ContentType, DeliveryMode: amqp.Persistent,
-			MessageId: d.MessageId, Type: d.Type, Timestamp: d.Timestamp, AppId: d.AppId, UserId: self, Body: d.Body,
-		})
+		// A replay starts a new trace, linked to the one it failed in.
+		rctx, span, headers := amqptel.StartReplay(ctx, queue, headers)
+		err = republish(rctx, ch, queue, d, headers, self)
+		telemetry.EndSpan(span, err)
 		if err != nil {
-			return moved, fmt.Errorf("republish %s: %w", d.MessageId, err)
-		}
-		if ok, err := dc.WaitContext(ctx); err != nil || !ok {
-			return moved, fmt.Errorf("republish %s not confirmed: %v", d.MessageId, err)
+			return moved, err
 		}
 		if err := d.Ack(false); err != nil {
 			return moved, fmt.Errorf("ack %s: %w", d.MessageId, err)
@@ -111,6 +111,22 @@ func ReplayDeadLetters(ctx context.Context, conn *amqp.Connection, queue string,
 		moved++
 	}
 	return moved, nil
+}
+
+// republish puts d back on queue, published by user self (the validated
+// user_id RabbitMQ checks against the connection).
+func republish(ctx context.Context, ch *amqp.Channel, queue string, d amqp.Delivery, headers amqp.Table, self string) error {
+	dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, "", queue, true, false, amqp.Publishing{
+		Headers: headers, ContentType: d.ContentType, DeliveryMode: amqp.Persistent,
+		MessageId: d.MessageId, Type: d.Type, Timestamp: d.Timestamp, AppId: d.AppId, UserId: self, Body: d.Body,
+	})
+	if err != nil {
+		return fmt.Errorf("republish %s: %w", d.MessageId, err)
+	}
+	if ok, err := dc.WaitContext(ctx); err != nil || !ok {
+		return fmt.Errorf("republish %s not confirmed: %v", d.MessageId, err)
+	}
+	return nil
 }
 
 // DeadLetterCommand runs the `dlq` subcommand a consuming service offers:

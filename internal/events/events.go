@@ -194,6 +194,10 @@ type Message struct {
 	Type       string
 	RoutingKey string
 	Body       []byte
+	// TraceContext is the encoded trace context the message is published
+	// under (telemetry.EncodeTraceContext; the outbox row's trace_context):
+	// "" publishes under the caller's context.
+	TraceContext string
 }
 
 // Encode turns an event into a message.

@@ -8,6 +8,10 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/checkout-demo/checkout/internal/telemetry"
+	"github.com/checkout-demo/checkout/internal/telemetry/amqptel"
 )
 
 // Publisher publishes messages to the exchange on a channel in confirm mode.
@@ -22,6 +26,10 @@ type Publisher struct {
 	conn    *amqp.Connection // the connection ch is on
 	ch      *amqp.Channel
 	returns chan amqp.Return
+
+	// Metrics, when set, counts the broker's answers
+	// (checkout_publisher_confirms_total).
+	Metrics *telemetry.Metrics
 }
 
 // NewPublisher returns a publisher on b.
@@ -80,7 +88,27 @@ func (p *Publisher) Publish(ctx context.Context, msgs []Message) ([]Result, erro
 	if failed != nil {
 		p.closeLocked()
 	}
+	for _, r := range results {
+		p.Metrics.PublishConfirm(confirmResult(r.Err))
+	}
 	return results, failed
+}
+
+// ErrNacked is the result of a message the broker refused (basic.nack).
+var ErrNacked = errors.New("rabbitmq: message nacked")
+
+// confirmResult is the label of checkout_publisher_confirms_total for a
+// publish that ended with err.
+func confirmResult(err error) string {
+	switch {
+	case err == nil:
+		return telemetry.ConfirmAck
+	case errors.Is(err, ErrNacked):
+		return telemetry.ConfirmNack
+	case errors.Is(err, ErrUnroutable):
+		return telemetry.ConfirmReturned
+	}
+	return telemetry.ConfirmError
 }
 
 // failAll is one result per message, each failed with err.
@@ -97,10 +125,18 @@ func failAll(msgs []Message, err error) []Result {
 func publishOn(ctx context.Context, ch *amqp.Channel, returns <-chan amqp.Return, user string, msgs []Message) ([]Result, error) {
 	results := make([]Result, len(msgs))
 	pending := make([]*amqp.DeferredConfirmation, len(msgs))
+	spans := make([]trace.Span, len(msgs))
+	defer func() {
+		for i, span := range spans {
+			if span != nil {
+				telemetry.EndSpan(span, results[i].Err)
+			}
+		}
+	}()
 	var failed error
 	for i, m := range msgs {
 		results[i].ID = m.ID
-		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, Exchange, m.RoutingKey, true, false, amqp.Publishing{
+		pub := amqp.Publishing{
 			ContentType:  ContentType,
 			DeliveryMode: amqp.Persistent,
 			MessageId:    m.ID,
@@ -109,7 +145,13 @@ func publishOn(ctx context.Context, ch *amqp.Channel, returns <-chan amqp.Return
 			AppId:        "checkout",
 			UserId:       user,
 			Body:         m.Body,
-		})
+		}
+		// The publish span is a child of the trace the message was
+		// written in (the outbox row's context), and its context goes
+		// into the headers for the consumer.
+		mctx, span := amqptel.StartPublish(telemetry.DecodeTraceContext(ctx, m.TraceContext), Exchange, m.RoutingKey, &pub)
+		spans[i] = span
+		dc, err := ch.PublishWithDeferredConfirmWithContext(mctx, Exchange, m.RoutingKey, true, false, pub)
 		if err != nil {
 			failed = fmt.Errorf("publish %s: %w", m.ID, err)
 			for j := i; j < len(msgs); j++ {
@@ -129,7 +171,7 @@ func publishOn(ctx context.Context, ch *amqp.Channel, returns <-chan amqp.Return
 			results[i].Err = fmt.Errorf("wait confirm: %w", err)
 			failed = results[i].Err
 		case !ok:
-			results[i].Err = errors.New("rabbitmq: message nacked")
+			results[i].Err = ErrNacked
 		}
 	}
 	// The broker sends basic.return before the confirm of the same message, and
@@ -229,6 +271,9 @@ func NewBatcher(p *Publisher) *Batcher { return &Batcher{pub: p, Timeout: 10 * t
 // Publish sends m and waits until the broker confirmed it (nil) or it
 // failed. When ctx ends first the message may still be published.
 func (b *Batcher) Publish(ctx context.Context, m Message) error {
+	if m.TraceContext == "" {
+		m.TraceContext = telemetry.EncodeTraceContext(ctx) // the batch is published under another context
+	}
 	req := &batched{ctx: ctx, msg: m, done: make(chan error, 1)}
 	b.mu.Lock()
 	b.queue = append(b.queue, req)

@@ -16,6 +16,8 @@ import (
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/checkout-demo/checkout/internal/events"
 )
 
 // Claim records eventID as handled within tx. It reports false when the
@@ -27,5 +29,9 @@ func Claim(ctx context.Context, tx pgx.Tx, eventID, eventType string) (bool, err
 	if err != nil {
 		return false, fmt.Errorf("claim event %s: %w", eventID, err)
 	}
-	return tag.RowsAffected() == 1, nil
+	fresh := tag.RowsAffected() == 1
+	if !fresh {
+		events.MarkDuplicate(ctx) // counted as a duplicate the inbox dropped
+	}
+	return fresh, nil
 }

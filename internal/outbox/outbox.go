@@ -15,7 +15,8 @@
 //	    published_at    timestamptz,
 //	    attempts        int NOT NULL DEFAULT 0,
 //	    next_attempt_at timestamptz NOT NULL DEFAULT now(), -- also the claim's lease
-//	    last_error      text
+//	    last_error      text,
+//	    trace_context   text -- the writer's trace context (telemetry.EncodeTraceContext)
 //	);
 //	CREATE INDEX outbox_unpublished ON outbox (id) WHERE published_at IS NULL;
 //	CREATE INDEX outbox_published_at ON outbox (published_at) WHERE published_at IS NOT NULL;
@@ -37,18 +38,21 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/checkout-demo/checkout/internal/events"
+	"github.com/checkout-demo/checkout/internal/telemetry"
 )
 
-// Add encodes the events and inserts them into the outbox within tx.
+// Add encodes the events and inserts them into the outbox within tx, with
+// the trace context of ctx, so that the relay publishes them in its trace.
 func Add(ctx context.Context, tx pgx.Tx, evs ...events.Event) error {
+	tc := telemetry.EncodeTraceContext(ctx)
 	for _, e := range evs {
 		m, err := events.Encode(e)
 		if err != nil {
 			return err
 		}
 		if _, err := tx.Exec(ctx,
-			`INSERT INTO outbox (event_id, event_type, routing_key, payload) VALUES ($1, $2, $3, $4)`,
-			m.ID, m.Type, m.RoutingKey, string(m.Body)); err != nil {
+			`INSERT INTO outbox (event_id, event_type, routing_key, payload, trace_context) VALUES ($1, $2, $3, $4, nullif($5, ''))`,
+			m.ID, m.Type, m.RoutingKey, string(m.Body), tc); err != nil {
 			return fmt.Errorf("insert outbox %s: %w", m.Type, err)
 		}
 	}
@@ -178,6 +182,23 @@ func Pending(ctx context.Context, pool *pgxpool.Pool) (int64, error) {
 	return n, err
 }
 
+// Stats returns the query of the outbox's backlog for
+// telemetry.Metrics.RegisterOutbox: the rows not yet published and the age
+// of the oldest (the relay's lag; it grows while RabbitMQ is away).
+func Stats(pool *pgxpool.Pool) func(ctx context.Context) (telemetry.OutboxStats, error) {
+	return func(ctx context.Context) (telemetry.OutboxStats, error) {
+		var (
+			s   telemetry.OutboxStats
+			age float64
+		)
+		err := pool.QueryRow(ctx, `
+			SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8
+			FROM outbox WHERE published_at IS NULL`).Scan(&s.Pending, &age)
+		s.OldestAge = time.Duration(age * float64(time.Second))
+		return s, err
+	}
+}
+
 // Lease is how long a claimed row is left to the relay that claimed it:
 // past it (that relay crashed or hung between claim and mark) another
 // relay publishes it again and the consumers drop the duplicate.
@@ -199,7 +220,7 @@ func (r *Relay) publishBatch(ctx context.Context) (int, error) {
 			ORDER BY id
 			LIMIT $1
 			FOR UPDATE SKIP LOCKED)
-		RETURNING id, event_id::text, event_type, routing_key, payload::text, attempts`, r.batch(), r.lease().Seconds())
+		RETURNING id, event_id::text, event_type, routing_key, payload::text, attempts, coalesce(trace_context, '')`, r.batch(), r.lease().Seconds())
 	if err != nil {
 		return 0, fmt.Errorf("claim outbox rows: %w", err)
 	}
@@ -214,7 +235,7 @@ func (r *Relay) publishBatch(ctx context.Context) (int, error) {
 			c    claimed
 			body string
 		)
-		if err := rows.Scan(&c.id, &c.msg.ID, &c.msg.Type, &c.msg.RoutingKey, &body, &c.attempts); err != nil {
+		if err := rows.Scan(&c.id, &c.msg.ID, &c.msg.Type, &c.msg.RoutingKey, &body, &c.attempts, &c.msg.TraceContext); err != nil {
 			rows.Close()
 			return 0, fmt.Errorf("scan outbox row: %w", err)
 		}

@@ -20,6 +20,8 @@ import (
 	"github.com/checkout-demo/checkout/internal/events"
 	"github.com/checkout-demo/checkout/internal/outbox"
 	"github.com/checkout-demo/checkout/internal/postgres"
+	"github.com/checkout-demo/checkout/internal/telemetry"
+	"github.com/checkout-demo/checkout/internal/telemetry/amqptel"
 	"github.com/checkout-demo/checkout/internal/web"
 )
 
@@ -47,6 +49,16 @@ func HandleAbout(service string, routes chi.Routes) http.Handler {
 // DeadLetters is the `dlq list|replay` subcommand for the service's queue.
 func DeadLetters(amqpURL, queue string) web.Command {
 	return web.Command{Name: "dlq", Run: func(ctx context.Context, args []string) error {
+		// A replay's new trace is exported when OTEL_* say so.
+		shutdown, err := telemetry.Setup(ctx, "dlq")
+		if err != nil {
+			return err
+		}
+		defer func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = shutdown(ctx)
+		}()
 		return events.DeadLetterCommand(ctx, args, amqpURL, queue, os.Stdout)
 	}}
 }
@@ -62,6 +74,9 @@ type Background struct {
 	Consumer   *events.Consumer
 	// FlushTimeout bounds the last outbox flush at shutdown.
 	FlushTimeout time.Duration
+	// Metrics, when set, gets the outbox's backlog (with a Relay and a DB)
+	// and the depth of the consumer's dead-letter queue at each scrape.
+	Metrics *telemetry.Metrics
 
 	cancel                              context.CancelFunc // Start's context
 	failure                             atomic.Pointer[error]
@@ -88,6 +103,12 @@ func (b *Background) Start(ctx context.Context) context.Context {
 	// it publishes: whichever starts first, every event reaches every
 	// queue that will ever consume it.
 	b.Broker.Topology = events.Topology
+	if b.Relay != nil && b.DB != nil {
+		b.Metrics.RegisterOutbox(outbox.Stats(b.DB.Pool))
+	}
+	if b.Consumer != nil {
+		b.Metrics.RegisterQueueDepths([]string{events.DeadLetterQueue(b.Consumer.Queue())}, amqptel.QueueDepth(b.Broker.Channel))
+	}
 	if b.Relay != nil {
 		b.Broker.OnConnect(b.Relay.Wake)
 	}
