@@ -194,7 +194,7 @@ func TestSMTPAway(t *testing.T) {
 	// used up well within this outage.
 	time.Sleep(1500 * time.Millisecond)
 	smtp.Restore()
-	deadline := time.Now().Add(15 * time.Second)
+	deadline := time.Now().Add(60 * time.Second)
 	for len(mp.Messages(t)) == 0 {
 		if time.Now().After(deadline) {
 			t.Fatal("the mail did not go out after SMTP came back")
@@ -258,7 +258,7 @@ func TestSentRecordSurvivesRestart(t *testing.T) {
 		waitQueue(t, in.AMQPURL, events.QueueEmail)
 		publish(t, in.AMQPURL, ev)
 		var got events.EmailSent
-		if err := json.Unmarshal(sent.Next(1, 15*time.Second)[0].Body, &got); err != nil || got.OrderID != 77 {
+		if err := json.Unmarshal(sent.Next(1, 60*time.Second)[0].Body, &got); err != nil || got.OrderID != 77 {
 			t.Fatalf("%s: EmailSent %+v %v", name, got, err)
 		}
 	}
