@@ -332,30 +332,34 @@ func (r *Relay) cleanup(ctx context.Context) {
 	}
 }
 
-// Cleanup deletes what is past its retention once, in batches.
+// Cleanup deletes what is past its retention once, in batches: published
+// outbox rows, and (when InboxRetention is set) old inbox ids.
 func (r *Relay) Cleanup(ctx context.Context) {
-	deleted, err := deleteInBatches(ctx, r.pool, `
+	for _, c := range []struct {
+		what      string
+		sql       string
+		retention time.Duration
+	}{
+		{"published outbox rows", `
 		DELETE FROM outbox WHERE id IN (
 			SELECT id FROM outbox
 			WHERE published_at < now() - make_interval(secs => $1)
-			ORDER BY published_at LIMIT $2)`, r.Retention.Seconds())
-	if err != nil {
-		r.log.Warn("delete published outbox rows", "err", err)
-	} else if deleted > 0 {
-		r.log.Info("deleted published outbox rows", "rows", deleted)
-	}
-	if r.InboxRetention <= 0 {
-		return
-	}
-	deleted, err = deleteInBatches(ctx, r.pool, `
+			ORDER BY published_at LIMIT $2)`, r.Retention},
+		{"old inbox ids", `
 		DELETE FROM inbox WHERE event_id IN (
 			SELECT event_id FROM inbox
 			WHERE handled_at < now() - make_interval(secs => $1)
-			ORDER BY handled_at LIMIT $2)`, r.InboxRetention.Seconds())
-	if err != nil {
-		r.log.Warn("delete old inbox ids", "err", err)
-	} else if deleted > 0 {
-		r.log.Info("deleted old inbox ids", "rows", deleted)
+			ORDER BY handled_at LIMIT $2)`, r.InboxRetention},
+	} {
+		if c.retention <= 0 {
+			continue
+		}
+		deleted, err := deleteInBatches(ctx, r.pool, c.sql, c.retention.Seconds())
+		if err != nil {
+			r.log.Warn("delete "+c.what, "err", err)
+		} else if deleted > 0 {
+			r.log.Info("deleted "+c.what, "rows", deleted)
+		}
 	}
 }
 
