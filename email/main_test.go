@@ -56,16 +56,7 @@ func startWith(t *testing.T, smtpPort int, amqpURL, sentDir string, logs io.Writ
 
 func publish(t *testing.T, url string, e events.Event) {
 	t.Helper()
-	m, err := events.Encode(e)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ch := testenv.Channel(t, url)
-	if err := ch.PublishWithContext(context.Background(), events.Exchange, m.RoutingKey, false, false, amqp.Publishing{
-		MessageId: m.ID, Type: m.Type, ContentType: events.ContentType, DeliveryMode: amqp.Persistent, Body: m.Body,
-	}); err != nil {
-		t.Fatal(err)
-	}
+	publishAll(t, confirmChannel(t, url), []events.Message{encode(t, e)})
 }
 
 func items(total money.Amount) []events.Item {
@@ -186,7 +177,7 @@ func TestSMTPAway(t *testing.T) {
 	if resp.StatusCode != http.StatusServiceUnavailable {
 		t.Fatalf("/readyz without SMTP = %d, want 503", resp.StatusCode)
 	}
-	waitQueue(t, in.AMQPURL, events.QueueEmail)
+	testenv.WaitConsumer(t, in.AMQPURL, events.QueueEmail)
 	ev := events.PaymentProcessed{Meta: events.NewMeta(events.TypePaymentProcessed, time.Now()), OrderID: 5,
 		UserEmail: "wait@example.com", TotalAmount: 100, Items: items(100)}
 	publish(t, in.AMQPURL, ev)
@@ -211,33 +202,6 @@ func TestSMTPAway(t *testing.T) {
 	}
 }
 
-// waitQueue waits until the consumer has declared its queue, so that what
-// the test publishes is routed to it.
-func waitQueue(t *testing.T, url, queue string) {
-	t.Helper()
-	conn, err := amqp.Dial(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		ch, err := conn.Channel()
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, err = ch.QueueDeclarePassive(queue, true, false, false, false, nil)
-		if err == nil {
-			ch.Close()
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("queue %s not declared: %v", queue, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // A payment result delivered again to a new process (the first one died
 // after the SMTP server accepted the mail, before its ack reached the
 // broker) is announced again but not mailed again, because the record of
@@ -255,7 +219,7 @@ func TestSentRecordSurvivesRestart(t *testing.T) {
 		t.Helper()
 		in := startIn(t, mp.SMTPPort, testenv.VHost(t), dir)
 		sent := testenv.Watch(t, in.AMQPURL, events.RouteEmailSent)
-		waitQueue(t, in.AMQPURL, events.QueueEmail)
+		testenv.WaitConsumer(t, in.AMQPURL, events.QueueEmail)
 		publish(t, in.AMQPURL, ev)
 		var got events.EmailSent
 		if err := json.Unmarshal(sent.Next(1, 60*time.Second)[0].Body, &got); err != nil || got.OrderID != 77 {

@@ -18,9 +18,11 @@ import (
 )
 
 // publishAll publishes msgs with the AMQP message ids given (an event
-// published again keeps its id) and waits for the broker's confirms.
+// published again keeps its id), waits for the broker's confirms and fails
+// the test when a message was routed to no queue.
 func publishAll(t *testing.T, ch *amqp.Channel, msgs []events.Message) {
 	t.Helper()
+	returned := ch.NotifyReturn(make(chan amqp.Return, len(msgs)))
 	var confirms []*amqp.DeferredConfirmation
 	for _, m := range msgs {
 		dc, err := ch.PublishWithDeferredConfirmWithContext(context.Background(), events.Exchange, m.RoutingKey, true, false, amqp.Publishing{
@@ -35,6 +37,12 @@ func publishAll(t *testing.T, ch *amqp.Channel, msgs []events.Message) {
 		if ok, err := dc.WaitContext(context.Background()); !ok || err != nil {
 			t.Fatalf("publish %d: confirmed %v, %v", i, ok, err)
 		}
+	}
+	// RabbitMQ sends basic.return before the confirm of the same message.
+	select {
+	case r := <-returned:
+		t.Fatalf("message %s (%s) routed to no queue: %d %s", r.MessageId, r.RoutingKey, r.ReplyCode, r.ReplyText)
+	default:
 	}
 }
 
@@ -135,7 +143,7 @@ func TestSameMailTwiceAtOnce(t *testing.T) {
 	t.Parallel()
 	r := startRelay(t, 0, nil)
 	in := startWith(t, r.Port, testenv.VHost(t), t.TempDir(), io.Discard, func(c *Config) { c.EmailDelay = 300 * time.Millisecond })
-	waitQueue(t, in.AMQPURL, events.QueueEmail)
+	testenv.WaitConsumer(t, in.AMQPURL, events.QueueEmail)
 	sent := testenv.Watch(t, in.AMQPURL, events.RouteEmailSent)
 	ch := confirmChannel(t, in.AMQPURL)
 
@@ -170,7 +178,7 @@ func TestTemporaryRefusalRetried(t *testing.T) {
 		return ""
 	})
 	in := startWith(t, r.Port, testenv.VHost(t), t.TempDir(), io.Discard, func(c *Config) { c.MaxAttempts = 2 })
-	waitQueue(t, in.AMQPURL, events.QueueEmail)
+	testenv.WaitConsumer(t, in.AMQPURL, events.QueueEmail)
 	sent := testenv.Watch(t, in.AMQPURL, events.RouteEmailSent)
 	publishAll(t, confirmChannel(t, in.AMQPURL), []events.Message{encode(t, paid(21))})
 
@@ -194,7 +202,7 @@ func TestPermanentRefusal(t *testing.T) {
 	const reply = "550 5.1.1 <customer22@example.com>: mailbox unavailable"
 	r := startRelay(t, 0, func(string, int) string { return reply })
 	in := startWith(t, r.Port, testenv.VHost(t), t.TempDir(), io.Discard, nil)
-	waitQueue(t, in.AMQPURL, events.QueueEmail)
+	testenv.WaitConsumer(t, in.AMQPURL, events.QueueEmail)
 	failed := testenv.Watch(t, in.AMQPURL, events.RouteEmailFailed)
 	publishAll(t, confirmChannel(t, in.AMQPURL), []events.Message{encode(t, paid(22))})
 
@@ -236,7 +244,7 @@ func TestSlowRelayBurst(t *testing.T) {
 		c.Prefetch, c.Concurrency, c.MaxAttempts = 600, 600, 5
 		c.RetryBase, c.RetryMax = time.Second, 30*time.Second
 	})
-	waitQueue(t, in.AMQPURL, events.QueueEmail)
+	testenv.WaitConsumer(t, in.AMQPURL, events.QueueEmail)
 	sent := watch(t, in.AMQPURL, events.RouteEmailSent)
 	ch := confirmChannel(t, in.AMQPURL)
 
@@ -286,7 +294,7 @@ func TestRetryWindowGivesUp(t *testing.T) {
 	const reply = "451 4.3.0 relay.test: local problem, try again later"
 	r := startRelay(t, 0, func(string, int) string { return reply })
 	in := startWith(t, r.Port, testenv.VHost(t), t.TempDir(), io.Discard, func(c *Config) { c.RetryWindow = time.Second })
-	waitQueue(t, in.AMQPURL, events.QueueEmail)
+	testenv.WaitConsumer(t, in.AMQPURL, events.QueueEmail)
 	failed := testenv.Watch(t, in.AMQPURL, events.RouteEmailFailed)
 	publishAll(t, confirmChannel(t, in.AMQPURL), []events.Message{encode(t, paid(23))})
 

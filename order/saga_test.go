@@ -36,18 +36,7 @@ func startSagaIn(t *testing.T, amqpURL string, opts ...func(*Config)) sagaSystem
 	t.Helper()
 	svc := startService(t, testenv.Database(t), amqpURL, opts...)
 	// The saga consumer declares its queue a moment after /readyz.
-	ch := testenv.Channel(t, amqpURL)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if _, err := ch.QueueDeclarePassive(SagaQueue, true, false, false, false, nil); err == nil {
-			break
-		}
-		ch = testenv.Channel(t, amqpURL) // a failed passive declare closes the channel
-		if time.Now().After(deadline) {
-			t.Fatal("the saga queue was not declared")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	testenv.WaitConsumer(t, amqpURL, SagaQueue)
 	return sagaSystem{svc: svc, amqpURL: amqpURL, tokens: map[int64]string{}}
 }
 

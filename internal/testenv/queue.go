@@ -66,6 +66,29 @@ func (q *Queue) None(wait time.Duration) {
 	}
 }
 
+// WaitConsumer waits until queue in the vhost of amqpURL has a consumer.
+// A service consumes a queue only after it has declared it with its
+// bindings, so a message published after WaitConsumer returns is routed to
+// the queue; a queue that merely exists may not be bound yet.
+func WaitConsumer(tb testing.TB, amqpURL, queue string) {
+	tb.Helper()
+	ch := Channel(tb, amqpURL)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		q, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
+		if err == nil && q.Consumers > 0 {
+			return
+		}
+		if err != nil {
+			ch = Channel(tb, amqpURL) // a failed passive declare closes the channel
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("queue %s has no consumer after 30s (%v)", queue, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // Channel opens a connection to amqpURL and a channel on it, both closed
 // when the test ends.
 func Channel(tb testing.TB, amqpURL string) *amqp.Channel {
