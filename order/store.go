@@ -12,7 +12,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/checkout-demo/checkout/internal/events"
-	"github.com/checkout-demo/checkout/internal/inbox"
 	"github.com/checkout-demo/checkout/internal/money"
 	"github.com/checkout-demo/checkout/internal/postgres"
 	"github.com/checkout-demo/checkout/internal/telemetry"
@@ -323,54 +322,53 @@ func selectItems(ctx context.Context, tx pgx.Tx, id int64) ([]Item, error) {
 	return items, nil
 }
 
-// Advance applies one saga event to an order in one transaction: it claims
-// the event id (a redelivered event changes nothing), checks a payment
-// event against the order, moves the status only forward (from pending; a
-// late or repeated event never moves an order backwards) and records the
-// timeline step once. A step that did not happen is not recorded: an event
-// whose status change the order refused (it had ended already) records
-// nothing. It reports whether the event changed the order.
+// Advance applies one saga event to an order in one transaction of one
+// round trip (the function advance_order of the migrations): it claims the
+// event id (a redelivered event changes nothing), checks a payment event
+// against the order, moves the status only forward (from pending; a late or
+// repeated event never moves an order backwards), records the timeline step
+// once and settles the order when its mail step is in. A step that did not
+// happen is not recorded: an event whose status change the order refused
+// (it had ended already) records nothing. It reports whether the event
+// changed the order.
 func (s *Store) Advance(ctx context.Context, e SagaEvent) (bool, error) {
-	applied := false
-	var created time.Time
-	err := postgres.InTx(ctx, s.pool, func(tx pgx.Tx) error {
-		fresh, err := inbox.Claim(ctx, tx, e.EventID, e.EventType)
-		if err != nil || !fresh {
-			return err
-		}
-		var have Payer
-		err = tx.QueryRow(ctx, `SELECT user_id, user_email, total_amount, created_at FROM orders WHERE id = $1 FOR UPDATE`, e.OrderID).
-			Scan(&have.UserID, &have.UserEmail, &have.Amount, &created)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return ErrNotFound
-		}
-		if err != nil {
-			return fmt.Errorf("lock order: %w", err)
-		}
-		if e.Payer != nil && *e.Payer != have {
-			return fmt.Errorf("%w: the event says user %d <%s> paid %s, the order is user %d <%s> for %s", ErrMismatch,
-				e.Payer.UserID, e.Payer.UserEmail, e.Payer.Amount, have.UserID, have.UserEmail, have.Amount)
-		}
-		if e.To != "" {
-			tag, err := tx.Exec(ctx, `
-				UPDATE orders SET status = $2, updated_at = now(), watch_from = now(), asks = 0
-				WHERE id = $1 AND status = 'pending'`, e.OrderID, e.To)
-			if err != nil {
-				return fmt.Errorf("update status: %w", err)
-			}
-			if tag.RowsAffected() == 0 {
-				return nil // the order had ended: this step did not happen
-			}
-		}
-		if applied, err = addStep(ctx, tx, e.OrderID, e.Step, e.At, e.EventID); err != nil || !applied {
-			return err
-		}
-		return settle(ctx, tx, e.OrderID)
-	})
-	if err == nil && applied {
-		s.observe(e.Step, created)
+	var (
+		payerID     *int64
+		payerEmail  *string
+		payerAmount *money.Amount
+		fresh       bool
+		applied     bool
+		created     *time.Time
+	)
+	if e.Payer != nil {
+		payerID, payerEmail, payerAmount = &e.Payer.UserID, &e.Payer.UserEmail, &e.Payer.Amount
 	}
-	return applied, err
+	err := s.pool.QueryRow(ctx, `SELECT fresh, applied, created FROM advance_order($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
+		e.EventID, e.EventType, e.OrderID, e.To, e.Step, e.At, payerID, payerEmail, payerAmount, settleWhen).
+		Scan(&fresh, &applied, &created)
+	var pe *pgconn.PgError
+	switch {
+	case errors.As(err, &pe) && pe.Code == "P0002":
+		return false, ErrNotFound
+	case errors.As(err, &pe) && pe.Code == "CK001":
+		return false, fmt.Errorf("%w: %s", ErrMismatch, pe.Message)
+	case err != nil:
+		return false, fmt.Errorf("advance order: %w", err)
+	case !fresh:
+		events.MarkDuplicate(ctx) // counted as a duplicate the inbox dropped
+	case applied:
+		s.observe(e.Step, *created)
+	}
+	return applied, nil
+}
+
+// settleWhen is advance_order's map of an order's end status to the
+// timeline steps (its customer's mail sent, or not deliverable) that settle
+// it: the saga's watch leaves a settled order alone.
+var settleWhen = map[string][]string{
+	StatusPaid:          {StepConfirmationSent, StepConfirmationUndelivered},
+	StatusPaymentFailed: {StepFailureNoticeSent, StepFailureNoticeUndelivered},
+	StatusCancelled:     {StepCancelNoticeSent, StepCancelNoticeUndelivered},
 }
 
 // observe counts a committed saga step: the ends of the payment and the
@@ -403,18 +401,3 @@ func addStep(ctx context.Context, tx pgx.Tx, orderID int64, step string, at time
 	return tag.RowsAffected() == 1, nil
 }
 
-// settle marks an order settled once it has ended and its customer's mail
-// step (sent, or could not be delivered) is in its timeline: the saga's
-// watch leaves it alone from then on.
-func settle(ctx context.Context, tx pgx.Tx, orderID int64) error {
-	_, err := tx.Exec(ctx, `
-		UPDATE orders o SET settled = true WHERE o.id = $1 AND NOT o.settled AND EXISTS (
-			SELECT 1 FROM order_timeline t WHERE t.order_id = o.id AND (
-				(o.status = 'paid' AND t.step IN ('`+StepConfirmationSent+`', '`+StepConfirmationUndelivered+`')) OR
-				(o.status = 'payment_failed' AND t.step IN ('`+StepFailureNoticeSent+`', '`+StepFailureNoticeUndelivered+`')) OR
-				(o.status = 'cancelled' AND t.step IN ('`+StepCancelNoticeSent+`', '`+StepCancelNoticeUndelivered+`'))))`, orderID)
-	if err != nil {
-		return fmt.Errorf("settle order: %w", err)
-	}
-	return nil
-}

@@ -43,7 +43,10 @@ func Main(name string, cfg any, run func(context.Context) error, commands func()
 			}
 		}
 	}
-	if err := run(ctx); err != nil {
+	stopProfile := startProfile(name)
+	err := run(ctx)
+	stopProfile()
+	if err != nil {
 		fmt.Fprintln(os.Stderr, name+":", err)
 		os.Exit(1)
 	}
