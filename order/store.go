@@ -400,4 +400,3 @@ func addStep(ctx context.Context, tx pgx.Tx, orderID int64, step string, at time
 	}
 	return tag.RowsAffected() == 1, nil
 }
-
