@@ -46,10 +46,11 @@ const (
 const paymentColumns = `id, order_id, user_id, user_email, amount, status, coalesce(reason, ''), coalesce(provider_ref, ''),
 	event_id::text, created_at, items, cancelled_at IS NOT NULL`
 
-func scanPayment(row pgx.Row) (Payment, error) {
+// scanPayment scans paymentColumns after the extra columns before them.
+func scanPayment(row pgx.Row, extra ...any) (Payment, error) {
 	var p Payment
-	err := row.Scan(&p.ID, &p.OrderID, &p.UserID, &p.UserEmail, &p.Amount, &p.Status, &p.Reason, &p.ProviderRef,
-		&p.EventID, &p.CreatedAt, &p.Items, &p.Cancelled)
+	err := row.Scan(append(extra, &p.ID, &p.OrderID, &p.UserID, &p.UserEmail, &p.Amount, &p.Status, &p.Reason, &p.ProviderRef,
+		&p.EventID, &p.CreatedAt, &p.Items, &p.Cancelled)...)
 	p.CreatedAt = p.CreatedAt.UTC()
 	return p, err
 }
@@ -66,53 +67,54 @@ func lockPayment(ctx context.Context, tx pgx.Tx, orderID int64) (Payment, error)
 	return p, nil
 }
 
-// Intend claims the event and writes the order's payment intent (status
-// charging) in one transaction, committed before the provider is called.
-// When the order has a payment already it says what to do instead: finish
-// an intent left charging, or (for a new event id: the saga asking again)
-// publish the result it has once more, with a new event id.
+// Intend writes the order's payment intent (status charging) and claims
+// the event in one transaction of one round trip (intend_payment of the
+// migrations), committed before the provider is called. When the order has
+// a payment already it says what to do instead: finish an intent left
+// charging, or (for a new event id: the saga asking again) publish the
+// result it has once more, with a new event id.
 func (s *Store) Intend(ctx context.Context, ev events.OrderCreated) (Payment, intentOutcome, error) {
 	if err := s.check(); err != nil {
 		return Payment{}, intentNothing, err
 	}
-	var (
-		p       Payment
-		outcome intentOutcome
-	)
-	err := postgres.InTx(ctx, s.pool, func(tx pgx.Tx) error {
+	items := ev.Items
+	if items == nil {
+		items = []events.Item{}
+	}
+	var fresh, inserted bool
+	p, err := scanPayment(s.pool.QueryRow(ctx, `SELECT * FROM intend_payment($1, $2, $3, $4, $5, $6, $7)`,
+		ev.EventID, ev.EventType, ev.OrderID, ev.UserID, ev.UserEmail, ev.TotalAmount, items), &fresh, &inserted)
+	if err != nil {
+		return Payment{}, intentNothing, fmt.Errorf("insert payment intent: %w", err)
+	}
+	if !fresh {
+		events.MarkDuplicate(ctx) // counted as a duplicate the inbox dropped
+	}
+	switch {
+	case inserted:
+		return p, intentNew, nil
+	case p.Status == StatusCharging:
+		return p, intentUnfinished, nil
+	case fresh && (p.Status == StatusSucceeded || p.Status == StatusDeclined):
+		return p, intentAnswered, s.answerAgain(ctx, ev)
+	}
+	return p, intentNothing, nil
+}
+
+// answerAgain claims an event that asks for a result the order has, and
+// writes that result again under a new event id, in one transaction.
+func (s *Store) answerAgain(ctx context.Context, ev events.OrderCreated) error {
+	return postgres.InTx(ctx, s.pool, func(tx pgx.Tx) error {
 		fresh, err := inbox.Claim(ctx, tx, ev.EventID, ev.EventType)
+		if err != nil || !fresh {
+			return err
+		}
+		p, err := lockPayment(ctx, tx, ev.OrderID)
 		if err != nil {
 			return err
 		}
-		items := ev.Items
-		if items == nil {
-			items = []events.Item{}
-		}
-		tag, err := tx.Exec(ctx, `
-			INSERT INTO payments (order_id, user_id, user_email, amount, status, event_id, items)
-			VALUES ($1, $2, $3, $4, 'charging', $5, $6)
-			ON CONFLICT (order_id) DO NOTHING`,
-			ev.OrderID, ev.UserID, ev.UserEmail, ev.TotalAmount, ev.EventID, items)
-		if err != nil {
-			return fmt.Errorf("insert payment intent: %w", err)
-		}
-		if p, err = lockPayment(ctx, tx, ev.OrderID); err != nil {
-			return err
-		}
-		switch {
-		case tag.RowsAffected() == 1:
-			outcome = intentNew
-		case p.Status == StatusCharging:
-			outcome = intentUnfinished
-		case fresh && (p.Status == StatusSucceeded || p.Status == StatusDeclined):
-			outcome = intentAnswered
-			return outbox.Add(ctx, tx, resultEvent(p, time.Now()))
-		default:
-			outcome = intentNothing
-		}
-		return nil
+		return outbox.Add(ctx, tx, resultEvent(p, time.Now()))
 	})
-	return p, outcome, err
 }
 
 // Finish records the provider's answer for a payment still charging
