@@ -27,12 +27,15 @@ type BenchConfig struct {
 	Timeout  time.Duration
 	Bin      string
 	Infra    Infra
+	Env      map[string]string // extra settings of the services
 }
 
 func parseBenchFlags(args []string, out io.Writer) (BenchConfig, error) {
 	fs := flag.NewFlagSet("loadtest bench", flag.ContinueOnError)
 	fs.SetOutput(out)
 	var c BenchConfig
+	var env string
+	fs.StringVar(&env, "env", "", "extra settings of the started services, KEY=VALUE,… (e.g. OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318)")
 	fs.DurationVar(&c.Warmup, "warmup", 2*time.Second, "single-client warm-up, not measured")
 	fs.DurationVar(&c.Single, "single", 10*time.Second, "length of the single-client phase")
 	fs.IntVar(&c.Clients, "clients", 16, "concurrent clients of the throughput phase (and of pgbench)")
@@ -47,6 +50,10 @@ func parseBenchFlags(args []string, out io.Writer) (BenchConfig, error) {
 	}
 	if fs.NArg() > 0 {
 		return BenchConfig{}, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	var err error
+	if c.Env, err = parseEnv(env); err != nil {
+		return BenchConfig{}, err
 	}
 	if c.Single <= 0 || c.Duration <= 0 || c.Warmup < 0 || c.Clients <= 0 || c.Clients > 1024 || c.Timeout <= 0 ||
 		c.Single > time.Hour || c.Duration > time.Hour || c.Warmup > time.Hour {
@@ -143,14 +150,14 @@ func runBench(ctx context.Context, cfg BenchConfig, stdout, progress io.Writer) 
 	say("starting the four services from %s against scratch state", cfg.Bin)
 	// All four start, so that every queue exists as the services declare
 	// it; then the saga's two stop.
-	sys, err := StartSystem(ctx, cfg.Infra, cfg.Bin, nil, "order", "payment", "email", "gateway")
+	sys, err := StartSystem(ctx, cfg.Infra, cfg.Bin, cfg.Env, "order", "payment", "email", "gateway")
 	if err != nil {
 		return err
 	}
 	defer sys.Close()
 	sys.Stop("payment", "email")
-	state := fmt.Sprintf("fresh scratch databases %s and vhost %s (removed at the end); services with their defaults; payment and email stopped (the saga idle)",
-		strings.Join(sys.Databases(), ", "), sys.Tag)
+	state := fmt.Sprintf("fresh scratch databases %s and vhost %s (removed at the end); services with their defaults%s; payment and email stopped (the saga idle)",
+		strings.Join(sys.Databases(), ", "), sys.Tag, envText(cfg.Env))
 	say("state: %s", state)
 
 	cust := NewCustomers(Config{Target: sys.URL("gateway"), Price: "1299.99"})

@@ -137,15 +137,9 @@ func parseFlags(args []string, out io.Writer) (Config, error) {
 		return Config{}, fmt.Errorf("unexpected argument %q (flags only; see -h)", fs.Arg(0))
 	}
 	c.Cost.Infra.RabbitAPI = c.RabbitAPI
-	if env != "" {
-		c.Cost.Env = map[string]string{}
-		for _, kv := range strings.Split(env, ",") {
-			k, v, ok := strings.Cut(kv, "=")
-			if !ok {
-				return Config{}, fmt.Errorf("-env: %q is not KEY=VALUE", kv)
-			}
-			c.Cost.Env[k] = v
-		}
+	var err error
+	if c.Cost.Env, err = parseEnv(env); err != nil {
+		return Config{}, err
 	}
 	for _, q := range strings.Split(queues, ",") {
 		if q = strings.TrimSpace(q); q != "" {
@@ -153,6 +147,22 @@ func parseFlags(args []string, out io.Writer) (Config, error) {
 		}
 	}
 	return c, c.validate()
+}
+
+// parseEnv reads an -env flag: KEY=VALUE settings separated by commas.
+func parseEnv(env string) (map[string]string, error) {
+	if env == "" {
+		return nil, nil
+	}
+	out := map[string]string{}
+	for _, kv := range strings.Split(env, ",") {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			return nil, fmt.Errorf("-env: %q is not KEY=VALUE", kv)
+		}
+		out[k] = v
+	}
+	return out, nil
 }
 
 func (c Config) validate() error {

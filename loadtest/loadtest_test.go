@@ -266,6 +266,7 @@ func TestRunRefusesBadFlags(t *testing.T) {
 		{"ErrCostWarmup", []string{"-cost", "-duration", "5s", "-cost-warmup", "5s"}},
 		{"ErrCostKnee", []string{"-cost", "-knee"}},
 		{"ErrCostEnv", []string{"-cost", "-env", "PAYMENT_DELAY"}},
+		{"ErrBenchEnv", []string{"bench", "-env", "OTEL_TRACES_SAMPLER"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
