@@ -57,22 +57,18 @@ func (s *Store) check() error {
 // Create writes the order, its items, its first timeline step and its
 // OrderCreated event in one transaction. With an idempotency key, a request
 // seen before returns the order it created (replayed = true) and writes
-// nothing.
+// nothing: the insert is tried first (one round trip for a new request, as
+// every checkout through the gateway carries a key) and the key's unique
+// index refuses a second order, whose request then reads the first.
 func (s *Store) Create(ctx context.Context, n NewOrder, key string) (o Order, replayed bool, err error) {
 	if err := s.check(); err != nil {
 		return Order{}, false, err
 	}
 	ctx, cancel := s.bound(ctx)
 	defer cancel()
-	if key != "" {
-		if o, err := s.byKey(ctx, key, n.Hash()); !errors.Is(err, ErrNotFound) {
-			return o, err == nil, err
-		}
-	}
 	o, err = s.create(ctx, n, key)
 	var pgErr *pgconn.PgError
 	if key != "" && errors.As(err, &pgErr) && pgErr.Code == "23505" && pgErr.ConstraintName == "orders_idempotency_key_key" {
-		// A concurrent retry with the same key won the race.
 		o, err = s.byKey(ctx, key, n.Hash())
 		return o, err == nil, err
 	}
