@@ -19,7 +19,8 @@ import (
 	"github.com/checkout-demo/checkout/internal/telemetry/amqptel"
 )
 
-// Headers the consumer sets on messages it retries or dead-letters.
+// Headers the consumer sets on messages it retries or dead-letters, and a
+// replay on those it moves back.
 const (
 	HeaderAttempt       = "x-attempt"                // failed attempts so far
 	HeaderRoutingKey    = "x-original-routing-key"   // the routing key the event was published with
@@ -27,6 +28,7 @@ const (
 	HeaderFailedAt      = "x-failed-at"              // when it was dead-lettered (RFC 3339)
 	HeaderDeadLetterFor = "x-dead-letter-from-queue" // the queue it came from
 	HeaderUnavailable   = "x-unavailable-retries"    // retries because a dependency was away
+	HeaderReplayed      = "x-replayed"               // times it was replayed from the dead-letter queue
 )
 
 // ConsumerConfig describes one queue and how its messages are handled.
@@ -494,27 +496,13 @@ type move struct {
 }
 
 func (r *republisher) publish(ctx context.Context, d Delivery, mv move, from string) (err error) {
-	headers := amqp.Table{}
-	for k, v := range d.Headers {
-		headers[k] = v
-	}
+	queue, pub := mv.queue, republishing(d.Delivery, r.broker.user)
+	headers := pub.Headers
 	headers[HeaderAttempt] = int32(mv.attempts)
 	headers[HeaderUnavailable] = int32(mv.unavailable)
 	headers[HeaderRoutingKey] = d.EventRoutingKey()
 	headers[HeaderError] = truncate(mv.reason, 1000)
 	headers[HeaderPublishedBy] = d.PublishedBy
-	queue := mv.queue
-	pub := amqp.Publishing{
-		Headers:      headers,
-		ContentType:  d.ContentType,
-		DeliveryMode: amqp.Persistent,
-		MessageId:    d.MessageId,
-		Type:         d.Type,
-		Timestamp:    d.Timestamp,
-		AppId:        d.AppId,
-		UserId:       r.broker.user,
-		Body:         d.Body,
-	}
 	if queue == DeadLetterQueue(from) {
 		headers[HeaderFailedAt] = time.Now().UTC().Format(time.RFC3339)
 		headers[HeaderDeadLetterFor] = from
@@ -525,16 +513,8 @@ func (r *republisher) publish(ctx context.Context, d Delivery, mv move, from str
 	// traceparent it came with).
 	ctx, span := amqptel.StartPublish(ctx, "", queue, &pub)
 	defer func() { telemetry.EndSpan(span, err) }()
-	dc, err := r.ch.PublishWithDeferredConfirmWithContext(ctx, "", queue, true, false, pub)
-	if err != nil {
+	if err = publishOne(ctx, r.ch, outgoing{key: queue, pub: pub}); err != nil {
 		return err
-	}
-	ok, err := dc.WaitContext(ctx)
-	if err != nil {
-		return err
-	}
-	if !ok {
-		return errors.New("nacked by the broker")
 	}
 	if r.wasReturned(d.MessageId) {
 		return fmt.Errorf("%w: queue %s", ErrUnroutable, queue)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"sync"
 	"time"
 
@@ -30,6 +31,8 @@ type Publisher struct {
 	// Metrics, when set, counts the broker's answers
 	// (checkout_publisher_confirms_total).
 	Metrics *telemetry.Metrics
+
+	sent func(int, *amqp.DeferredConfirmation) // publishConfirmed's hook, for tests
 }
 
 // NewPublisher returns a publisher on b.
@@ -70,7 +73,7 @@ func (p *Publisher) Publish(ctx context.Context, msgs []Message) ([]Result, erro
 	}
 	// A write to a stalled socket blocks whatever the context says: the
 	// whole batch is bounded, and on timeout the connection is closed.
-	ch, returns := p.ch, p.returns
+	ch, returns, sent := p.ch, p.returns, p.sent
 	var (
 		got       []Result
 		gotFailed error
@@ -78,7 +81,7 @@ func (p *Publisher) Publish(ctx context.Context, msgs []Message) ([]Result, erro
 	// got and gotFailed are read only when the call finished: a call given
 	// up on may still write them.
 	err := bounded(ctx, p.conn, func() error {
-		got, gotFailed = publishOn(ctx, ch, returns, p.broker.user, msgs)
+		got, gotFailed = publishOn(ctx, ch, returns, p.broker.user, msgs, sent)
 		return nil
 	})
 	results, failed := failAll(msgs, err), err
@@ -122,44 +125,62 @@ func failAll(msgs []Message, err error) []Result {
 
 // publishOn publishes msgs on ch as user (the connection's: RabbitMQ
 // validates the user_id, so consumers may trust it).
-func publishOn(ctx context.Context, ch *amqp.Channel, returns <-chan amqp.Return, user string, msgs []Message) ([]Result, error) {
-	results := make([]Result, len(msgs))
-	pending := make([]*amqp.DeferredConfirmation, len(msgs))
+func publishOn(ctx context.Context, ch *amqp.Channel, returns <-chan amqp.Return, user string, msgs []Message, sent func(int, *amqp.DeferredConfirmation)) ([]Result, error) {
+	out := make([]outgoing, len(msgs))
 	spans := make([]trace.Span, len(msgs))
-	defer func() {
-		for i, span := range spans {
-			if span != nil {
-				telemetry.EndSpan(span, results[i].Err)
-			}
-		}
-	}()
-	var failed error
 	for i, m := range msgs {
-		results[i].ID = m.ID
-		pub := amqp.Publishing{
-			ContentType:  ContentType,
-			DeliveryMode: amqp.Persistent,
-			MessageId:    m.ID,
-			Type:         m.Type,
-			Timestamp:    time.Now(),
-			AppId:        "checkout",
-			UserId:       user,
-			Body:         m.Body,
-		}
+		out[i] = outgoing{exchange: Exchange, key: m.RoutingKey, pub: amqp.Publishing{ContentType: ContentType,
+			DeliveryMode: amqp.Persistent, MessageId: m.ID, Type: m.Type, Timestamp: time.Now(), AppId: "checkout",
+			UserId: user, Body: m.Body}}
 		// The publish span is a child of the trace the message was
 		// written in (the outbox row's context), and its context goes
 		// into the headers for the consumer.
-		mctx, span := amqptel.StartPublish(telemetry.DecodeTraceContext(ctx, m.TraceContext), Exchange, m.RoutingKey, &pub)
-		spans[i] = span
-		dc, err := ch.PublishWithDeferredConfirmWithContext(mctx, Exchange, m.RoutingKey, true, false, pub)
+		_, spans[i] = amqptel.StartPublish(telemetry.DecodeTraceContext(ctx, m.TraceContext), Exchange, m.RoutingKey, &out[i].pub)
+	}
+	results, failed := publishConfirmed(ctx, ch, out, sent)
+	// The broker sends basic.return before the confirm of the same message, and
+	// the client delivers it to the buffered returns channel before it
+	// processes the confirm, so every return for this batch is here now.
+	markReturned(returns, results)
+	for i, span := range spans {
+		telemetry.EndSpan(span, results[i].Err)
+	}
+	return results, failed
+}
+
+// outgoing is a message to publish and where to.
+type outgoing struct {
+	exchange, key string
+	pub           amqp.Publishing
+}
+
+// publishConfirmed is the one way messages are published here: it sends
+// msgs on ch (in confirm mode) as mandatory, so that a message no queue
+// receives comes back on the channel's returns (the caller looks there), and
+// only then waits for the confirms: a batch waits about one round trip. It
+// returns one result per message, ErrNacked for one the broker refused, and
+// the channel's failure (a publish not sent, which fails the rest too, or a
+// wait that ended). The caller bounds it: a write to a stalled socket blocks
+// whatever ctx says. sent, when set, is called after message i was sent
+// (a test's hook to cut the connection mid-batch).
+func publishConfirmed(ctx context.Context, ch *amqp.Channel, msgs []outgoing, sent func(i int, dc *amqp.DeferredConfirmation)) ([]Result, error) {
+	results := make([]Result, len(msgs))
+	pending := make([]*amqp.DeferredConfirmation, len(msgs))
+	var failed error
+	for i, m := range msgs {
+		results[i].ID = m.pub.MessageId
+		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, m.exchange, m.key, true, false, m.pub)
 		if err != nil {
-			failed = fmt.Errorf("publish %s: %w", m.ID, err)
+			failed = fmt.Errorf("publish %s: %w", m.pub.MessageId, err)
 			for j := i; j < len(msgs); j++ {
-				results[j] = Result{ID: msgs[j].ID, Err: failed}
+				results[j] = Result{ID: msgs[j].pub.MessageId, Err: failed}
 			}
 			break
 		}
 		pending[i] = dc
+		if sent != nil {
+			sent(i, dc)
+		}
 	}
 	for i, dc := range pending {
 		if dc == nil {
@@ -168,17 +189,28 @@ func publishOn(ctx context.Context, ch *amqp.Channel, returns <-chan amqp.Return
 		ok, err := dc.WaitContext(ctx)
 		switch {
 		case err != nil:
-			results[i].Err = fmt.Errorf("wait confirm: %w", err)
+			results[i].Err = fmt.Errorf("wait confirm of %s: %w", results[i].ID, err)
 			failed = results[i].Err
 		case !ok:
 			results[i].Err = ErrNacked
 		}
 	}
-	// The broker sends basic.return before the confirm of the same message, and
-	// the client delivers it to the buffered returns channel before it
-	// processes the confirm, so every return for this batch is here now.
-	markReturned(returns, results)
 	return results, failed
+}
+
+// publishOne publishes m as publishConfirmed does and returns its error.
+func publishOne(ctx context.Context, ch *amqp.Channel, m outgoing) error {
+	results, _ := publishConfirmed(ctx, ch, []outgoing{m}, nil)
+	return results[0].Err
+}
+
+// republishing is d to be published again by user (moved to a retry or
+// dead-letter queue, or replayed), with a copy of its headers to change.
+func republishing(d amqp.Delivery, user string) amqp.Publishing {
+	headers := make(amqp.Table, len(d.Headers)+8)
+	maps.Copy(headers, d.Headers)
+	return amqp.Publishing{Headers: headers, ContentType: d.ContentType, DeliveryMode: amqp.Persistent,
+		MessageId: d.MessageId, Type: d.Type, Timestamp: d.Timestamp, AppId: d.AppId, UserId: user, Body: d.Body}
 }
 
 // markReturned marks the results of messages the broker returned. It stops

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	amqp "github.com/rabbitmq/amqp091-go"
+
 	"github.com/checkout-demo/checkout/internal/events"
 	"github.com/checkout-demo/checkout/internal/testenv"
 	"github.com/checkout-demo/checkout/internal/web"
@@ -16,7 +18,9 @@ import (
 // A connection that drops in the middle of a batch makes Publish return
 // (not hang) with the unconfirmed messages marked failed. What it reported
 // as confirmed reached the queue, and once the broker is back the failed
-// ones go through on the same Publisher: at least once, nothing lost.
+// ones go through on the same Publisher: at least once, nothing lost. The
+// cut lands mid-batch for sure: after the first half was sent and
+// confirmed, before the second half is sent.
 func TestPublishSurvivesConnectionLossMidBatch(t *testing.T) {
 	t.Parallel()
 	url := testenv.VHost(t)
@@ -36,6 +40,17 @@ func TestPublishSurvivesConnectionLossMidBatch(t *testing.T) {
 		msgs[i] = events.Message{ID: fmt.Sprintf("m-%04d", i), Type: "Thing", RoutingKey: testKey,
 			Body: []byte(fmt.Sprintf(`{"n":%d,"pad":"%0512d"}`, i, 0))}
 	}
+	half := len(msgs) / 2
+	var sent []*amqp.DeferredConfirmation // only the publishing goroutine touches it
+	events.OnSent(pub, func(i int, dc *amqp.DeferredConfirmation) {
+		sent = append(sent, dc)
+		if i == half-1 {
+			for _, dc := range sent {
+				dc.Wait()
+			}
+			proxy.Cut()
+		}
+	})
 	// Publish fails fast while the broker is not connected (the outbox
 	// tries again later); wait for the connection first.
 	waitFor(t, "broker connection", b.Connected)
@@ -51,14 +66,13 @@ func TestPublishSurvivesConnectionLossMidBatch(t *testing.T) {
 		r, err := pub.Publish(pctx, msgs)
 		out <- outcome{r, err}
 	}()
-	time.Sleep(5 * time.Millisecond)
-	proxy.Cut()
 	var got outcome
 	select {
 	case got = <-out:
 	case <-time.After(15 * time.Second):
 		t.Fatal("Publish did not return after the connection dropped mid-batch")
 	}
+	events.OnSent(pub, nil) // the retries below must not cut again
 	if len(got.results) != len(msgs) {
 		t.Fatalf("%d results for %d messages (err %v)", len(got.results), len(msgs), got.err)
 	}
@@ -67,11 +81,15 @@ func TestPublishSurvivesConnectionLossMidBatch(t *testing.T) {
 		if r.ID != msgs[i].ID {
 			t.Fatalf("result %d is for %s, want %s", i, r.ID, msgs[i].ID)
 		}
+		// The first half was confirmed before the cut; the second half
+		// was sent into a dropped connection and cannot have been.
+		if before := i < half; before != (r.Err == nil) {
+			t.Fatalf("result %d (sent before the cut: %v): %v", i, before, r.Err)
+		}
 		if r.Err != nil {
 			retry = append(retry, msgs[i])
 		}
 	}
-	t.Logf("confirmed before the cut: %d of %d (err %v)", len(msgs)-len(retry), len(msgs), got.err)
 
 	proxy.Restore()
 	// As the outbox relay does: try what failed again until it is confirmed.

@@ -6,6 +6,10 @@ package worker
 
 import (
 	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"net/http"
@@ -13,9 +17,11 @@ import (
 	"slices"
 	"strings"
 	"sync/atomic"
+	"text/tabwriter"
 	"time"
 
 	"github.com/go-chi/chi/v5"
+	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/checkout-demo/checkout/internal/events"
 	"github.com/checkout-demo/checkout/internal/outbox"
@@ -46,7 +52,10 @@ func HandleAbout(service string, routes chi.Routes) http.Handler {
 	return web.HandleAbout(service, routes, nil, consumes, publishes)
 }
 
-// DeadLetters is the `dlq list|replay` subcommand for the service's queue.
+// DeadLetters is the `dlq` subcommand for the service's queue:
+//
+//	<service> dlq list [-n 20]     show what is in the service's dead-letter queue
+//	<service> dlq replay [-n N]    move messages back onto the service's queue
 func DeadLetters(amqpURL, queue string) web.Command {
 	return web.Command{Name: "dlq", Run: func(ctx context.Context, args []string) error {
 		// A replay's new trace is exported when OTEL_* say so.
@@ -59,8 +68,41 @@ func DeadLetters(amqpURL, queue string) web.Command {
 			defer cancel()
 			_ = shutdown(ctx)
 		}()
-		return events.DeadLetterCommand(ctx, args, amqpURL, queue, os.Stdout)
+		return deadLetters(ctx, args, amqpURL, queue, os.Stdout)
 	}}
+}
+
+// deadLetters runs `dlq list|replay` with args, writing to w.
+func deadLetters(ctx context.Context, args []string, amqpURL, queue string, w io.Writer) error {
+	if len(args) == 0 || (args[0] != "list" && args[0] != "replay") {
+		return errors.New("usage: dlq list [-n 20] | dlq replay [-n N]")
+	}
+	flags := flag.NewFlagSet("dlq "+args[0], flag.ContinueOnError)
+	n := flags.Int("n", map[string]int{"list": 20, "replay": 1 << 30}[args[0]], "how many messages at most")
+	if err := flags.Parse(args[1:]); err != nil {
+		return err
+	}
+	conn, err := amqp.DialConfig(amqpURL, amqp.Config{Heartbeat: 10 * time.Second, Locale: "en_US"})
+	if err != nil {
+		return fmt.Errorf("connect to rabbitmq: %w", err)
+	}
+	defer conn.Close()
+	if args[0] == "replay" {
+		moved, err := events.ReplayDeadLetters(ctx, conn, queue, *n)
+		fmt.Fprintf(w, "replayed %d message(s) from %s to %s\n", moved, events.DeadLetterQueue(queue), queue)
+		return err
+	}
+	dls, total, err := events.ListDeadLetters(ctx, conn, queue, *n)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "%s: %d message(s)\n", events.DeadLetterQueue(queue), total)
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "EVENT ID\tTYPE\tROUTING KEY\tATTEMPTS\tFAILED AT\tREASON")
+	for _, d := range dls {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", d.EventID, d.Type, d.RoutingKey, d.Attempts, d.FailedAt, d.Reason)
+	}
+	return tw.Flush()
 }
 
 // Background is a service's work besides requests. Every part but Log and

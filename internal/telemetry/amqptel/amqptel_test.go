@@ -10,6 +10,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/checkout-demo/checkout/internal/events"
 	"github.com/checkout-demo/checkout/internal/telemetry"
 	"github.com/checkout-demo/checkout/internal/telemetry/amqptel"
 	"github.com/checkout-demo/checkout/internal/telemetry/telemetrytest"
@@ -65,7 +66,7 @@ func TestAMQPTrace(t *testing.T) {
 	// The relay publishes under the context of the order's transaction.
 	root, insert := otel.Tracer("x").Start(context.Background(), "insert order")
 	insert.End()
-	send(root, "publish 1", amqp.Publishing{MessageId: "ev-1", Headers: amqp.Table{"x-attempt": int32(1)}})
+	send(root, "publish 1", amqp.Publishing{MessageId: "ev-1", Headers: amqp.Table{events.HeaderAttempt: int32(1)}})
 	d := receive()
 	ctx, handle := amqptel.StartConsume(context.Background(), q.Name, &d)
 	handle.End()
@@ -100,7 +101,7 @@ func TestAMQPTrace(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if headers["x-attempt"] != int32(1) {
+	if headers[events.HeaderAttempt] != int32(1) {
 		t.Errorf("replay dropped other headers: %v", headers)
 	}
 	replayed := receive()
