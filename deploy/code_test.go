@@ -15,6 +15,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/checkout-demo/checkout/internal/events"
 )
 
 // root is the repository root, relative to this package's directory (where
@@ -28,9 +30,14 @@ type service struct {
 	// Config) to its default.
 	Env map[string]string
 	// Queues are the values of the package's string constants whose name
-	// ends in Queue: the queues it consumes.
+	// ends in Queue (a literal, or one of contractQueues): the queues it
+	// consumes.
 	Queues []string
 }
+
+// contractQueues are the contract's queue names a service's constant may
+// be (const Queue = events.QueuePayment).
+var contractQueues = map[string]string{"QueuePayment": events.QueuePayment, "QueueEmail": events.QueueEmail, "QueueOrderSaga": events.QueueOrderSaga}
 
 // Port is the port the service listens on with the environment env.
 func (s service) Port(env map[string]string) string {
@@ -140,6 +147,9 @@ func parseService(name string) (service, error) {
 					if lit, ok := n.Values[i].(*ast.BasicLit); ok && lit.Kind == token.STRING {
 						v, _ := strconv.Unquote(lit.Value)
 						s.Queues = append(s.Queues, v)
+					}
+					if sel, ok := n.Values[i].(*ast.SelectorExpr); ok && contractQueues[sel.Sel.Name] != "" {
+						s.Queues = append(s.Queues, contractQueues[sel.Sel.Name])
 					}
 				}
 			}

@@ -9,9 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
-	"sync/atomic"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -33,12 +31,15 @@ func main() {
 // run consumes payment results and cancelled orders until ctx is done, then stops taking
 // deliveries and lets the mails in flight finish.
 func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.Addr)) error {
-	log := web.NewLogger(stdout, cfg.LogLevel, cfg.LogFormat, "email")
-	metrics, stopTelemetry, err := web.Telemetry(ctx, log, "email", cfg.ShutdownTimeout)
+	svc, err := worker.Open(ctx, "email", stdout, worker.Settings{Port: cfg.Port, ListenHost: cfg.ListenHost,
+		LogLevel: cfg.LogLevel, LogFormat: cfg.LogFormat, AMQPURL: cfg.AMQPURL, ShutdownTimeout: cfg.ShutdownTimeout,
+		Prefetch: cfg.Prefetch, Concurrency: cfg.Concurrency, MaxAttempts: cfg.MaxAttempts,
+		RetryBase: cfg.RetryBase, RetryMax: cfg.RetryMax, HandlerTimeout: cfg.HandlerTimeout})
 	if err != nil {
 		return err
 	}
-	defer stopTelemetry()
+	defer svc.Close()
+	log := svc.Log
 	mailer, err := NewMailer(cfg, log)
 	if err != nil {
 		return err
@@ -56,30 +57,17 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 	}
 	defer sent.Close()
 
-	broker := events.NewBroker(cfg.AMQPURL, log)
-	broker.Name = "email"
-	pub := events.NewPublisher(broker)
-	pub.Metrics = metrics
-	defer pub.Close()
-	h := &mailHandler{log: log, mailer: mailer, broker: broker, pub: events.NewBatcher(pub), sent: sent,
-		delay: cfg.EmailDelay, retryWindow: cfg.RetryWindow, metrics: metrics}
-	consumer := events.NewConsumer(broker, events.ConsumerConfig{
-		Queue: Queue, Bindings: events.QueueBindings(Queue),
-		Prefetch: cfg.Prefetch, Concurrency: cfg.Concurrency, MaxAttempts: cfg.MaxAttempts,
-		RetryBase: cfg.RetryBase, RetryMax: cfg.RetryMax, HandlerTimeout: cfg.HandlerTimeout, Metrics: metrics,
-		Unavailable: unavailable,
-	}, h.handle, log)
-	bg := &worker.Background{Log: log, Broker: broker, Consumer: consumer, Metrics: metrics}
-	ctx = bg.Start(ctx)
-	defer bg.Stop()
+	consumer := consume(svc, &mailHandler{log: log, mailer: mailer, broker: svc.Broker, pub: events.NewBatcher(svc.Publisher), sent: sent,
+		delay: cfg.EmailDelay, retryWindow: cfg.RetryWindow, metrics: svc.Metrics})
+	ctx = svc.Start(ctx)
+	defer svc.Stop()
 
 	smtpAddr := net.JoinHostPort(cfg.SMTPHost, fmt.Sprint(cfg.SMTPPort))
-	var stopping atomic.Bool
 	health := web.Health{
 		Log:     log,
 		Service: "email",
 		Ready: map[string]web.Check{
-			"rabbitmq": broker.Check,
+			"rabbitmq": svc.Broker.Check,
 			"consumer": consumer.Check,
 			"smtp": func(ctx context.Context) error {
 				c, err := (&net.Dialer{}).DialContext(ctx, "tcp", smtpAddr)
@@ -89,13 +77,10 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 				return c.Close()
 			},
 		},
-		Stopping: stopping.Load,
+		Stopping: svc.Stopping.Load,
 	}
 	r := chi.NewRouter()
-	r.Method(http.MethodGet, "/", worker.HandleAbout("email", r))
-	r.Method(http.MethodGet, "/health", health.HandleHealth())
-	r.Method(http.MethodGet, "/livez", health.HandleLivez())
-	r.Method(http.MethodGet, "/readyz", health.HandleReadyz())
-	return bg.Result(web.ListenAndServe(ctx, log, net.JoinHostPort(cfg.ListenHost, cfg.Port), web.Observed(log, metrics, r), cfg.ShutdownTimeout, &stopping, listening,
-		"smtp", smtpAddr, "email_delay", cfg.EmailDelay.String(), "smtp_sessions", cfg.SMTPSessions))
+	addRoutes(r, health)
+	return svc.Serve(ctx, web.Observed(log, svc.Metrics, r), listening,
+		"smtp", smtpAddr, "email_delay", cfg.EmailDelay.String(), "smtp_sessions", cfg.SMTPSessions)
 }

@@ -10,7 +10,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/go-chi/chi/v5"
 	"github.com/google/uuid"
 	"github.com/sony/gobreaker/v2"
 
@@ -55,10 +54,8 @@ func handleCheckout(log *slog.Logger, orders *orderClient) http.Handler {
 
 func handleGetOrder(log *slog.Logger, orders *orderClient) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		id, err := strconv.ParseInt(chi.URLParam(r, "id"), 10, 64)
-		if err != nil || id <= 0 {
-			web.WriteProblem(w, r, http.StatusBadRequest, "the order id must be a positive integer",
-				web.FieldError{Field: "id", Message: "must be a positive integer"})
+		id, ok := web.OrderID(w, r, "id")
+		if !ok {
 			return
 		}
 		forward(w, r, log, orders, http.MethodGet, fmt.Sprintf("%s/orders/%d", orders.cfg.OrderServiceURL, id), nil, upstreamHeader(r))

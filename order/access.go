@@ -19,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/checkout-demo/checkout/internal/money"
+	"github.com/checkout-demo/checkout/internal/postgres"
 	"github.com/checkout-demo/checkout/internal/web"
 )
 
@@ -216,7 +217,7 @@ func handleListOrders(log *slog.Logger, store *Store) http.Handler {
 		}
 		orders, err := store.ListByUser(r.Context(), c.user)
 		if err != nil {
-			writeStoreError(w, r, log, "list orders", err)
+			postgres.WriteError(w, r, log, database, "list orders", err)
 			return
 		}
 		if orders == nil {

@@ -9,11 +9,12 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/go-chi/chi/v5"
-
 	"github.com/checkout-demo/checkout/internal/postgres"
 	"github.com/checkout-demo/checkout/internal/web"
 )
+
+// database names the order service's database in its problem answers.
+const database = "the order database"
 
 func handleCreateOrder(log *slog.Logger, store *Store, relay waker) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -47,7 +48,7 @@ func handleCreateOrder(log *slog.Logger, store *Store, relay waker) http.Handler
 			return
 		}
 		if err != nil {
-			writeStoreError(w, r, log, "create order", err)
+			postgres.WriteError(w, r, log, database, "create order", err)
 			return
 		}
 		if replayed {
@@ -66,10 +67,8 @@ func handleCreateOrder(log *slog.Logger, store *Store, relay waker) http.Handler
 
 func handleGetOrder(log *slog.Logger, store *Store) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		id, err := strconv.ParseInt(chi.URLParam(r, "id"), 10, 64)
-		if err != nil || id <= 0 {
-			web.WriteProblem(w, r, http.StatusBadRequest, "the order id must be a positive integer",
-				web.FieldError{Field: "id", Message: "must be a positive integer"})
+		id, ok := web.OrderID(w, r, "id")
+		if !ok {
 			return
 		}
 		c, err := readCredentials(r)
@@ -91,7 +90,7 @@ func handleGetOrder(log *slog.Logger, store *Store) http.Handler {
 			return
 		}
 		if err != nil {
-			writeStoreError(w, r, log, "get order", err)
+			postgres.WriteError(w, r, log, database, "get order", err)
 			return
 		}
 		web.WriteJSON(w, http.StatusOK, o)
@@ -120,15 +119,4 @@ func writeDecodeError(w http.ResponseWriter, r *http.Request, err error) {
 	default:
 		web.WriteProblem(w, r, http.StatusBadRequest, "invalid request")
 	}
-}
-
-// writeStoreError answers a store error as postgres.Answer maps it (the
-// project's one mapping); the cause goes to the log only.
-func writeStoreError(w http.ResponseWriter, r *http.Request, log *slog.Logger, op string, err error) {
-	log.Error(op, "err", err, "request_id", web.RequestID(r.Context()))
-	if r.Context().Err() != nil {
-		return // the client is gone
-	}
-	status, detail := postgres.Answer(err, r.Method == http.MethodPost, "the order database")
-	web.WriteProblem(w, r, status, detail)
 }

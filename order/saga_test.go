@@ -36,7 +36,7 @@ func startSagaIn(t *testing.T, amqpURL string, opts ...func(*Config)) sagaSystem
 	t.Helper()
 	svc := startService(t, testenv.Database(t), amqpURL, opts...)
 	// The saga consumer declares its queue a moment after /readyz.
-	testenv.WaitConsumer(t, amqpURL, SagaQueue)
+	testenv.WaitConsumer(t, amqpURL, Queue)
 	return sagaSystem{svc: svc, amqpURL: amqpURL, tokens: map[int64]string{}}
 }
 
@@ -177,7 +177,7 @@ func TestMismatchedPaymentIsDeadLettered(t *testing.T) {
 			id := s.publish(t, tt.ev())
 			deadline := time.Now().Add(30 * time.Second)
 			for {
-				dls, _, err := events.ListDeadLetters(context.Background(), conn, SagaQueue, 10)
+				dls, _, err := events.ListDeadLetters(context.Background(), conn, Queue, 10)
 				if err == nil && slices.ContainsFunc(dls, func(d events.DeadLetter) bool { return d.EventID == id }) {
 					break
 				}
@@ -232,7 +232,7 @@ func TestPaymentEventsOnlyFromThePaymentUser(t *testing.T) {
 			}
 			deadline := time.Now().Add(30 * time.Second)
 			for {
-				dls, _, err := events.ListDeadLetters(context.Background(), conn, SagaQueue, 10)
+				dls, _, err := events.ListDeadLetters(context.Background(), conn, Queue, 10)
 				if err == nil && slices.ContainsFunc(dls, func(d events.DeadLetter) bool { return d.EventID == m.ID }) {
 					break
 				}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"sync"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 
 	"github.com/checkout-demo/checkout/internal/events"
 	"github.com/checkout-demo/checkout/internal/money"
+	"github.com/checkout-demo/checkout/internal/outbox"
 	"github.com/checkout-demo/checkout/internal/postgres"
 	"github.com/checkout-demo/checkout/internal/telemetry"
 )
@@ -133,16 +135,13 @@ func (s *Store) create(ctx context.Context, n NewOrder, key string) (Order, erro
 	if err != nil {
 		return Order{}, err
 	}
-	args := []any{o.ID, n.UserID, n.UserEmail, n.Total, productIDs, quantities, prices, key, hashIf(key, n), now,
-		m.ID, m.Type, m.RoutingKey, string(m.Body), nonce, tokenHash, nullIfZero(n.Owner),
-		o.TraceID, telemetry.EncodeTraceContext(ctx)}
-	err = s.insert(ctx, args)
-	if err != nil && pgconn.SafeToRetry(err) && ctx.Err() == nil {
-		// The pooled connection died before the server saw the statement
-		// (the database restarted): nothing was written, so try once more.
-		err = s.insert(ctx, args)
-	}
-	if err != nil {
+	args := outbox.Row(ctx, m)
+	maps.Copy(args, pgx.NamedArgs{"id": o.ID, "user_id": n.UserID, "user_email": n.UserEmail, "total": n.Total,
+		"product_ids": productIDs, "quantities": quantities, "prices": prices, "key": key, "request_hash": hashIf(key, n),
+		"now": now, "nonce": nonce, "token_hash": tokenHash, "owner": nullIfZero(n.Owner), "trace_id": o.TraceID})
+	// A pooled connection that died before the server saw the statement
+	// (the database restarted) wrote nothing: it is tried once more.
+	if err := postgres.Retry(ctx, func() error { return s.insert(ctx, args) }); err != nil {
 		return Order{}, fmt.Errorf("insert order: %w", err)
 	}
 	return o, nil
@@ -151,36 +150,56 @@ func (s *Store) create(ctx context.Context, n NewOrder, key string) (Order, erro
 // insert runs insertOrder on a connection of its own, so that a failure to
 // get one (certain: nothing was sent) is told from a failure after the
 // statement was sent (the outcome may be unknown).
-func (s *Store) insert(ctx context.Context, args []any) error {
+func (s *Store) insert(ctx context.Context, args pgx.NamedArgs) error {
 	conn, err := postgres.Acquire(ctx, s.pool)
 	if err != nil {
 		return err
 	}
 	defer conn.Release()
-	_, err = conn.Exec(ctx, insertOrder, args...)
+	_, err = conn.Exec(ctx, insertOrder, args)
 	return err
 }
 
 // insertOrder writes an order with its items, its first timeline step and
-// the outbox row (the one outbox.Add would write) in one atomic statement.
+// its outbox row (outbox.Insert, with outbox.Row's arguments) in one atomic
+// statement.
 const insertOrder = `
 		WITH o AS (
 			INSERT INTO orders (id, user_id, user_email, total_amount, idempotency_key, request_hash, created_at, updated_at, trace_id)
-			VALUES ($1, $2, $3, $4, nullif($8, ''), nullif($9, ''), $10, $10, nullif($18, ''))
+			VALUES (@id, @user_id, @user_email, @total, nullif(@key, ''), nullif(@request_hash, ''), @now, @now, nullif(@trace_id, ''))
 		), i AS (
 			INSERT INTO order_items (order_id, line, product_id, quantity, price)
-			SELECT $1, t.line, t.product_id, t.quantity, t.price
-			FROM unnest($5::bigint[], $6::int[], $7::numeric[]) WITH ORDINALITY AS t(product_id, quantity, price, line)
+			SELECT @id, t.line, t.product_id, t.quantity, t.price
+			FROM unnest(@product_ids::bigint[], @quantities::int[], @prices::numeric[]) WITH ORDINALITY AS t(product_id, quantity, price, line)
 		), s AS (
-			INSERT INTO order_timeline (order_id, step, at) VALUES ($1, 'created', $10)
+			INSERT INTO order_timeline (order_id, step, at) VALUES (@id, 'created', @now)
 		), a AS (
-			INSERT INTO order_access (order_id, nonce, token_hash, user_id) VALUES ($1, $15, $16, $17)
+			INSERT INTO order_access (order_id, nonce, token_hash, user_id) VALUES (@id, @nonce, @token_hash, @owner)
 		)
-		INSERT INTO outbox (event_id, event_type, routing_key, payload, trace_context) VALUES ($11, $12, $13, $14, nullif($19, ''))`
+		` + outbox.Insert
 
 // idBlockSize is how many order ids one nextval reserves; the sequence's
-// INCREMENT BY (migration 00003) must be the same.
+// INCREMENT BY (migration 00003) must be the same, which checkIDBlock
+// holds the database to at start.
 const idBlockSize = 32
+
+// errIDBlock is an order id sequence whose INCREMENT BY is not
+// idBlockSize: blocks would overlap and two checkouts get the same id.
+var errIDBlock = errors.New("the order id sequence orders_id_seq does not step by the id block size")
+
+// checkIDBlock fails with errIDBlock unless the order id sequence's
+// INCREMENT BY is idBlockSize.
+func (s *Store) checkIDBlock(ctx context.Context) error {
+	var step int64
+	if err := s.pool.QueryRow(ctx, `
+		SELECT increment_by FROM pg_sequences WHERE schemaname = current_schema() AND sequencename = 'orders_id_seq'`).Scan(&step); err != nil {
+		return fmt.Errorf("read the INCREMENT BY of the order id sequence orders_id_seq: %w", err)
+	}
+	if step != idBlockSize {
+		return fmt.Errorf("%w: INCREMENT BY %d, but the service reserves ids in blocks of %d (idBlockSize in order/store.go)", errIDBlock, step, idBlockSize)
+	}
+	return nil
+}
 
 // idBlock hands out the ids of the block reserved last.
 type idBlock struct {

@@ -25,10 +25,8 @@ func NewServer(log *slog.Logger, metrics *telemetry.Metrics, store *Store, healt
 
 func handleGetPayment(log *slog.Logger, store *Store) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		id, err := strconv.ParseInt(chi.URLParam(r, "orderID"), 10, 64)
-		if err != nil || id <= 0 {
-			web.WriteProblem(w, r, http.StatusBadRequest, "the order id must be a positive integer",
-				web.FieldError{Field: "orderID", Message: "must be a positive integer"})
+		id, ok := web.OrderID(w, r, "orderID")
+		if !ok {
 			return
 		}
 		p, err := store.ByOrder(r.Context(), id)
@@ -36,9 +34,7 @@ func handleGetPayment(log *slog.Logger, store *Store) http.Handler {
 		case errors.Is(err, ErrNotFound):
 			web.WriteProblem(w, r, http.StatusNotFound, "no payment for order "+strconv.FormatInt(id, 10))
 		case err != nil:
-			log.Error("get payment", "err", err, "order_id", id)
-			status, detail := postgres.Answer(err, false, "the payment database")
-			web.WriteProblem(w, r, status, detail)
+			postgres.WriteError(w, r, log, "the payment database", "get payment", err)
 		default:
 			web.WriteJSON(w, http.StatusOK, p)
 		}

@@ -44,19 +44,29 @@ import (
 // Add encodes the events and inserts them into the outbox within tx, with
 // the trace context of ctx, so that the relay publishes them in its trace.
 func Add(ctx context.Context, tx pgx.Tx, evs ...events.Event) error {
-	tc := telemetry.EncodeTraceContext(ctx)
 	for _, e := range evs {
 		m, err := events.Encode(e)
 		if err != nil {
 			return err
 		}
-		if _, err := tx.Exec(ctx,
-			`INSERT INTO outbox (event_id, event_type, routing_key, payload, trace_context) VALUES ($1, $2, $3, $4, nullif($5, ''))`,
-			m.ID, m.Type, m.RoutingKey, string(m.Body), tc); err != nil {
+		if _, err := tx.Exec(ctx, Insert, Row(ctx, m)); err != nil {
 			return fmt.Errorf("insert outbox %s: %w", m.Type, err)
 		}
 	}
 	return nil
+}
+
+// Insert is the one statement that writes an outbox row, with the named
+// arguments Row gives; a statement that writes more in one go (the order
+// service's checkout) ends its CTEs with it.
+const Insert = `INSERT INTO outbox (event_id, event_type, routing_key, payload, trace_context)
+		VALUES (@event_id, @event_type, @routing_key, @payload, nullif(@trace_context, ''))`
+
+// Row is the named arguments of Insert for m, written under the trace
+// context of ctx. A caller may add its own (other names) to the map.
+func Row(ctx context.Context, m events.Message) pgx.NamedArgs {
+	return pgx.NamedArgs{"event_id": m.ID, "event_type": m.Type, "routing_key": m.RoutingKey, "payload": string(m.Body),
+		"trace_context": telemetry.EncodeTraceContext(ctx)}
 }
 
 // Relay publishes unpublished outbox rows. Several relays (one per replica)

@@ -30,6 +30,7 @@ import (
 	"github.com/pressly/goose/v3/lock"
 
 	"github.com/checkout-demo/checkout/internal/telemetry"
+	"github.com/checkout-demo/checkout/internal/web"
 )
 
 // ErrNotReady is returned while the database has not been prepared yet.
@@ -91,14 +92,21 @@ func (db *DB) Ping(ctx context.Context) error {
 }
 
 // Prepare creates the database if it is missing and applies migrations,
-// retrying with backoff while the database is away, until it succeeds or
-// ctx is done. An error the server gives that will not heal by waiting (a
-// migration that does not apply, a role without the rights it needs) is
-// returned at once: retrying it forever would look like an outage.
-func (db *DB) Prepare(ctx context.Context, migrations fs.FS, log *slog.Logger) error {
+// then runs checks (of what the code assumes of the schema), retrying with
+// backoff while the database is away, until it succeeds or ctx is done;
+// only then is the database ready. An error that will not heal by waiting
+// (a migration that does not apply, a role without the rights it needs, a
+// check that fails other than by the database's absence) is returned at
+// once: retrying it forever would look like an outage.
+func (db *DB) Prepare(ctx context.Context, migrations fs.FS, log *slog.Logger, checks ...func(context.Context) error) error {
 	bo := backoff.Backoff{Base: 200 * time.Millisecond, Max: 5 * time.Second}
 	for attempt := 0; ; attempt++ {
 		err := db.prepare(ctx, migrations)
+		final := false
+		for i := 0; err == nil && i < len(checks); i++ {
+			err = checks[i](ctx)
+			final = err != nil && !IsTransient(err)
+		}
 		if err == nil {
 			db.ready.Store(true)
 			close(db.done)
@@ -106,7 +114,7 @@ func (db *DB) Prepare(ctx context.Context, migrations fs.FS, log *slog.Logger) e
 			return nil
 		}
 		var pgErr *pgconn.PgError
-		if errors.As(err, &pgErr) && !IsTransient(err) {
+		if final || errors.As(err, &pgErr) && !IsTransient(err) {
 			return fmt.Errorf("prepare database %s: %w", db.Pool.Config().ConnConfig.Database, err)
 		}
 		d := bo.Delay(attempt)
@@ -249,9 +257,16 @@ func IsTransient(err error) bool { return IsUnavailable(err) || IsUnknownOutcome
 // pooled connection that died while the database restarted), it is run once
 // more on a fresh connection.
 func InTx(ctx context.Context, pool *pgxpool.Pool, fn func(pgx.Tx) error) error {
-	err := pgx.BeginFunc(ctx, pool, fn)
+	return Retry(ctx, func() error { return pgx.BeginFunc(ctx, pool, fn) })
+}
+
+// Retry runs fn, and once more when it failed in a way that is certain to
+// have happened before the server saw anything (pgconn.SafeToRetry: a
+// pooled connection that died while the database restarted).
+func Retry(ctx context.Context, fn func() error) error {
+	err := fn()
 	if err != nil && pgconn.SafeToRetry(err) && ctx.Err() == nil {
-		err = pgx.BeginFunc(ctx, pool, fn)
+		err = fn()
 	}
 	return err
 }
@@ -273,4 +288,17 @@ func Answer(err error, write bool, what string) (status int, detail string) {
 		return http.StatusServiceUnavailable, what + " did not answer; please retry"
 	}
 	return http.StatusInternalServerError, "internal error"
+}
+
+// WriteError answers a request whose database work (op) failed with err,
+// as Answer maps it (a POST is a write); what names the database. The
+// cause goes to the log only, and nothing is answered to a client that is
+// gone.
+func WriteError(w http.ResponseWriter, r *http.Request, log *slog.Logger, what, op string, err error) {
+	log.ErrorContext(r.Context(), op, "err", err, "request_id", web.RequestID(r.Context()))
+	if r.Context().Err() != nil {
+		return
+	}
+	status, detail := Answer(err, r.Method == http.MethodPost, what)
+	web.WriteProblem(w, r, status, detail)
 }

@@ -11,7 +11,10 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"time"
+
+	"github.com/go-chi/chi/v5"
 )
 
 // WriteJSON writes v as JSON with the given status.
@@ -56,6 +59,18 @@ func WriteProblem(w http.ResponseWriter, r *http.Request, status int, detail str
 	w.Header().Set("Content-Type", ProblemContentType)
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(p)
+}
+
+// OrderID reads the path parameter param as an order id. When it is not a
+// positive integer it answers 400 and reports false.
+func OrderID(w http.ResponseWriter, r *http.Request, param string) (int64, bool) {
+	id, err := strconv.ParseInt(chi.URLParam(r, param), 10, 64)
+	if err != nil || id <= 0 {
+		WriteProblem(w, r, http.StatusBadRequest, "the order id must be a positive integer",
+			FieldError{Field: param, Message: "must be a positive integer"})
+		return 0, false
+	}
+	return id, true
 }
 
 // Serve runs srv on ln until ctx is done, then shuts it down gracefully,

@@ -10,13 +10,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"io/fs"
-	"log/slog"
 	"net/http"
 	"os"
 	"slices"
 	"strings"
-	"sync/atomic"
 	"text/tabwriter"
 	"time"
 
@@ -24,10 +21,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/checkout-demo/checkout/internal/events"
-	"github.com/checkout-demo/checkout/internal/outbox"
-	"github.com/checkout-demo/checkout/internal/postgres"
 	"github.com/checkout-demo/checkout/internal/telemetry"
-	"github.com/checkout-demo/checkout/internal/telemetry/amqptel"
 	"github.com/checkout-demo/checkout/internal/web"
 )
 
@@ -103,126 +97,4 @@ func deadLetters(ctx context.Context, args []string, amqpURL, queue string, w io
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", d.EventID, d.Type, d.RoutingKey, d.Attempts, d.FailedAt, d.Reason)
 	}
 	return tw.Flush()
-}
-
-// Background is a service's work besides requests. Every part but Log and
-// Broker is optional.
-type Background struct {
-	Log        *slog.Logger
-	Broker     *events.Broker
-	DB         *postgres.DB
-	Migrations fs.FS
-	Relay      *outbox.Relay
-	Consumer   *events.Consumer
-	// FlushTimeout bounds the last outbox flush at shutdown.
-	FlushTimeout time.Duration
-	// Metrics, when set, gets the outbox's backlog (with a Relay and a DB)
-	// and the depth of the consumer's dead-letter queue at each scrape.
-	Metrics *telemetry.Metrics
-
-	cancel                              context.CancelFunc // Start's context
-	failure                             atomic.Pointer[error]
-	stopBroker, stopRelay, stopConsumer context.CancelFunc
-	brokerDone, relayDone, consumerDone chan struct{}
-}
-
-// Start starts the parts: the broker connection at once; the database
-// preparation, then the relay; the consumer once the database is ready.
-// They outlive ctx: Stop ends them. The context Start returns is ctx,
-// cancelled when a part fails for good (a migration that does not apply,
-// a role without the rights it needs): the service then shuts down and
-// Err says why. An absent dependency is waited for, never such a failure.
-func (b *Background) Start(ctx context.Context) context.Context {
-	ctx, b.cancel = context.WithCancel(ctx)
-	bg := context.WithoutCancel(ctx)
-	var brokerCtx, relayCtx, consumerCtx context.Context
-	brokerCtx, b.stopBroker = context.WithCancel(bg)
-	relayCtx, b.stopRelay = context.WithCancel(bg)
-	consumerCtx, b.stopConsumer = context.WithCancel(bg)
-	b.brokerDone, b.relayDone, b.consumerDone = make(chan struct{}), make(chan struct{}), make(chan struct{})
-
-	// Every service declares the whole topology on every connect, before
-	// it publishes: whichever starts first, every event reaches every
-	// queue that will ever consume it.
-	b.Broker.Topology = events.Topology
-	if b.Relay != nil && b.DB != nil {
-		b.Metrics.RegisterOutbox(outbox.Stats(b.DB.Pool))
-	}
-	if b.Consumer != nil {
-		b.Metrics.RegisterQueueDepths([]string{events.DeadLetterQueue(b.Consumer.Queue())}, amqptel.QueueDepth(b.Broker.Channel))
-	}
-	if b.Relay != nil {
-		b.Broker.OnConnect(b.Relay.Wake)
-	}
-	go func() { defer close(b.brokerDone); b.Broker.Run(brokerCtx) }()
-	go func() {
-		defer close(b.relayDone)
-		if b.DB == nil {
-			return
-		}
-		if err := b.DB.Prepare(relayCtx, b.Migrations, b.Log); err != nil {
-			if relayCtx.Err() == nil {
-				b.failure.CompareAndSwap(nil, &err)
-				b.cancel()
-			}
-			return
-		}
-		if b.Relay != nil {
-			b.Relay.Run(relayCtx)
-		}
-	}()
-	go func() {
-		defer close(b.consumerDone)
-		if b.Consumer == nil {
-			return
-		}
-		if b.DB != nil {
-			select {
-			case <-b.DB.Prepared():
-			case <-consumerCtx.Done():
-				return
-			}
-		}
-		b.Consumer.Run(consumerCtx)
-	}()
-	return ctx
-}
-
-// Result is what run returns after serving ended with err: the failure
-// that ended the service, if one did, else err.
-func (b *Background) Result(err error) error {
-	if cause := b.Err(); cause != nil {
-		return cause
-	}
-	return err
-}
-
-// Err is the failure that ended the service, or nil.
-func (b *Background) Err() error {
-	if err := b.failure.Load(); err != nil {
-		return *err
-	}
-	return nil
-}
-
-// Stop ends the parts in the order that loses nothing: the consumer stops
-// taking deliveries and finishes (and acks) those in flight; the relay
-// finishes its batch; a last flush publishes what the last requests and
-// handlers committed; then the broker connection closes.
-func (b *Background) Stop() {
-	b.stopConsumer()
-	<-b.consumerDone
-	b.stopRelay()
-	<-b.relayDone
-	if b.Relay != nil && b.DB != nil && b.DB.Ready() && b.Broker.Connected() {
-		ctx, cancel := context.WithTimeout(context.Background(), b.FlushTimeout)
-		defer cancel()
-		if err := b.Relay.Flush(ctx); err != nil {
-			b.Log.Warn("outbox not flushed; the next start publishes the rest", "err", err)
-		}
-	}
-	b.stopBroker()
-	<-b.brokerDone
-	b.cancel()
-	b.Log.Info("stopped")
 }

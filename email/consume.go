@@ -18,12 +18,18 @@ import (
 
 	"github.com/checkout-demo/checkout/internal/events"
 	"github.com/checkout-demo/checkout/internal/telemetry"
+	"github.com/checkout-demo/checkout/internal/worker"
 )
 
-// Queue is the queue the service consumes, events.QueueEmail, spelled out
-// for the deploy checks that read it from this source (TestQueue holds the
-// two equal).
-const Queue = "email.payment-results"
+// Queue is the email service's queue of mails to send.
+const Queue = events.QueueEmail
+
+// consume is the service's consumer: Queue, bound as the contract says,
+// handled by h; the SMTP server's or the broker's absence is retried
+// without using up attempts (unavailable).
+func consume(svc *worker.Service, h *mailHandler) *events.Consumer {
+	return svc.Consume(events.ConsumerConfig{Queue: Queue, Bindings: events.QueueBindings(Queue), Unavailable: unavailable}, h.handle)
+}
 
 // mailHandler mails the customer after a payment result or a cancelled
 // order, and announces EmailSent once the SMTP server accepted the mail,
@@ -126,25 +132,26 @@ func (h *mailHandler) compose(d events.Delivery) (Mail, error) {
 	}
 	switch d.Type {
 	case events.TypePaymentProcessed:
-		var ev events.PaymentProcessed
-		if err := json.Unmarshal(d.Body, &ev); err != nil || ev.OrderID <= 0 {
-			return Mail{}, fmt.Errorf("decode PaymentProcessed: %v", err)
-		}
-		return h.mailer.Confirmation(ev)
+		return decode(d, func(ev events.PaymentProcessed) int64 { return ev.OrderID }, h.mailer.Confirmation)
 	case events.TypePaymentFailed:
-		var ev events.PaymentFailed
-		if err := json.Unmarshal(d.Body, &ev); err != nil || ev.OrderID <= 0 {
-			return Mail{}, fmt.Errorf("decode PaymentFailed: %v", err)
-		}
-		return h.mailer.PaymentFailed(ev)
+		return decode(d, func(ev events.PaymentFailed) int64 { return ev.OrderID }, h.mailer.PaymentFailed)
 	case events.TypeOrderCancelled:
-		var ev events.OrderCancelled
-		if err := json.Unmarshal(d.Body, &ev); err != nil || ev.OrderID <= 0 {
-			return Mail{}, fmt.Errorf("decode OrderCancelled: %v", err)
-		}
-		return h.mailer.Cancelled(ev)
+		return decode(d, func(ev events.OrderCancelled) int64 { return ev.OrderID }, h.mailer.Cancelled)
 	}
 	return Mail{}, fmt.Errorf("unexpected event type %q", d.Type)
+}
+
+// decode unmarshals d's body into its contract type T, which must name an
+// order (orderID reads it), and composes its mail.
+func decode[T any](d events.Delivery, orderID func(T) int64, compose func(T) (Mail, error)) (Mail, error) {
+	var ev T
+	if err := json.Unmarshal(d.Body, &ev); err != nil {
+		return Mail{}, fmt.Errorf("decode %s: %w", d.Type, err)
+	}
+	if orderID(ev) <= 0 {
+		return Mail{}, fmt.Errorf("decode %s: no positive order id", d.Type)
+	}
+	return compose(ev)
 }
 
 // refusal tells a failed send's reply, and whether it is final: a 5xx

@@ -11,15 +11,19 @@ import (
 	"time"
 
 	"github.com/checkout-demo/checkout/internal/events"
+	"github.com/checkout-demo/checkout/internal/worker"
 )
 
-// SagaQueue is the order service's queue (events.QueueOrderSaga) of what
-// happened to its orders downstream: payment results, refunds and mail
-// outcomes.
-const SagaQueue = "order.saga-events"
+// Queue is the order service's queue of what happened to its orders
+// downstream: payment results, refunds and mail outcomes.
+const Queue = events.QueueOrderSaga
 
-// SagaBindings are the routing keys the order follows (the contract's).
-var SagaBindings = events.QueueBindings(SagaQueue)
+// consume is the service's consumer: Queue, bound as the contract says,
+// handled by handleSagaEvent.
+func consume(svc *worker.Service, store *Store, paymentUser string) *events.Consumer {
+	return svc.Consume(events.ConsumerConfig{Queue: Queue, Bindings: events.QueueBindings(Queue)},
+		handleSagaEvent(svc.Log, store, paymentUser))
+}
 
 // mailSteps are the timeline steps of each mail kind: sent, not delivered.
 var mailSteps = map[string][2]string{
@@ -28,71 +32,61 @@ var mailSteps = map[string][2]string{
 	events.MailCancelled:     {StepCancelNoticeSent, StepCancelNoticeUndelivered},
 }
 
-// decode unmarshals a saga event into its contract type and checks its
-// envelope.
-func decode[T any](d events.Delivery, meta func(*T) (events.Meta, int64)) (T, error) {
+// decode unmarshals a saga event into its contract type T, lets does fill
+// in which order it names and what it does to it, and checks its envelope.
+func decode[T events.Event](d events.Delivery, does func(T, *SagaEvent) error) (SagaEvent, error) {
 	var ev T
 	if err := json.Unmarshal(d.Body, &ev); err != nil {
-		return ev, events.Permanent(fmt.Errorf("decode %s: %w", d.Type, err))
+		return SagaEvent{}, events.Permanent(fmt.Errorf("decode %s: %w", d.Type, err))
 	}
-	m, orderID := meta(&ev)
-	if !events.ValidEventID(m.EventID) || orderID <= 0 {
-		return ev, events.Permanent(fmt.Errorf("decode %s: no UUID event id or no positive order id", d.Type))
-	}
-	return ev, nil
-}
-
-// sagaEvent turns a delivery into what it does to its order.
-func sagaEvent(d events.Delivery) (SagaEvent, error) {
-	e := SagaEvent{EventType: d.Type}
-	switch d.Type {
-	case events.TypePaymentProcessed:
-		ev, err := decode(d, func(ev *events.PaymentProcessed) (events.Meta, int64) { return ev.Meta, ev.OrderID })
-		if err != nil {
-			return e, err
-		}
-		e.EventID, e.OrderID, e.At, e.To, e.Step = ev.EventID, ev.OrderID, ev.OccurredAt, StatusPaid, StepPaid
-		e.Payer = &Payer{UserID: ev.UserID, UserEmail: ev.UserEmail, Amount: ev.TotalAmount}
-	case events.TypePaymentFailed:
-		ev, err := decode(d, func(ev *events.PaymentFailed) (events.Meta, int64) { return ev.Meta, ev.OrderID })
-		if err != nil {
-			return e, err
-		}
-		e.EventID, e.OrderID, e.At, e.To, e.Step = ev.EventID, ev.OrderID, ev.OccurredAt, StatusPaymentFailed, StepPaymentFailed
-		e.Payer = &Payer{UserID: ev.UserID, UserEmail: ev.UserEmail, Amount: ev.TotalAmount}
-	case events.TypePaymentRefunded:
-		ev, err := decode(d, func(ev *events.PaymentRefunded) (events.Meta, int64) { return ev.Meta, ev.OrderID })
-		if err != nil {
-			return e, err
-		}
-		e.EventID, e.OrderID, e.At, e.Step = ev.EventID, ev.OrderID, ev.OccurredAt, StepRefunded
-	case events.TypeEmailSent:
-		ev, err := decode(d, func(ev *events.EmailSent) (events.Meta, int64) { return ev.Meta, ev.OrderID })
-		if err != nil {
-			return e, err
-		}
-		steps, ok := mailSteps[ev.Kind]
-		if !ok {
-			return e, events.Permanent(fmt.Errorf("EmailSent with unknown kind %q", ev.Kind))
-		}
-		e.EventID, e.OrderID, e.At, e.Step = ev.EventID, ev.OrderID, ev.OccurredAt, steps[0]
-	case events.TypeEmailFailed:
-		ev, err := decode(d, func(ev *events.EmailFailed) (events.Meta, int64) { return ev.Meta, ev.OrderID })
-		if err != nil {
-			return e, err
-		}
-		steps, ok := mailSteps[ev.Kind]
-		if !ok {
-			return e, events.Permanent(fmt.Errorf("EmailFailed with unknown kind %q", ev.Kind))
-		}
-		e.EventID, e.OrderID, e.At, e.Step = ev.EventID, ev.OrderID, ev.OccurredAt, steps[1]
-	default:
-		return e, events.Permanent(fmt.Errorf("unexpected event type %q", d.Type))
+	m := ev.EventMeta()
+	e := SagaEvent{EventType: d.Type, EventID: m.EventID, At: m.OccurredAt}
+	err := does(ev, &e)
+	if !events.ValidEventID(e.EventID) || e.OrderID <= 0 {
+		return e, events.Permanent(fmt.Errorf("decode %s: no UUID event id or no positive order id", d.Type))
 	}
 	if e.At.IsZero() {
 		e.At = time.Now()
 	}
-	return e, nil
+	return e, err
+}
+
+// mailStep sets the step of a mail event: its kind's steps[i].
+func (e *SagaEvent) mailStep(kind string, i int) error {
+	steps, ok := mailSteps[kind]
+	if !ok {
+		return events.Permanent(fmt.Errorf("%s with unknown kind %q", e.EventType, kind))
+	}
+	e.Step = steps[i]
+	return nil
+}
+
+// sagaEvent turns a delivery into what it does to its order.
+func sagaEvent(d events.Delivery) (SagaEvent, error) {
+	switch d.Type {
+	case events.TypePaymentProcessed:
+		return decode(d, func(ev events.PaymentProcessed, e *SagaEvent) error {
+			e.OrderID, e.To, e.Step = ev.OrderID, StatusPaid, StepPaid
+			e.Payer = &Payer{UserID: ev.UserID, UserEmail: ev.UserEmail, Amount: ev.TotalAmount}
+			return nil
+		})
+	case events.TypePaymentFailed:
+		return decode(d, func(ev events.PaymentFailed, e *SagaEvent) error {
+			e.OrderID, e.To, e.Step = ev.OrderID, StatusPaymentFailed, StepPaymentFailed
+			e.Payer = &Payer{UserID: ev.UserID, UserEmail: ev.UserEmail, Amount: ev.TotalAmount}
+			return nil
+		})
+	case events.TypePaymentRefunded:
+		return decode(d, func(ev events.PaymentRefunded, e *SagaEvent) error {
+			e.OrderID, e.Step = ev.OrderID, StepRefunded
+			return nil
+		})
+	case events.TypeEmailSent:
+		return decode(d, func(ev events.EmailSent, e *SagaEvent) error { e.OrderID = ev.OrderID; return e.mailStep(ev.Kind, 0) })
+	case events.TypeEmailFailed:
+		return decode(d, func(ev events.EmailFailed, e *SagaEvent) error { e.OrderID = ev.OrderID; return e.mailStep(ev.Kind, 1) })
+	}
+	return SagaEvent{EventType: d.Type}, events.Permanent(fmt.Errorf("unexpected event type %q", d.Type))
 }
 
 // ErrUntrustedPublisher refuses a payment event that the payment service's
