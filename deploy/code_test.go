@@ -58,8 +58,8 @@ var goRuntimeEnv = map[string]bool{"GOMEMLIMIT": true, "GOMAXPROCS": true, "GOGC
 
 // otelEnv are the OTEL_* variables the OpenTelemetry set-up reads
 // (telemetry.Setup and the SDK it builds) in a service that calls
-// web.Telemetry: they are no envconfig tags, and only those services read
-// them.
+// web.Telemetry (or worker.Open, which does): they are no envconfig tags,
+// and only those services read them.
 var otelEnv = []string{
 	"OTEL_SDK_DISABLED", "OTEL_TRACES_EXPORTER", "OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES",
 	"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
@@ -119,8 +119,8 @@ func parseService(name string) (service, error) {
 		ast.Inspect(f, func(n ast.Node) bool {
 			switch n := n.(type) {
 			case *ast.CallExpr:
-				if sel, ok := n.Fun.(*ast.SelectorExpr); ok && sel.Sel.Name == "Telemetry" {
-					if pkg, ok := sel.X.(*ast.Ident); ok && pkg.Name == "web" {
+				if sel, ok := n.Fun.(*ast.SelectorExpr); ok {
+					if pkg, ok := sel.X.(*ast.Ident); ok && (pkg.Name+"."+sel.Sel.Name == "web.Telemetry" || pkg.Name+"."+sel.Sel.Name == "worker.Open") {
 						traced = true
 					}
 				}

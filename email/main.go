@@ -21,11 +21,7 @@ import (
 
 func main() {
 	var cfg Config
-	web.Main("email", &cfg,
-		func(ctx context.Context) error { return run(ctx, cfg, os.Stdout, nil) },
-		func() []web.Command {
-			return []web.Command{web.HealthcheckCommand(cfg.Port), worker.DeadLetters(cfg.AMQPURL, Queue)}
-		})
+	worker.Main("email", &cfg, &cfg.Port, &cfg.AMQPURL, Queue, func(ctx context.Context) error { return run(ctx, cfg, os.Stdout, nil) })
 }
 
 // run consumes payment results and cancelled orders until ctx is done, then stops taking

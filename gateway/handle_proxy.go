@@ -113,6 +113,9 @@ func forward(w http.ResponseWriter, r *http.Request, log *slog.Logger, orders *o
 		if resp != nil {
 			resp.Body.Close()
 		}
+		if err == nil { // an answer that does not settle it (a 504, a 5xx after an unknown outcome)
+			err = fmt.Errorf("the order service answered %s", resp.Status)
+		}
 		log.Warn("order service call failed", "err", err, "attempt", attempt, "outcome_unknown", out == unknown,
 			"breaker", orders.State())
 		if attempt < orders.cfg.UpstreamAttempts && !errors.Is(err, gobreaker.ErrOpenState) {

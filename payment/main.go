@@ -18,11 +18,7 @@ import (
 
 func main() {
 	var cfg Config
-	web.Main("payment", &cfg,
-		func(ctx context.Context) error { return run(ctx, cfg, os.Stdout, nil) },
-		func() []web.Command {
-			return []web.Command{web.HealthcheckCommand(cfg.Port), worker.DeadLetters(cfg.AMQPURL, Queue)}
-		})
+	worker.Main("payment", &cfg, &cfg.Port, &cfg.AMQPURL, Queue, func(ctx context.Context) error { return run(ctx, cfg, os.Stdout, nil) })
 }
 
 // run starts the service and blocks until ctx is done, then stops taking

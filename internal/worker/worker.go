@@ -46,6 +46,15 @@ func HandleAbout(service string, routes chi.Routes) http.Handler {
 	return web.HandleAbout(service, routes, nil, consumes, publishes)
 }
 
+// Main is a consuming service's main: web.Main, with the healthcheck
+// subcommand on *port and the dlq subcommand of queue at *amqpURL (read
+// once cfg is).
+func Main(service string, cfg any, port, amqpURL *string, queue string, run func(context.Context) error) {
+	web.Main(service, cfg, run, func() []web.Command {
+		return []web.Command{web.HealthcheckCommand(*port), DeadLetters(*amqpURL, queue)}
+	})
+}
+
 // DeadLetters is the `dlq` subcommand for the service's queue:
 //
 //	<service> dlq list [-n 20]     show what is in the service's dead-letter queue
