@@ -1,7 +1,8 @@
-// Package worker runs what the order and payment services (and the email
-// service's consumer) do besides answering requests: the broker connection,
-// the database preparation, the outbox relay and the consumer, started and
-// stopped in the order a graceful shutdown needs, and the dlq subcommand.
+// Package worker builds and runs what the order, payment and email
+// services do besides answering requests (Service): the broker connection,
+// the database preparation, the outbox relay, the consumer and the loops
+// that need the database, started and stopped in the order a graceful
+// shutdown needs; and their main with the dlq subcommand.
 package worker
 
 import (
