@@ -199,7 +199,7 @@ func (c *charger) complete(ctx context.Context, p Payment, asked bool) error {
 		}
 		found = true
 	}
-	p, changed, err := c.store.Finish(ctx, p.OrderID, d, found, c.provider)
+	p, changed, err := c.store.Finish(ctx, p, d, found, c.provider)
 	if err != nil || !changed {
 		return err
 	}

@@ -123,7 +123,14 @@ func (s *Store) answerAgain(ctx context.Context, ev events.OrderCreated) error {
 // A payment whose order was cancelled meanwhile is refunded at once and
 // announces only its refund. changed is false when another handler
 // finished it first.
-func (s *Store) Finish(ctx context.Context, orderID int64, d Decision, found bool, provider Provider) (p Payment, changed bool, err error) {
+func (s *Store) Finish(ctx context.Context, p Payment, d Decision, found bool, provider Provider) (_ Payment, changed bool, err error) {
+	if found && !p.Cancelled {
+		// The usual case, in one round trip; the rest in a transaction.
+		if q, changed, err := s.finishAtOnce(ctx, p, d); err != nil || changed {
+			return q, changed, err
+		}
+	}
+	orderID := p.OrderID
 	err = postgres.InTx(ctx, s.pool, func(tx pgx.Tx) error {
 		var err error
 		if p, err = lockPayment(ctx, tx, orderID); err != nil {
@@ -165,6 +172,32 @@ func (s *Store) Finish(ctx context.Context, orderID int64, d Decision, found boo
 		return outbox.Add(ctx, tx, ev)
 	})
 	return p, changed, err
+}
+
+// finishAtOnce records the provider's answer for p, charging and not
+// cancelled, with its result event, in one statement. It reports false
+// when the payment was not charging or its order was cancelled meanwhile:
+// Finish's transaction then sees to it.
+func (s *Store) finishAtOnce(ctx context.Context, p Payment, d Decision) (Payment, bool, error) {
+	p.ProviderRef, p.Status, p.Reason = d.Ref, StatusSucceeded, ""
+	if !d.Approved {
+		p.Status, p.Reason = StatusDeclined, d.Reason
+	}
+	m, err := events.Encode(resultEvent(p, time.Now()))
+	if err != nil {
+		return p, false, err
+	}
+	args := outbox.Row(ctx, m)
+	args["order_id"], args["status"], args["reason"], args["ref"] = p.OrderID, p.Status, p.Reason, p.ProviderRef
+	tag, err := s.pool.Exec(ctx, `
+		WITH p AS (
+			UPDATE payments SET status = @status, reason = nullif(@reason, ''), provider_ref = nullif(@ref, ''), updated_at = now()
+			WHERE order_id = @order_id AND status = 'charging' AND cancelled_at IS NULL RETURNING 1
+		) `+outbox.InsertFrom("p"), args)
+	if err != nil {
+		return p, false, fmt.Errorf("record payment: %w", err)
+	}
+	return p, tag.RowsAffected() == 1, nil
 }
 
 // Cancel applies an OrderCancelled: a succeeded charge is refunded (and

@@ -59,8 +59,16 @@ func Add(ctx context.Context, tx pgx.Tx, evs ...events.Event) error {
 // Insert is the one statement that writes an outbox row, with the named
 // arguments Row gives; a statement that writes more in one go (the order
 // service's checkout) ends its CTEs with it.
-const Insert = `INSERT INTO outbox (event_id, event_type, routing_key, payload, trace_context)
-		VALUES (@event_id, @event_type, @routing_key, @payload, nullif(@trace_context, ''))`
+const Insert = insertInto + ` VALUES (` + rowValues + `)`
+
+// InsertFrom is Insert writing the row once for each row of source (a CTE
+// of the same statement): none when source is empty.
+func InsertFrom(source string) string { return insertInto + ` SELECT ` + rowValues + ` FROM ` + source }
+
+const (
+	insertInto = `INSERT INTO outbox (event_id, event_type, routing_key, payload, trace_context)`
+	rowValues  = `@event_id::uuid, @event_type::text, @routing_key::text, @payload::json, nullif(@trace_context::text, '')`
+)
 
 // Row is the named arguments of Insert for m, written under the trace
 // context of ctx. A caller may add its own (other names) to the map.
