@@ -185,10 +185,15 @@ func SetPolicies(tb testing.TB, amqpURL string, policies []events.Policy) {
 	}
 }
 
+// hostOf is the host:port of a URL, with the scheme's default port when it
+// names none.
 func hostOf(raw string) string {
 	u, err := url.Parse(raw)
 	if err != nil {
 		return raw
+	}
+	if port := map[string]string{"amqp": "5672", "amqps": "5671", "postgres": "5432", "postgresql": "5432"}[u.Scheme]; u.Port() == "" && port != "" {
+		return net.JoinHostPort(u.Hostname(), port)
 	}
 	return u.Host
 }

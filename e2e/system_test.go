@@ -1,24 +1,29 @@
-package testenv
+package e2e
 
 import (
 	"bytes"
 	"context"
-	"encoding/json"
+	"errors"
 	"fmt"
-	"net"
+	"io/fs"
+	"maps"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/checkout-demo/checkout/internal/testenv"
 )
 
-// Services are the four binaries, in the order they are started.
-var Services = []string{"order", "payment", "email", "gateway"}
+// services are the four binaries, in the order they are started: the
+// gateway last, as it is given the others' addresses.
+var services = []string{"order", "payment", "email", "gateway"}
 
 var (
 	buildOnce sync.Once
@@ -26,9 +31,9 @@ var (
 	buildErr  error
 )
 
-// Binaries builds the four services once per test binary and returns the
+// binaries builds the four services once per test binary and returns the
 // folder that holds them.
-func Binaries(tb testing.TB) string {
+func binaries(tb testing.TB) string {
 	tb.Helper()
 	buildOnce.Do(func() {
 		out, err := exec.Command("go", "env", "GOMOD").Output()
@@ -41,7 +46,7 @@ func Binaries(tb testing.TB) string {
 		if buildErr != nil {
 			return
 		}
-		for _, s := range Services {
+		for _, s := range services {
 			cmd := exec.Command("go", "build", "-o", filepath.Join(binDir, s), "./"+s)
 			cmd.Dir = root
 			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
@@ -57,130 +62,18 @@ func Binaries(tb testing.TB) string {
 	return binDir
 }
 
-// FreePort returns a TCP port nobody listens on right now.
-func FreePort(tb testing.TB) int {
-	tb.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
-// Mailpit is a Mailpit server of the test's own.
-type Mailpit struct {
-	URL      string // HTTP API, e.g. http://127.0.0.1:41234
-	SMTPPort int
-}
-
-// MailpitBinary finds the mailpit binary (PATH, then GOPATH/bin).
-func MailpitBinary(tb testing.TB) string {
-	tb.Helper()
-	if p, err := exec.LookPath("mailpit"); err == nil {
-		return p
-	}
-	gopath, _ := exec.Command("go", "env", "GOPATH").Output()
-	p := filepath.Join(strings.TrimSpace(string(gopath)), "bin", "mailpit")
-	if _, err := os.Stat(p); err != nil {
-		unavailable(tb, "Mailpit", fmt.Errorf("mailpit binary not found; make deps installs it"))
-	}
-	return p
-}
-
-// StartMailpit starts Mailpit on free ports, keeping mails in memory, and
-// stops it when the test ends.
-func StartMailpit(tb testing.TB) Mailpit {
-	tb.Helper()
-	smtp, web := FreePort(tb), FreePort(tb)
-	cmd := exec.Command(MailpitBinary(tb),
-		"--smtp", fmt.Sprintf("127.0.0.1:%d", smtp), "--listen", fmt.Sprintf("127.0.0.1:%d", web),
-		"--max", "0", "--quiet", "--disable-version-check", "--smtp-auth-accept-any", "--smtp-auth-allow-insecure")
-	if err := cmd.Start(); err != nil {
-		tb.Fatalf("start mailpit: %v", err)
-	}
-	tb.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	m := Mailpit{URL: fmt.Sprintf("http://127.0.0.1:%d", web), SMTPPort: smtp}
-	WaitHTTP(tb, m.URL+"/api/v1/messages", 30*time.Second)
-	return m
-}
-
-// MailSummary is what Mailpit's API says of one message.
-type MailSummary struct {
-	ID        string `json:"ID"`
-	MessageID string `json:"MessageID"`
-	Subject   string `json:"Subject"`
-	Snippet   string `json:"Snippet"`
-	To        []struct {
-		Address string `json:"Address"`
-	} `json:"To"`
-}
-
-// Messages lists every message in the inbox.
-func (m Mailpit) Messages(tb testing.TB) []MailSummary {
-	tb.Helper()
-	var all []MailSummary
-	for start := 0; ; {
-		var page struct {
-			Total    int           `json:"total"`
-			Messages []MailSummary `json:"messages"`
-		}
-		getJSON(tb, fmt.Sprintf("%s/api/v1/messages?start=%d&limit=1000", m.URL, start), &page)
-		all = append(all, page.Messages...)
-		start += len(page.Messages)
-		if len(page.Messages) == 0 || start >= page.Total {
-			return all
-		}
-	}
-}
-
-// Text returns the plain-text body of a message.
-func (m Mailpit) Text(tb testing.TB, id string) string {
-	tb.Helper()
-	var msg struct{ Text string }
-	getJSON(tb, m.URL+"/api/v1/message/"+id, &msg)
-	return msg.Text
-}
-
-func getJSON(tb testing.TB, url string, v any) {
-	tb.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		tb.Fatalf("GET %s: %v", url, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		tb.Fatalf("GET %s: %s", url, resp.Status)
-	}
-	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
-		tb.Fatalf("decode %s: %v", url, err)
-	}
-}
-
-// WaitHTTP waits until url answers 200.
-func WaitHTTP(tb testing.TB, url string, timeout time.Duration) {
-	tb.Helper()
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
-		resp, err := http.Get(url)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	tb.Fatalf("%s did not answer 200 within %v", url, timeout)
-}
-
 // System is the four services running as processes, as `make run` runs
 // them, each test with its own databases, vhost and Mailpit.
+//
+// A service listens on a port of the kernel's choosing (PORT=0) and
+// reports it through LISTEN_ADDR_FILE; a restart asks for the same port
+// again, so that the gateway, given the others' addresses when it starts,
+// and the test's clients find the service where it was.
 type System struct {
 	tb      testing.TB
 	bin     string
 	logDir  string
-	Mailpit Mailpit
+	Mailpit testenv.Mailpit
 	AMQPURL string
 	// OrderDB and PaymentDB are the services' database URLs.
 	OrderDB, PaymentDB string
@@ -190,7 +83,7 @@ type System struct {
 
 	mu    sync.Mutex
 	procs map[string]*proc
-	ports map[string]int
+	ports map[string]int // as each service reported at its first start
 }
 
 type proc struct {
@@ -203,7 +96,7 @@ type proc struct {
 func NewSystem(tb testing.TB, amqpURL string) *System {
 	tb.Helper()
 	if amqpURL == "" {
-		amqpURL = VHost(tb)
+		amqpURL = testenv.VHost(tb)
 	}
 	logDir := tb.TempDir()
 	if d := os.Getenv("TEST_LOG_DIR"); d != "" { // keep the logs for a post-mortem
@@ -213,9 +106,9 @@ func NewSystem(tb testing.TB, amqpURL string) *System {
 		}
 	}
 	s := &System{
-		tb: tb, bin: Binaries(tb), logDir: logDir,
-		Mailpit: StartMailpit(tb), AMQPURL: amqpURL,
-		OrderDB: Database(tb), PaymentDB: Database(tb),
+		tb: tb, bin: binaries(tb), logDir: logDir,
+		Mailpit: testenv.StartMailpit(tb), AMQPURL: amqpURL,
+		OrderDB: testenv.Database(tb), PaymentDB: testenv.Database(tb),
 		Env: map[string]string{}, ServiceEnv: map[string]map[string]string{},
 		procs: map[string]*proc{}, ports: map[string]int{},
 	}
@@ -223,24 +116,39 @@ func NewSystem(tb testing.TB, amqpURL string) *System {
 	return s
 }
 
-// StartSystem starts the four services and waits until each is ready.
+// StartSystem starts the four services with env added to their
+// environment and waits until the system is healthy.
 func StartSystem(tb testing.TB, env map[string]string) *System {
 	tb.Helper()
 	s := NewSystem(tb, "")
-	for k, v := range env {
-		s.Env[k] = v
-	}
-	for _, name := range Services {
-		s.Start(name)
-	}
-	for _, name := range Services {
-		s.WaitReady(name, 60*time.Second)
-	}
+	maps.Copy(s.Env, env)
+	s.StartAll()
+	return s
+}
+
+// StartAll starts the four services and waits until the system is healthy.
+func (s *System) StartAll() {
+	s.tb.Helper()
+	s.Up()
 	// Ready is not yet all there: order is ready with its database alone,
 	// and its saga consumer may start a moment later. The gateway's
 	// aggregated /health says when everything runs.
-	WaitHTTP(tb, s.URL("gateway")+"/health", 60*time.Second)
-	return s
+	testenv.WaitHTTP(s.tb, s.URL("gateway")+"/health", 60*time.Second)
+}
+
+// Up starts the named services (the four when none is named) in that
+// order and waits until each is ready.
+func (s *System) Up(names ...string) {
+	s.tb.Helper()
+	if len(names) == 0 {
+		names = services
+	}
+	for _, name := range names {
+		s.Start(name)
+	}
+	for _, name := range names {
+		s.WaitReady(name, 60*time.Second)
+	}
 }
 
 // base strips a replica suffix: "payment-2" runs the payment binary.
@@ -249,29 +157,26 @@ func base(name string) string {
 	return b
 }
 
-// Port returns the port of a service (chosen on first start, kept across restarts).
-func (s *System) Port(name string) int {
+// URL of a service, e.g. s.URL("gateway"): known once it has started, and
+// the same across its restarts.
+func (s *System) URL(name string) string {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if _, ok := s.ports[name]; !ok {
-		s.ports[name] = FreePort(s.tb)
+	port, ok := s.ports[name]
+	s.mu.Unlock()
+	if !ok {
+		s.tb.Fatalf("%s has not been started: its address is not known yet", name)
 	}
-	return s.ports[name]
+	return fmt.Sprintf("http://127.0.0.1:%d", port)
 }
 
-// URL of a service, e.g. s.URL("gateway").
-func (s *System) URL(name string) string { return fmt.Sprintf("http://127.0.0.1:%d", s.Port(name)) }
-
-func (s *System) env(name string) []string {
+func (s *System) env(name string, port int, addrFile string) []string {
 	env := map[string]string{
-		"PORT":      fmt.Sprint(s.Port(name)),
-		"AMQP_URL":  s.AMQPURL,
-		"LOG_LEVEL": "info",
+		"PORT":                 strconv.Itoa(port),
+		testenv.ListenAddrFile: addrFile,
+		"AMQP_URL":             s.AMQPURL,
+		"LOG_LEVEL":            "info",
 		// Small pools: many systems run at once against one PostgreSQL.
 		"DB_MAX_CONNS":          "4",
-		"ORDER_SERVICE_URL":     s.URL("order"),
-		"PAYMENT_SERVICE_URL":   s.URL("payment"),
-		"EMAIL_SERVICE_URL":     s.URL("email"),
 		"SMTP_HOST":             "127.0.0.1",
 		"SMTP_PORT":             fmt.Sprint(s.Mailpit.SMTPPort),
 		"OUTBOX_POLL_INTERVAL":  "500ms",
@@ -292,15 +197,18 @@ func (s *System) env(name string) []string {
 	case "payment":
 		env["DATABASE_URL"] = s.PaymentDB
 	}
-	for k, v := range s.Env {
-		env[k] = v
+	set := maps.Clone(s.Env)
+	maps.Copy(set, s.ServiceEnv[base(name)])
+	maps.Copy(set, s.ServiceEnv[name])
+	if base(name) == "gateway" {
+		for _, up := range []string{"order", "payment", "email"} {
+			k := strings.ToUpper(up) + "_SERVICE_URL"
+			if _, ok := set[k]; !ok {
+				env[k] = s.URL(up)
+			}
+		}
 	}
-	for k, v := range s.ServiceEnv[base(name)] {
-		env[k] = v
-	}
-	for k, v := range s.ServiceEnv[name] {
-		env[k] = v
-	}
+	maps.Copy(env, set)
 	out := []string{"PATH=" + os.Getenv("PATH")}
 	for k, v := range env {
 		out = append(out, k+"="+v)
@@ -308,8 +216,9 @@ func (s *System) env(name string) []string {
 	return out
 }
 
-// Start starts a service (or a replica such as "payment-2"); its output is
-// appended to a log file shown when the test fails.
+// Start starts a service (or a replica such as "payment-2") and waits until
+// it listens; its output is appended to a log file shown when the test
+// fails. A service started before is started on its port of then.
 func (s *System) Start(name string) {
 	s.tb.Helper()
 	s.mu.Lock()
@@ -321,13 +230,18 @@ func (s *System) Start(name string) {
 			s.tb.Fatalf("%s is already running", name)
 		}
 	}
+	port := s.ports[name] // 0 the first time: any free port
 	s.mu.Unlock()
 	logf, err := os.OpenFile(filepath.Join(s.logDir, name+".log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 	if err != nil {
 		s.tb.Fatal(err)
 	}
+	addrFile := filepath.Join(s.logDir, name+".addr")
+	if err := os.Remove(addrFile); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		s.tb.Fatal(err)
+	}
 	cmd := exec.Command(filepath.Join(s.bin, base(name)))
-	cmd.Env = s.env(name)
+	cmd.Env = s.env(name, port, addrFile)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		s.tb.Fatalf("start %s: %v", name, err)
@@ -337,12 +251,16 @@ func (s *System) Start(name string) {
 	s.mu.Lock()
 	s.procs[name] = p
 	s.mu.Unlock()
+	got := testenv.Listening(s.tb, addrFile, p.done, 60*time.Second)
+	s.mu.Lock()
+	s.ports[name] = got
+	s.mu.Unlock()
 }
 
 // WaitReady waits until the service's /readyz answers 200.
 func (s *System) WaitReady(name string, timeout time.Duration) {
 	s.tb.Helper()
-	WaitHTTP(s.tb, s.URL(name)+"/readyz", timeout)
+	testenv.WaitHTTP(s.tb, s.URL(name)+"/readyz", timeout)
 }
 
 // Signal sends sig to a running service and returns at once (SIGSTOP and
@@ -426,12 +344,6 @@ func (s *System) stopAll() {
 	}
 }
 
-// Logs returns a service's log so far.
-func (s *System) Logs(name string) string {
-	b, _ := os.ReadFile(filepath.Join(s.logDir, name+".log"))
-	return string(b)
-}
-
 // Checkout posts a checkout to the gateway and returns the status and body.
 func (s *System) Checkout(ctx context.Context, body string) (int, []byte, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.URL("gateway")+"/api/checkout", strings.NewReader(body))
@@ -447,36 +359,4 @@ func (s *System) Checkout(ctx context.Context, body string) (int, []byte, error)
 	var buf bytes.Buffer
 	_, err = buf.ReadFrom(resp.Body)
 	return resp.StatusCode, buf.Bytes(), err
-}
-
-// Run starts a service in-process through its run function, as its main
-// does, listening on port 0; it returns the service's base URL and, when the
-// test ends, cancels run's context and fails the test unless run returns nil
-// within 20 s.
-func Run(tb testing.TB, run func(ctx context.Context, listening func(net.Addr)) error) string {
-	tb.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	addr := make(chan net.Addr, 1)
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, func(a net.Addr) { addr <- a }) }()
-	var base string
-	select {
-	case a := <-addr:
-		base = fmt.Sprintf("http://127.0.0.1:%d", a.(*net.TCPAddr).Port)
-	case err := <-done:
-		cancel()
-		tb.Fatalf("run: %v", err)
-	}
-	tb.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				tb.Errorf("run returned %v", err)
-			}
-		case <-time.After(20 * time.Second):
-			tb.Error("run did not return within 20s of shutdown")
-		}
-	})
-	return base
 }
