@@ -12,7 +12,7 @@ import (
 // Restore lets connections through again.
 type Proxy struct {
 	network, target string
-	ln     net.Listener
+	ln              net.Listener
 
 	mu      sync.Mutex
 	down    bool
