@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/http/httptest"
 	"strconv"
 	"strings"
@@ -21,7 +20,6 @@ import (
 	"github.com/checkout-demo/checkout/internal/inbox"
 	"github.com/checkout-demo/checkout/internal/telemetry"
 	"github.com/checkout-demo/checkout/internal/testenv"
-	"github.com/checkout-demo/checkout/internal/web"
 )
 
 // schema is the table the package documents (as the services' migrations
@@ -66,6 +64,14 @@ func apply(ctx context.Context, pool *pgxpool.Pool, id, typ string) (bool, error
 		return err
 	})
 	return fresh, err
+}
+
+// appliedOnce fails the test unless the effects table holds one row.
+func appliedOnce(t *testing.T, pool *pgxpool.Pool) {
+	t.Helper()
+	if n := count(t, pool, `SELECT count(*) FROM effects`); n != 1 {
+		t.Errorf("the effect was applied %d times, want once", n)
+	}
 }
 
 func count(t *testing.T, pool *pgxpool.Pool, q string, args ...any) int {
@@ -125,9 +131,7 @@ func TestRolledBackClaimLeavesTheIDFree(t *testing.T) {
 	if fresh, err := apply(ctx, pool, id, "OrderCreated"); err != nil || !fresh {
 		t.Fatalf("the claim after the rollback = %v, %v; want fresh", fresh, err)
 	}
-	if n := count(t, pool, `SELECT count(*) FROM effects`); n != 1 {
-		t.Fatalf("%d effects, want 1", n)
-	}
+	appliedOnce(t, pool)
 }
 
 // Concurrent claims of one id (a redelivery racing the first delivery on
@@ -169,9 +173,7 @@ func TestConcurrentClaims(t *testing.T) {
 	if won != 1 {
 		t.Errorf("%d of %d concurrent claims won, want 1", won, n)
 	}
-	if got := count(t, pool, `SELECT count(*) FROM effects`); got != 1 {
-		t.Errorf("the effect was applied %d times, want once", got)
-	}
+	appliedOnce(t, pool)
 }
 
 // A claim that meets another's uncommitted claim of the id waits for it:
@@ -250,25 +252,12 @@ func TestRepeatsCountedAsDuplicates(t *testing.T) {
 	pool := db(t)
 	amqpURL := testenv.VHost(t)
 	const queue, key = "test.inbox", "test.thing.happened"
-	testenv.SetPolicies(t, amqpURL, events.QueuePolicies(queue))
-	log := web.NewLogger(io.Discard, "error", "json", "test")
 	metrics := telemetry.NewMetrics()
-	b := events.NewBroker(amqpURL, log)
-	c := events.NewConsumer(b, events.ConsumerConfig{Queue: queue, Bindings: []string{key}, Metrics: metrics},
+	testenv.Consume(t, amqpURL, events.ConsumerConfig{Queue: queue, Bindings: []string{key}, Metrics: metrics},
 		func(ctx context.Context, d events.Delivery) error {
 			_, err := apply(ctx, pool, d.MessageId, d.Type)
 			return err
-		}, log)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{}, 2)
-	go func() { b.Run(ctx); done <- struct{}{} }()
-	go func() { c.Run(ctx); done <- struct{}{} }()
-	t.Cleanup(func() { cancel(); <-done; <-done })
-	select {
-	case <-c.Ready():
-	case <-time.After(30 * time.Second):
-		t.Fatal("the consumer is not ready")
-	}
+		})
 
 	id := uuid.NewString()
 	ch := testenv.Channel(t, amqpURL)
@@ -301,7 +290,5 @@ func TestRepeatsCountedAsDuplicates(t *testing.T) {
 	if h, d := handled("handled"), handled("duplicate"); h != 1 || d != 2 {
 		t.Errorf("%d handled, %d duplicates; want 1 and 2", h, d)
 	}
-	if n := count(t, pool, `SELECT count(*) FROM effects`); n != 1 {
-		t.Errorf("the effect was applied %d times, want once", n)
-	}
+	appliedOnce(t, pool)
 }
