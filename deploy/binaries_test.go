@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -16,11 +15,14 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/checkout-demo/checkout/internal/testenv"
 )
 
 // TestBinaries builds every service with the flags of its Dockerfile and
@@ -89,8 +91,8 @@ func TestBinaries(t *testing.T) {
 
 			// Its dependencies are down (closed ports), except the gateway's
 			// upstreams, so it is ready only if it needs nothing else.
-			env := map[string]string{"PORT": freePort(t), "SHUTDOWN_TIMEOUT": "5s"}
-			closed := freePort(t)
+			env := map[string]string{"SHUTDOWN_TIMEOUT": "5s"}
+			closed := strconv.Itoa(testenv.ClosedPort(t))
 			for k := range svc.Env {
 				switch {
 				case k == "DATABASE_URL":
@@ -135,7 +137,6 @@ func TestBinaries(t *testing.T) {
 			// Every environment it is given parses: it starts and listens.
 			for from, genv := range given[name] {
 				genv = maps.Clone(genv)
-				genv["PORT"] = freePort(t)
 				p := start(t, exe, genv)
 				if code := get(t, "http://127.0.0.1:"+genv["PORT"]+"/livez"); code != http.StatusOK {
 					t.Errorf("with the environment of %s, /livez answered %d", from, code)
@@ -218,35 +219,29 @@ type process struct {
 	done chan error
 }
 
-// start runs exe with exactly env and waits until it listens.
+// start runs exe with env, on a port of the kernel's choosing (PORT=0),
+// and waits until it listens; it then sets env's PORT to the port it
+// listens on.
 func start(t *testing.T, exe string, env map[string]string) *process {
 	t.Helper()
+	env["PORT"] = "0"
+	addrFile := filepath.Join(t.TempDir(), "addr")
 	p := &process{cmd: exec.Command(exe), out: &syncBuffer{}, done: make(chan error, 1)}
-	p.cmd.Env = environ(env)
+	p.cmd.Env = append(environ(env), testenv.ListenAddrFile+"="+addrFile)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	go func() { p.done <- p.cmd.Wait() }()
+	exited := make(chan struct{})
+	go func() { err := p.cmd.Wait(); close(exited); p.done <- err }()
 	t.Cleanup(p.kill)
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		select {
-		case err := <-p.done:
-			p.done <- err
-			t.Fatalf("%s exited before listening: %v\n%s", filepath.Base(exe), err, p.out)
-		default:
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("%s's output:\n%s", filepath.Base(exe), p.out)
 		}
-		c, err := net.DialTimeout("tcp", "127.0.0.1:"+env["PORT"], time.Second)
-		if err == nil {
-			c.Close()
-			return p
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s did not listen on %s within 15 s\n%s", filepath.Base(exe), env["PORT"], p.out)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	})
+	env["PORT"] = strconv.Itoa(testenv.Listening(t, addrFile, exited, 15*time.Second))
+	return p
 }
 
 // stop sends SIGTERM and wants a clean exit, as at a container's stop.
@@ -286,18 +281,6 @@ func get(t *testing.T, url string) int {
 	}
 	resp.Body.Close()
 	return resp.StatusCode
-}
-
-// freePort is a TCP port nothing listens on right now.
-func freePort(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	_, port, _ := net.SplitHostPort(ln.Addr().String())
-	return port
 }
 
 func environ(env map[string]string) []string {

@@ -11,9 +11,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
-
-	"github.com/checkout-demo/checkout/internal/testenv"
 )
 
 const edgeSeedBody = `{"user_id":1,"user_email":"test@example.com","items":[{"product_id":1,"quantity":1,"price":"1299.99"}]}`
@@ -23,7 +20,7 @@ const edgeJWTSecret = "e2e-secret-that-is-at-least-32-bytes-long"
 // send makes one request to the gateway as the client at addr (the gateway
 // is told to trust X-Forwarded-For, so each part of the test is its own
 // client for the rate limit).
-func send(t *testing.T, s *testenv.System, addr, method, path, auth, body string) (*http.Response, []byte) {
+func send(t *testing.T, s *System, addr, method, path, auth, body string) (*http.Response, []byte) {
 	t.Helper()
 	req, _ := http.NewRequest(method, s.URL("gateway")+path, strings.NewReader(body))
 	req.Header.Set("Content-Type", "application/json")
@@ -47,18 +44,13 @@ func send(t *testing.T, s *testenv.System, addr, method, path, auth, body string
 // client get at least 15 answers 429 with Retry-After.
 func TestEdge(t *testing.T) {
 	t.Parallel()
-	s := testenv.NewSystem(t, "")
+	s := NewSystem(t, "")
 	for k, v := range fast {
 		s.Env[k] = v
 	}
 	s.ServiceEnv["gateway"] = map[string]string{"RATE_LIMIT_RPS": "5", "RATE_LIMIT_BURST": "10",
 		"CLIENT_IP_HEADER": "X-Forwarded-For", "AUTH_JWT_HS256_SECRET": edgeJWTSecret, "AUTH_JWT_AUDIENCE": "checkout"}
-	for _, name := range testenv.Services {
-		s.Start(name)
-	}
-	for _, name := range testenv.Services {
-		s.WaitReady(name, 60*time.Second)
-	}
+	s.Up()
 
 	var a, b order
 	for i, o := range []*order{&a, &b} {
@@ -124,7 +116,7 @@ func TestEdge(t *testing.T) {
 // runCommand runs a subcommand of a service binary and returns its output.
 func runCommand(t *testing.T, name string, env map[string]string, args ...string) string {
 	t.Helper()
-	cmd := exec.Command(filepath.Join(testenv.Binaries(t), name), args...)
+	cmd := exec.Command(filepath.Join(binaries(t), name), args...)
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
 	for k, v := range env {
 		cmd.Env = append(cmd.Env, k+"="+v)

@@ -23,7 +23,7 @@ func TestEmailKilledMidBurst(t *testing.T) {
 	testenv.Long(t)
 	t.Parallel()
 	const n = 300
-	s := testenv.NewSystem(t, "")
+	s := NewSystem(t, "")
 	s.Env["EMAIL_DELAY"] = "300ms"
 	s.Start("email")
 	s.WaitReady("email", 60*time.Second) // its queue exists now

@@ -79,7 +79,7 @@ func TestFault(t *testing.T) {
 	vhost := testenv.VHost(t)
 	brokerProxy := testenv.NewProxy(t, testenv.BrokerAddr())
 	dbProxy := testenv.NewProxy(t, testenv.PostgresAddr())
-	s := testenv.NewSystem(t, brokerProxy.URL(vhost))
+	s := NewSystem(t, brokerProxy.URL(vhost))
 	for k, v := range map[string]string{"PAYMENT_DELAY": "300ms", "EMAIL_DELAY": "300ms"} {
 		s.Env[k] = v
 	}
@@ -90,12 +90,7 @@ func TestFault(t *testing.T) {
 	// counts every payment result the system publishes.
 	audit := declareAudit(t, vhost)
 
-	for _, name := range testenv.Services {
-		s.Start(name)
-	}
-	for _, name := range testenv.Services {
-		s.WaitReady(name, 60*time.Second)
-	}
+	s.Up()
 
 	fl := &faultLog{kills: map[string]int{}}
 	kill := func(name string) func() {
@@ -220,7 +215,7 @@ func declareAudit(t *testing.T, vhost string) string {
 }
 
 // terminateBackends cuts every connection of the system's two databases.
-func terminateBackends(t *testing.T, s *testenv.System) int {
+func terminateBackends(t *testing.T, s *System) int {
 	ctx := context.Background()
 	conn, err := pgx.Connect(ctx, testenv.PostgresURL)
 	if err != nil {
@@ -256,7 +251,7 @@ type loader struct {
 
 // startLoad sends rate checkouts per second until ctx ends, each with a
 // customer of its own; one in ten is over the payment limit.
-func startLoad(ctx context.Context, s *testenv.System, rate int) *loader {
+func startLoad(ctx context.Context, s *System, rate int) *loader {
 	l := &loader{res: loadResult{accepted: map[int64]string{}, declined: map[int64]bool{}, codes: map[string]int{}}, done: make(chan struct{})}
 	client := &http.Client{Timeout: 10 * time.Second}
 	sem := make(chan struct{}, 64)
@@ -332,7 +327,7 @@ func post(client *http.Client, url, body string) (string, []byte) {
 
 // settle waits until every order in the database has settled: it ended
 // (paid, payment failed or cancelled) and has its mail step.
-func settle(t *testing.T, s *testenv.System, accepted int, timeout time.Duration) {
+func settle(t *testing.T, s *System, accepted int, timeout time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
@@ -349,7 +344,7 @@ func settle(t *testing.T, s *testenv.System, accepted int, timeout time.Duration
 	}
 }
 
-func reconcile(t *testing.T, s *testenv.System, res loadResult, vhost string, fl *faultLog) string {
+func reconcile(t *testing.T, s *System, res loadResult, vhost string, fl *faultLog) string {
 	t.Helper()
 	ctx := context.Background()
 	orders := map[int64]struct {
@@ -544,7 +539,7 @@ func drainAudit(t *testing.T, vhost string) (map[int64]audited, int) {
 // brokerRecovery says, for each broker outage, how long after the broker
 // came back the last order placed during the outage was paid: the time the
 // system took to work off the backlog the outage left.
-func brokerRecovery(t *testing.T, s *testenv.System, outages [][2]time.Time) string {
+func brokerRecovery(t *testing.T, s *System, outages [][2]time.Time) string {
 	ctx := context.Background()
 	conn, err := pgx.Connect(ctx, s.OrderDB)
 	if err != nil {

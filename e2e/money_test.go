@@ -15,16 +15,6 @@ import (
 	"github.com/checkout-demo/checkout/internal/testenv"
 )
 
-// startAll starts the four services and waits until each is ready.
-func startAll(s *testenv.System) {
-	for _, name := range testenv.Services {
-		s.Start(name)
-	}
-	for _, name := range testenv.Services {
-		s.WaitReady(name, 60*time.Second)
-	}
-}
-
 // loseFirstAnswer is an HTTP proxy in front of the order service that
 // forwards every request and relays every answer, except that it drops the
 // answer to the first checkout: the order service did the work, the
@@ -68,13 +58,15 @@ func loseFirstAnswer(t *testing.T, target string) (url string, dropped *atomic.I
 // service is lost once still answers 201, and exactly one order exists.
 func TestLostAnswerIsRecovered(t *testing.T) {
 	t.Parallel()
-	s := testenv.NewSystem(t, "")
+	s := NewSystem(t, "")
 	for k, v := range fast {
 		s.Env[k] = v
 	}
+	s.Start("order")
 	proxy, dropped := loseFirstAnswer(t, s.URL("order"))
 	s.ServiceEnv["gateway"] = map[string]string{"ORDER_SERVICE_URL": proxy}
-	startAll(s)
+	s.Up("payment", "email", "gateway")
+	s.WaitReady("order", 60*time.Second)
 
 	code, body, err := s.Checkout(context.Background(), `{"user_id":1,"user_email":"lost@example.com","items":[{"product_id":1,"quantity":1,"price":"1299.99"}]}`)
 	if err != nil || code != http.StatusCreated {
@@ -94,12 +86,12 @@ func TestLostAnswerIsRecovered(t *testing.T) {
 func TestPurgedOrderCreatedEnds(t *testing.T) {
 	testenv.Long(t)
 	t.Parallel()
-	s := testenv.NewSystem(t, "")
+	s := NewSystem(t, "")
 	for k, v := range fast {
 		s.Env[k] = v
 	}
 	s.ServiceEnv["order"] = map[string]string{"ORDER_PAYMENT_TIMEOUT": "10s"}
-	startAll(s)
+	s.Up()
 	s.Stop("payment", 15*time.Second)
 
 	const n = 3
@@ -148,11 +140,11 @@ func TestPurgedOrderCreatedEnds(t *testing.T) {
 // timeline records it.
 func TestLateChargeIsRefunded(t *testing.T) {
 	t.Parallel()
-	s := testenv.NewSystem(t, "")
+	s := NewSystem(t, "")
 	s.Env["EMAIL_DELAY"] = "100ms"
 	s.ServiceEnv["payment"] = map[string]string{"PAYMENT_DELAY": "4s"}
 	s.ServiceEnv["order"] = map[string]string{"ORDER_PAYMENT_TIMEOUT": "1s", "ORDER_PAYMENT_TRIES": "0"}
-	startAll(s)
+	s.Up()
 	o := checkout(t, s, 1, "late@example.com", "30.00")
 	o = waitOrder(t, s, o.ID, 60*time.Second, finished("refunded"))
 	if o.Status != "cancelled" || !finished("cancelled")(o) {
@@ -172,12 +164,12 @@ func TestLateChargeIsRefunded(t *testing.T) {
 // README's figures), not asserted: the machine is shared.
 func TestBreakerAgainstAFrozenOrderService(t *testing.T) {
 	t.Parallel()
-	s := testenv.NewSystem(t, "")
+	s := NewSystem(t, "")
 	for k, v := range fast {
 		s.Env[k] = v
 	}
 	s.ServiceEnv["gateway"] = map[string]string{"UPSTREAM_TIMEOUT": "1s"}
-	startAll(s)
+	s.Up()
 	const body = `{"user_id":1,"user_email":"frozen@example.com","items":[{"product_id":1,"quantity":1,"price":"5.00"}]}`
 	timed := func() (int, time.Duration) {
 		start := time.Now()

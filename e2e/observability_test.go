@@ -14,22 +14,17 @@ import (
 	"github.com/checkout-demo/checkout/internal/testenv"
 )
 
-// startWith starts the four services of s (prepared by NewSystem) and
-// waits until the system is healthy, as StartSystem does.
-func startWith(t *testing.T, s *testenv.System) {
+// startWith starts the four services of s (prepared by NewSystem) with
+// the fast delays, unless s sets its own, and waits until the system is
+// healthy, as StartSystem does.
+func startWith(t *testing.T, s *System) {
 	t.Helper()
 	for k, v := range fast {
 		if _, set := s.Env[k]; !set {
 			s.Env[k] = v
 		}
 	}
-	for _, name := range testenv.Services {
-		s.Start(name)
-	}
-	for _, name := range testenv.Services {
-		s.WaitReady(name, 60*time.Second)
-	}
-	testenv.WaitHTTP(t, s.URL("gateway")+"/health", 60*time.Second)
+	s.StartAll()
 }
 
 // One checkout is one trace holding spans of the four services: the
@@ -40,7 +35,7 @@ func startWith(t *testing.T, s *testenv.System) {
 func TestOneTracePerCheckout(t *testing.T) {
 	t.Parallel()
 	col := telemetrytest.NewCollector(t)
-	s := testenv.NewSystem(t, "")
+	s := NewSystem(t, "")
 	smtp := testenv.NewProxy(t, fmt.Sprintf("127.0.0.1:%d", s.Mailpit.SMTPPort))
 	s.Env["OTEL_EXPORTER_OTLP_ENDPOINT"] = col.URL
 	s.Env["OTEL_BSP_SCHEDULE_DELAY"] = "100"
@@ -141,7 +136,7 @@ func parentsPresent(spans []telemetrytest.Span, trace string) bool {
 // 2N saga events (PaymentProcessed, EmailSent) handled by the order.
 func TestMetricsCountTheEvents(t *testing.T) {
 	t.Parallel()
-	s := testenv.StartSystem(t, fast)
+	s := StartSystem(t, fast)
 	const n = 3
 	type sample struct{ service, name, labels string }
 	want := map[sample]float64{
@@ -202,8 +197,8 @@ func TestMetricsCountTheEvents(t *testing.T) {
 // once the relay has published the backlog.
 func TestOutboxLagWhileBrokerAway(t *testing.T) {
 	t.Parallel()
-	broker := testenv.NewProxy(t, "127.0.0.1:5672")
-	s := testenv.NewSystem(t, broker.URL(testenv.VHost(t)))
+	broker := testenv.NewProxy(t, testenv.BrokerAddr())
+	s := NewSystem(t, broker.URL(testenv.VHost(t)))
 	startWith(t, s)
 
 	broker.Cut()

@@ -30,17 +30,16 @@ func TestStartBeforeDependencies(t *testing.T) {
 	db := testenv.NewProxy(t, testenv.PostgresAddr())
 	broker.Cut()
 	db.Cut()
-	s := testenv.NewSystem(t, broker.URL(vhost))
+	s := NewSystem(t, broker.URL(vhost))
 	for k, v := range fast {
 		s.Env[k] = v
 	}
 	s.ServiceEnv["order"] = map[string]string{"DATABASE_URL": db.URL(s.OrderDB)}
 	s.ServiceEnv["payment"] = map[string]string{"DATABASE_URL": db.URL(s.PaymentDB)}
-	for _, name := range testenv.Services {
+	for _, name := range services {
 		s.Start(name)
 	}
-	testenv.WaitHTTP(t, s.URL("gateway")+"/livez", 30*time.Second)
-	for _, name := range testenv.Services {
+	for _, name := range services {
 		testenv.WaitHTTP(t, s.URL(name)+"/livez", 30*time.Second)
 		if code := status(t, s.URL(name)+"/readyz"); code != http.StatusServiceUnavailable {
 			t.Errorf("%s /readyz = %d without its dependencies, want 503", name, code)
@@ -60,7 +59,7 @@ func TestStartBeforeDependencies(t *testing.T) {
 
 	broker.Restore()
 	db.Restore()
-	for _, name := range testenv.Services {
+	for _, name := range services {
 		s.WaitReady(name, 60*time.Second)
 	}
 	// /readyz of the order service needs only its database (checkout works
@@ -76,29 +75,20 @@ func TestStartBeforeDependencies(t *testing.T) {
 // twice.
 func TestGracefulShutdown(t *testing.T) {
 	t.Parallel()
-	s := testenv.NewSystem(t, "")
+	s := NewSystem(t, "")
 	s.Env["PAYMENT_DELAY"] = "2s"
 	s.Env["EMAIL_DELAY"] = "100ms"
-	for _, name := range testenv.Services {
-		s.Start(name)
-	}
-	for _, name := range testenv.Services {
-		s.WaitReady(name, 60*time.Second)
-	}
+	s.Up()
 	const n = 10
 	var ids []int64
 	for i := range n {
 		ids = append(ids, checkout(t, s, i+1, fmt.Sprintf("g%d@example.com", i), "7.00").ID)
 	}
-	// Wait until every payment is under way (handed to the provider), then stop.
-	deadline := time.Now().Add(20 * time.Second)
-	for strings.Count(s.Logs("payment"), "payment.order-created") < 1 || queryInt(t, s.OrderDB, `SELECT count(*) FROM outbox WHERE published_at IS NULL`) > 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("orders were not published")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	time.Sleep(700 * time.Millisecond)
+	// Stop once every payment is under way: its intent committed (the
+	// provider is asked only after that), its handler running.
+	waitFor(t, 30*time.Second, "every payment to be under way", func() bool {
+		return queryInt(t, s.PaymentDB, `SELECT count(*) FROM payments`) == n
+	})
 	if got := queryInt(t, s.PaymentDB, `SELECT count(*) FROM payments WHERE status <> 'charging'`); got == n {
 		t.Fatal("payments finished before the stop; the test proves nothing")
 	}

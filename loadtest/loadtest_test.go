@@ -216,6 +216,7 @@ func TestBench(t *testing.T) {
 // and the work per order counted. One mail per order is exact; the rest
 // depends on the services and is only checked to be there.
 func TestCost(t *testing.T) {
+	testenv.Long(t)
 	t.Parallel()
 	in := infra(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 180*time.Second)

@@ -11,8 +11,8 @@ import (
 // connection through it and refuses new ones, as if the server went away;
 // Restore lets connections through again.
 type Proxy struct {
-	target string
-	ln     net.Listener
+	network, target string
+	ln              net.Listener
 
 	mu      sync.Mutex
 	down    bool
@@ -20,14 +20,23 @@ type Proxy struct {
 	conns   map[net.Conn]struct{}
 }
 
-// NewProxy starts a proxy to target (host:port) and stops it when the test ends.
+// NewProxy starts a proxy to target (host:port) and stops it when the test
+// ends. For the broker or the database, give it BrokerAddr() or
+// PostgresAddr(): TEST_AMQP_URL and TEST_DATABASE_URL say where they are.
 func NewProxy(tb testing.TB, target string) *Proxy {
+	tb.Helper()
+	return newProxy(tb, "tcp", target)
+}
+
+// newProxy is NewProxy to a target on network ("tcp", or "unix" for a
+// socket's path).
+func newProxy(tb testing.TB, network, target string) *Proxy {
 	tb.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		tb.Fatalf("proxy listen: %v", err)
 	}
-	p := &Proxy{target: target, ln: ln, conns: map[net.Conn]struct{}{}}
+	p := &Proxy{network: network, target: target, ln: ln, conns: map[net.Conn]struct{}{}}
 	go p.accept()
 	tb.Cleanup(func() { ln.Close(); p.Resume(); p.Cut() })
 	return p
@@ -130,7 +139,7 @@ func (p *Proxy) serve(c net.Conn) {
 		return
 	}
 	p.mu.Unlock()
-	u, err := net.Dial("tcp", p.target)
+	u, err := net.Dial(p.network, p.target)
 	if err != nil {
 		c.Close()
 		return

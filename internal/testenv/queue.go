@@ -1,6 +1,8 @@
 package testenv
 
 import (
+	"context"
+	"log/slog"
 	"testing"
 	"time"
 
@@ -103,4 +105,25 @@ func Channel(tb testing.TB, amqpURL string) *amqp.Channel {
 		tb.Fatalf("channel: %v", err)
 	}
 	return ch
+}
+
+// Consume runs a consumer of cfg.Queue in the vhost of amqpURL (one of
+// VHost's, given the queue's policies) with handler h until the test ends,
+// and waits until it consumes.
+func Consume(tb testing.TB, amqpURL string, cfg events.ConsumerConfig, h events.Handler) {
+	tb.Helper()
+	SetPolicies(tb, amqpURL, events.QueuePolicies(cfg.Queue))
+	log := slog.New(slog.DiscardHandler)
+	ctx, cancel := context.WithCancel(context.Background())
+	b := events.NewBroker(amqpURL, log)
+	c := events.NewConsumer(b, cfg, h, log)
+	done := make(chan struct{}, 2)
+	go func() { b.Run(ctx); done <- struct{}{} }()
+	go func() { c.Run(ctx); done <- struct{}{} }()
+	tb.Cleanup(func() { cancel(); <-done; <-done })
+	select {
+	case <-c.Ready():
+	case <-time.After(30 * time.Second):
+		tb.Fatal("the consumer is not ready after 30s")
+	}
 }

@@ -1,8 +1,10 @@
 // Package testenv gives integration tests their own piece of the real
-// infrastructure: a fresh Postgres database, a RabbitMQ virtual host, and a
-// TCP proxy that can cut a service off from its broker or database. When a
-// dependency is not running, tests skip with a message, except under CI=true
-// where they fail.
+// infrastructure: a fresh Postgres database, a RabbitMQ virtual host, a
+// Mailpit, and a TCP proxy that can cut a service off from its broker or
+// database; and it runs a service in-process (Run) or learns where a
+// service process listens (Listening). The e2e tests run the four binaries
+// as processes (e2e/system_test.go). When a dependency is not running,
+// tests skip with a message, except under CI=true where they fail.
 package testenv
 
 import (
@@ -185,10 +187,15 @@ func SetPolicies(tb testing.TB, amqpURL string, policies []events.Policy) {
 	}
 }
 
+// hostOf is the host:port of a URL, with the scheme's default port when it
+// names none.
 func hostOf(raw string) string {
 	u, err := url.Parse(raw)
 	if err != nil {
 		return raw
+	}
+	if port := map[string]string{"amqp": "5672", "amqps": "5671", "postgres": "5432", "postgresql": "5432"}[u.Scheme]; u.Port() == "" && port != "" {
+		return net.JoinHostPort(u.Hostname(), port)
 	}
 	return u.Host
 }

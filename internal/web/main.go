@@ -74,7 +74,8 @@ func HealthcheckCommand(port string) Command {
 // then stops taking requests and lets those in flight finish within
 // timeout. stopping is set as the shutdown begins, so /readyz fails at
 // once. listening, when not nil, is told the bound address (tests listen
-// on port 0).
+// on port 0); a process started with PORT=0 learns it from the file that
+// LISTEN_ADDR_FILE names, written (whole, by a rename) once it listens.
 func ListenAndServe(ctx context.Context, log *slog.Logger, addr string, h http.Handler, timeout time.Duration,
 	stopping *atomic.Bool, listening func(net.Addr), attrs ...any) error {
 	ln, err := net.Listen("tcp", addr)
@@ -83,6 +84,16 @@ func ListenAndServe(ctx context.Context, log *slog.Logger, addr string, h http.H
 	}
 	if listening != nil {
 		listening(ln.Addr())
+	}
+	if file := os.Getenv("LISTEN_ADDR_FILE"); file != "" {
+		err := os.WriteFile(file+".tmp", []byte(ln.Addr().String()), 0o644)
+		if err == nil {
+			err = os.Rename(file+".tmp", file)
+		}
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("LISTEN_ADDR_FILE: %w", err)
+		}
 	}
 	log.Info("listening", append([]any{"addr", ln.Addr().String()}, attrs...)...)
 	srv := NewServer(h, log)
