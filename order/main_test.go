@@ -129,10 +129,6 @@ func TestCheckout(t *testing.T) {
 
 func TestCheckoutBadInput(t *testing.T) {
 	t.Parallel()
-	amqpURL := testenv.VHost(t)
-	svc := startService(t, testenv.Database(t), amqpURL)
-	q := testenv.Watch(t, amqpURL, "#")
-
 	item := func(s string) string {
 		return `{"user_id":1,"user_email":"a@example.com","items":[` + s + `]}`
 	}
@@ -163,7 +159,7 @@ func TestCheckoutBadInput(t *testing.T) {
 		{"ErrTotalTooLarge", "application/json", item(`{"product_id":1,"quantity":10000,"price":"9999999999.99"}`), 422, "items"},
 		{"ErrBodyTooLarge", "application/json", `{"user_id":1,"user_email":"a@example.com","pad":"` + strings.Repeat("x", MaxBodySize) + `"}`, 413, ""},
 	}
-	refuses(t, svc, q, tests)
+	refuses(t, tests)
 }
 
 func TestGetOrderErrors(t *testing.T) {
@@ -413,11 +409,15 @@ type badInput struct {
 	field                   string
 }
 
-// refuses posts each bad input and fails unless it is refused with a
-// problem+json of its status, with a detail, naming its field; and unless
-// nothing was then written to the database of svc or published on q.
-func refuses(t *testing.T, svc instance, q *testenv.Queue, tests []badInput) {
+// refuses starts a service of its own, posts each bad input to it and
+// fails unless it is refused with a problem+json of its status, with a
+// detail, naming its field; and unless nothing was then written to the
+// database or published. It returns the service.
+func refuses(t *testing.T, tests []badInput) instance {
 	t.Helper()
+	amqpURL := testenv.VHost(t)
+	svc := startService(t, testenv.Database(t), amqpURL)
+	q := testenv.Watch(t, amqpURL, "#")
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			resp, err := http.Post(svc.URL+"/orders", tt.contentType, strings.NewReader(tt.body))
@@ -449,4 +449,5 @@ func refuses(t *testing.T, svc instance, q *testenv.Queue, tests []badInput) {
 		}
 	}
 	q.None(500 * time.Millisecond)
+	return svc
 }
