@@ -17,7 +17,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -215,7 +214,7 @@ func checkELF(t *testing.T, exe, abs string) {
 
 type process struct {
 	cmd  *exec.Cmd
-	out  *syncBuffer
+	out  *testenv.SyncBuffer
 	done chan error
 }
 
@@ -226,7 +225,7 @@ func start(t *testing.T, exe string, env map[string]string) *process {
 	t.Helper()
 	env["PORT"] = "0"
 	addrFile := filepath.Join(t.TempDir(), "addr")
-	p := &process{cmd: exec.Command(exe), out: &syncBuffer{}, done: make(chan error, 1)}
+	p := &process{cmd: exec.Command(exe), out: &testenv.SyncBuffer{}, done: make(chan error, 1)}
 	p.cmd.Env = append(environ(env), testenv.ListenAddrFile+"="+addrFile)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	if err := p.cmd.Start(); err != nil {
@@ -289,21 +288,4 @@ func environ(env map[string]string) []string {
 		out = append(out, k+"="+env[k])
 	}
 	return out
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

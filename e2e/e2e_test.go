@@ -69,21 +69,9 @@ type orderKey struct {
 
 func getOrder(t *testing.T, s *System, id int64) order {
 	t.Helper()
-	req, _ := http.NewRequest(http.MethodGet, fmt.Sprintf("%s/api/orders/%d", s.URL("gateway"), id), nil)
 	tok, _ := tokens.Load(orderKey{s, id})
-	req.Header.Set("Authorization", fmt.Sprintf("Bearer %v", tok))
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("get order %d: %d", id, resp.StatusCode)
-	}
 	var o order
-	if err := json.NewDecoder(resp.Body).Decode(&o); err != nil {
-		t.Fatal(err)
-	}
+	testenv.GetJSON(t, fmt.Sprintf("%s/api/orders/%d", s.URL("gateway"), id), map[string]string{"Authorization": fmt.Sprintf("Bearer %v", tok)}, &o)
 	return o
 }
 
@@ -255,10 +243,7 @@ func TestRepublishedOrderCreatedChangesNothing(t *testing.T) {
 // every order is still paid once and mailed once.
 func TestCompetingConsumers(t *testing.T) {
 	t.Parallel()
-	s := NewSystem(t, "")
-	for k, v := range fast {
-		s.Env[k] = v
-	}
+	s := fastSystem(t, "")
 	s.Up("order", "payment", "payment-2", "email", "email-2", "gateway")
 
 	const n = 200

@@ -3,7 +3,6 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -11,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/checkout-demo/checkout/internal/testenv"
 )
 
 const edgeSeedBody = `{"user_id":1,"user_email":"test@example.com","items":[{"product_id":1,"quantity":1,"price":"1299.99"}]}`
@@ -22,19 +23,11 @@ const edgeJWTSecret = "e2e-secret-that-is-at-least-32-bytes-long"
 // client for the rate limit).
 func send(t *testing.T, s *System, addr, method, path, auth, body string) (*http.Response, []byte) {
 	t.Helper()
-	req, _ := http.NewRequest(method, s.URL("gateway")+path, strings.NewReader(body))
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("X-Forwarded-For", addr)
+	headers := map[string]string{"X-Forwarded-For": addr}
 	if auth != "" {
-		req.Header.Set("Authorization", "Bearer "+auth)
+		headers["Authorization"] = "Bearer " + auth
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp, b
+	return testenv.Send(t, method, s.URL("gateway")+path, headers, body)
 }
 
 // The edge through the real binaries: the seed's checkout gets an access
@@ -44,10 +37,7 @@ func send(t *testing.T, s *System, addr, method, path, auth, body string) (*http
 // client get at least 15 answers 429 with Retry-After.
 func TestEdge(t *testing.T) {
 	t.Parallel()
-	s := NewSystem(t, "")
-	for k, v := range fast {
-		s.Env[k] = v
-	}
+	s := fastSystem(t, "")
 	s.ServiceEnv["gateway"] = map[string]string{"RATE_LIMIT_RPS": "5", "RATE_LIMIT_BURST": "10",
 		"CLIENT_IP_HEADER": "X-Forwarded-For", "AUTH_JWT_HS256_SECRET": edgeJWTSecret, "AUTH_JWT_AUDIENCE": "checkout"}
 	s.Up()

@@ -1,15 +1,12 @@
 package e2e
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
-
-	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/checkout-demo/checkout/internal/events"
 	"github.com/checkout-demo/checkout/internal/testenv"
@@ -30,11 +27,7 @@ func TestEmailKilledMidBurst(t *testing.T) {
 	s.Kill("email")
 
 	// A backlog: every message is delivered at once when email comes back.
-	ch := testenv.Channel(t, s.AMQPURL)
-	if err := ch.Confirm(false); err != nil {
-		t.Fatal(err)
-	}
-	var confirms []*amqp.DeferredConfirmation
+	var msgs []events.Message
 	for i := range n {
 		ev := events.PaymentProcessed{Meta: events.NewMeta(events.TypePaymentProcessed, time.Now()), PaymentID: int64(i + 1),
 			OrderID: int64(i + 1), UserID: int64(i + 1), UserEmail: fmt.Sprintf("burst%d@example.com", i),
@@ -43,19 +36,9 @@ func TestEmailKilledMidBurst(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		dc, err := ch.PublishWithDeferredConfirmWithContext(context.Background(), events.Exchange, m.RoutingKey, true, false, amqp.Publishing{
-			MessageId: m.ID, Type: m.Type, ContentType: events.ContentType, DeliveryMode: amqp.Persistent, Body: m.Body,
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		confirms = append(confirms, dc)
+		msgs = append(msgs, m)
 	}
-	for i, dc := range confirms {
-		if ok, err := dc.WaitContext(context.Background()); !ok || err != nil {
-			t.Fatalf("publish %d: confirmed %v, %v", i, ok, err)
-		}
-	}
+	testenv.PublishAll(t, testenv.Channel(t, s.AMQPURL), msgs)
 
 	s.Start("email")
 	mailed := func() map[string]int {

@@ -16,10 +16,7 @@ import (
 func TestFirstDeployEmailStartsLate(t *testing.T) {
 	testenv.Long(t)
 	t.Parallel()
-	s := NewSystem(t, "")
-	for k, v := range fast {
-		s.Env[k] = v
-	}
+	s := fastSystem(t, "")
 	// The gateway starts before the email service exists: it is given an
 	// address that refuses connections (its /health, which this test does
 	// not read, reports the email service down).

@@ -58,10 +58,7 @@ func loseFirstAnswer(t *testing.T, target string) (url string, dropped *atomic.I
 // service is lost once still answers 201, and exactly one order exists.
 func TestLostAnswerIsRecovered(t *testing.T) {
 	t.Parallel()
-	s := NewSystem(t, "")
-	for k, v := range fast {
-		s.Env[k] = v
-	}
+	s := fastSystem(t, "")
 	s.Start("order")
 	proxy, dropped := loseFirstAnswer(t, s.URL("order"))
 	s.ServiceEnv["gateway"] = map[string]string{"ORDER_SERVICE_URL": proxy}
@@ -86,10 +83,7 @@ func TestLostAnswerIsRecovered(t *testing.T) {
 func TestPurgedOrderCreatedEnds(t *testing.T) {
 	testenv.Long(t)
 	t.Parallel()
-	s := NewSystem(t, "")
-	for k, v := range fast {
-		s.Env[k] = v
-	}
+	s := fastSystem(t, "")
 	s.ServiceEnv["order"] = map[string]string{"ORDER_PAYMENT_TIMEOUT": "10s"}
 	s.Up()
 	s.Stop("payment", 15*time.Second)
@@ -164,10 +158,7 @@ func TestLateChargeIsRefunded(t *testing.T) {
 // README's figures), not asserted: the machine is shared.
 func TestBreakerAgainstAFrozenOrderService(t *testing.T) {
 	t.Parallel()
-	s := NewSystem(t, "")
-	for k, v := range fast {
-		s.Env[k] = v
-	}
+	s := fastSystem(t, "")
 	s.ServiceEnv["gateway"] = map[string]string{"UPSTREAM_TIMEOUT": "1s"}
 	s.Up()
 	const body = `{"user_id":1,"user_email":"frozen@example.com","items":[{"product_id":1,"quantity":1,"price":"5.00"}]}`

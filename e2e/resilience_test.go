@@ -30,10 +30,7 @@ func TestStartBeforeDependencies(t *testing.T) {
 	db := testenv.NewProxy(t, testenv.PostgresAddr())
 	broker.Cut()
 	db.Cut()
-	s := NewSystem(t, broker.URL(vhost))
-	for k, v := range fast {
-		s.Env[k] = v
-	}
+	s := fastSystem(t, broker.URL(vhost))
 	s.ServiceEnv["order"] = map[string]string{"DATABASE_URL": db.URL(s.OrderDB)}
 	s.ServiceEnv["payment"] = map[string]string{"DATABASE_URL": db.URL(s.PaymentDB)}
 	for _, name := range services {

@@ -118,6 +118,14 @@ func NewSystem(tb testing.TB, amqpURL string) *System {
 	return s
 }
 
+// fastSystem is NewSystem with the fast delays.
+func fastSystem(tb testing.TB, amqpURL string) *System {
+	tb.Helper()
+	s := NewSystem(tb, amqpURL)
+	maps.Copy(s.Env, fast)
+	return s
+}
+
 // StartSystem starts the four services with env added to their
 // environment and waits until the system is healthy.
 func StartSystem(tb testing.TB, env map[string]string) *System {

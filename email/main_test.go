@@ -56,7 +56,7 @@ func startWith(t *testing.T, smtpPort int, amqpURL, sentDir string, logs io.Writ
 
 func publish(t *testing.T, url string, e events.Event) {
 	t.Helper()
-	publishAll(t, confirmChannel(t, url), []events.Message{encode(t, e)})
+	testenv.PublishAll(t, testenv.Channel(t, url), []events.Message{encode(t, e)})
 }
 
 func items(total money.Amount) []events.Item {

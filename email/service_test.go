@@ -1,13 +1,11 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,44 +14,6 @@ import (
 	"github.com/checkout-demo/checkout/internal/events"
 	"github.com/checkout-demo/checkout/internal/testenv"
 )
-
-// publishAll publishes msgs with the AMQP message ids given (an event
-// published again keeps its id), waits for the broker's confirms and fails
-// the test when a message was routed to no queue.
-func publishAll(t *testing.T, ch *amqp.Channel, msgs []events.Message) {
-	t.Helper()
-	returned := ch.NotifyReturn(make(chan amqp.Return, len(msgs)))
-	var confirms []*amqp.DeferredConfirmation
-	for _, m := range msgs {
-		dc, err := ch.PublishWithDeferredConfirmWithContext(context.Background(), events.Exchange, m.RoutingKey, true, false, amqp.Publishing{
-			MessageId: m.ID, Type: m.Type, ContentType: events.ContentType, DeliveryMode: amqp.Persistent, Body: m.Body,
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		confirms = append(confirms, dc)
-	}
-	for i, dc := range confirms {
-		if ok, err := dc.WaitContext(context.Background()); !ok || err != nil {
-			t.Fatalf("publish %d: confirmed %v, %v", i, ok, err)
-		}
-	}
-	// RabbitMQ sends basic.return before the confirm of the same message.
-	select {
-	case r := <-returned:
-		t.Fatalf("message %s (%s) routed to no queue: %d %s", r.MessageId, r.RoutingKey, r.ReplyCode, r.ReplyText)
-	default:
-	}
-}
-
-func confirmChannel(t *testing.T, url string) *amqp.Channel {
-	t.Helper()
-	ch := testenv.Channel(t, url)
-	if err := ch.Confirm(false); err != nil {
-		t.Fatal(err)
-	}
-	return ch
-}
 
 func paid(orderID int64) events.PaymentProcessed {
 	return events.PaymentProcessed{Meta: events.NewMeta(events.TypePaymentProcessed, time.Now()), PaymentID: orderID,
@@ -116,24 +76,6 @@ func countAll(m map[string]int) int {
 	return n
 }
 
-// syncBuffer collects a service's log lines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) count(sub string) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return strings.Count(s.b.String(), sub)
-}
-
 // One payment result delivered twice at once (the outbox published it
 // again), and announced a third time under a new event id (the order
 // service's saga asking again for a mail it never heard of), while the
@@ -145,14 +87,14 @@ func TestSameMailTwiceAtOnce(t *testing.T) {
 	in := startWith(t, r.Port, testenv.VHost(t), t.TempDir(), io.Discard, func(c *Config) { c.EmailDelay = 300 * time.Millisecond })
 	testenv.WaitConsumer(t, in.AMQPURL, events.QueueEmail)
 	sent := testenv.Watch(t, in.AMQPURL, events.RouteEmailSent)
-	ch := confirmChannel(t, in.AMQPURL)
+	ch := testenv.Channel(t, in.AMQPURL)
 
 	ev := paid(9)
-	publishAll(t, ch, []events.Message{encode(t, ev)})
+	testenv.PublishAll(t, ch, []events.Message{encode(t, ev)})
 	time.Sleep(50 * time.Millisecond) // the second copy comes while the first waits its EMAIL_DELAY
 	again := ev
 	again.EventID = events.NewMeta(events.TypePaymentProcessed, time.Now()).EventID
-	publishAll(t, ch, []events.Message{encode(t, ev), encode(t, again)})
+	testenv.PublishAll(t, ch, []events.Message{encode(t, ev), encode(t, again)})
 
 	ids := map[string]bool{}
 	for _, m := range sent.Next(3, 30*time.Second) {
@@ -180,7 +122,7 @@ func TestTemporaryRefusalRetried(t *testing.T) {
 	in := startWith(t, r.Port, testenv.VHost(t), t.TempDir(), io.Discard, func(c *Config) { c.MaxAttempts = 2 })
 	testenv.WaitConsumer(t, in.AMQPURL, events.QueueEmail)
 	sent := testenv.Watch(t, in.AMQPURL, events.RouteEmailSent)
-	publishAll(t, confirmChannel(t, in.AMQPURL), []events.Message{encode(t, paid(21))})
+	testenv.PublishAll(t, testenv.Channel(t, in.AMQPURL), []events.Message{encode(t, paid(21))})
 
 	var ev events.EmailSent
 	if err := json.Unmarshal(sent.Next(1, 30*time.Second)[0].Body, &ev); err != nil || ev.OrderID != 21 {
@@ -204,7 +146,7 @@ func TestPermanentRefusal(t *testing.T) {
 	in := startWith(t, r.Port, testenv.VHost(t), t.TempDir(), io.Discard, nil)
 	testenv.WaitConsumer(t, in.AMQPURL, events.QueueEmail)
 	failed := testenv.Watch(t, in.AMQPURL, events.RouteEmailFailed)
-	publishAll(t, confirmChannel(t, in.AMQPURL), []events.Message{encode(t, paid(22))})
+	testenv.PublishAll(t, testenv.Channel(t, in.AMQPURL), []events.Message{encode(t, paid(22))})
 
 	m := failed.Next(1, 30*time.Second)[0]
 	var ev events.EmailFailed
@@ -237,7 +179,7 @@ func TestSlowRelayBurst(t *testing.T) {
 	t.Parallel()
 	const n, again = 300, 60
 	r := startRelay(t, 60*time.Millisecond, nil)
-	logs := &syncBuffer{}
+	logs := &testenv.SyncBuffer{}
 	in := startWith(t, r.Port, testenv.VHost(t), t.TempDir(), logs, func(c *Config) {
 		// The defaults, but for the handler timeout.
 		c.EmailDelay, c.SMTPTimeout, c.HandlerTimeout = 2*time.Second, 10*time.Second, 5*time.Second
@@ -246,15 +188,15 @@ func TestSlowRelayBurst(t *testing.T) {
 	})
 	testenv.WaitConsumer(t, in.AMQPURL, events.QueueEmail)
 	sent := watch(t, in.AMQPURL, events.RouteEmailSent)
-	ch := confirmChannel(t, in.AMQPURL)
+	ch := testenv.Channel(t, in.AMQPURL)
 
 	msgs := make([]events.Message, n)
 	for i := range msgs {
 		msgs[i] = encode(t, paid(int64(i+1)))
 	}
 	start := time.Now()
-	publishAll(t, ch, msgs)
-	publishAll(t, ch, msgs[:again]) // the same ids again, while the first copies wait their EMAIL_DELAY
+	testenv.PublishAll(t, ch, msgs)
+	testenv.PublishAll(t, ch, msgs[:again]) // the same ids again, while the first copies wait their EMAIL_DELAY
 
 	announced := map[string]int{}
 	for deadline := time.After(90 * time.Second); len(announced) < n || countAll(announced) < n+again; {
@@ -278,7 +220,7 @@ func TestSlowRelayBurst(t *testing.T) {
 		}
 	}
 	t.Logf("%d+%d payment results: %d mails accepted (%d distinct), %d EmailSent ids, in %v; relay: %d sessions, %d transactions begun, %d cut; %d handler failures logged",
-		n, again, r.Total(), len(got), len(announced), took.Round(time.Millisecond), r.sessions.Load(), r.begun.Load(), r.abandoned.Load(), logs.count(`"level":"WARN"`))
+		n, again, r.Total(), len(got), len(announced), took.Round(time.Millisecond), r.sessions.Load(), r.begun.Load(), r.abandoned.Load(), strings.Count(logs.String(), `"level":"WARN"`))
 	if len(got) != n || twice != 0 || len(announced) != n {
 		t.Fatalf("%d distinct mails accepted (%d more than once), %d distinct EmailSent; want %d, 0, %d", len(got), twice, len(announced), n, n)
 	}
@@ -296,7 +238,7 @@ func TestRetryWindowGivesUp(t *testing.T) {
 	in := startWith(t, r.Port, testenv.VHost(t), t.TempDir(), io.Discard, func(c *Config) { c.RetryWindow = time.Second })
 	testenv.WaitConsumer(t, in.AMQPURL, events.QueueEmail)
 	failed := testenv.Watch(t, in.AMQPURL, events.RouteEmailFailed)
-	publishAll(t, confirmChannel(t, in.AMQPURL), []events.Message{encode(t, paid(23))})
+	testenv.PublishAll(t, testenv.Channel(t, in.AMQPURL), []events.Message{encode(t, paid(23))})
 
 	var ev events.EmailFailed
 	if err := json.Unmarshal(failed.Next(1, 30*time.Second)[0].Body, &ev); err != nil {

@@ -28,17 +28,7 @@ const testSecret = "a-test-secret-of-at-least-32-bytes!!"
 
 func do(t *testing.T, method, url string, headers map[string]string, body string) *http.Response {
 	t.Helper()
-	req, _ := http.NewRequest(method, url, strings.NewReader(body))
-	req.Header.Set("Content-Type", "application/json")
-	for k, v := range headers {
-		req.Header.Set(k, v)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, _ = io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
+	resp, _ := testenv.Send(t, method, url, headers, body)
 	return resp
 }
 

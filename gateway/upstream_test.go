@@ -161,7 +161,7 @@ func TestBreakerOpensAndCloses(t *testing.T) {
 		t.Fatalf("with the breaker open: %d %q, Retry-After %q, %d calls reached the order service",
 			resp.StatusCode, p.Detail, resp.Header.Get("Retry-After"), calls.Load()-before)
 	}
-	if h := health(t, gw); h.Breakers["order-service"] != "open" {
+	if h, _ := health(t, gw); h.Breakers["order-service"] != "open" {
 		t.Fatalf("health shows breaker %q, want open", h.Breakers["order-service"])
 	}
 
@@ -177,12 +177,13 @@ func TestBreakerOpensAndCloses(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if h := health(t, gw); h.Breakers["order-service"] != "closed" {
+	if h, _ := health(t, gw); h.Breakers["order-service"] != "closed" {
 		t.Fatalf("health shows breaker %q, want closed", h.Breakers["order-service"])
 	}
 }
 
-func health(t *testing.T, gw string) healthAnswer {
+// health reads the gateway's /health and returns it with its status.
+func health(t *testing.T, gw string) (healthAnswer, int) {
 	t.Helper()
 	resp, err := http.Get(gw + "/health")
 	if err != nil {
@@ -193,5 +194,5 @@ func health(t *testing.T, gw string) healthAnswer {
 	if err := json.NewDecoder(resp.Body).Decode(&h); err != nil {
 		t.Fatal(err)
 	}
-	return h
+	return h, resp.StatusCode
 }

@@ -47,17 +47,21 @@ func floorTicks(ctx context.Context, rate, perOrder float64, d time.Duration, do
 	return nil
 }
 
+// floorFlags returns the flag set of the floor client name with the -rate
+// (orders per second) and the -duration every client has.
+func floorFlags(name string, out io.Writer) (fs *flag.FlagSet, rate *float64, d *time.Duration) {
+	fs = flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(out)
+	return fs, fs.Float64("rate", 80, "orders per second"), fs.Duration("duration", 10*time.Second, "how long")
+}
+
 // floorAMQP publishes persistent messages with confirms and consumes them
 // with one ack each: publishes per order, and as many deliveries (a share
 // of the messages goes to two queues, as the payment results do).
 func floorAMQP(ctx context.Context, args []string, out io.Writer) error {
-	fs := flag.NewFlagSet("floor-amqp", flag.ContinueOnError)
-	fs.SetOutput(out)
+	fs, rate, d := floorFlags("floor-amqp", out)
 	rawURL := fs.String("url", "amqp://guest:guest@localhost:5672/", "AMQP URL with the vhost")
-	rate := fs.Float64("rate", 80, "orders per second")
-	d := fs.Duration("duration", 10*time.Second, "how long")
-	pubs := fs.Float64("publishes", 3, "confirmed publishes per order")
-	dels := fs.Float64("deliveries", 4, "deliveries (each acked) per order")
+	pubs, dels := fs.Float64("publishes", 3, "confirmed publishes per order"), fs.Float64("deliveries", 4, "deliveries (each acked) per order")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -163,11 +167,8 @@ func declareBound(ch *amqp.Channel, q, exchange string, keys ...string) error {
 
 // floorSMTP sends one mail again and again over one SMTP session.
 func floorSMTP(ctx context.Context, args []string, out io.Writer) error {
-	fs := flag.NewFlagSet("floor-smtp", flag.ContinueOnError)
-	fs.SetOutput(out)
+	fs, rate, d := floorFlags("floor-smtp", out)
 	addr := fs.String("addr", "127.0.0.1:1026", "SMTP server")
-	rate := fs.Float64("rate", 80, "orders per second")
-	d := fs.Duration("duration", 10*time.Second, "how long")
 	mails := fs.Float64("mails", 1, "mails per order")
 	file := fs.String("message", "", "the raw message to send")
 	if err := fs.Parse(args); err != nil {

@@ -95,27 +95,17 @@ func startSystem(t *testing.T) *System {
 func TestShortRunAccountsForEveryOrder(t *testing.T) {
 	t.Parallel()
 	s := startSystem(t)
-	out := t.TempDir()
-	var stdout bytes.Buffer
 	const rate, seconds, declined = 20, 3, 0.25
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	err := run(ctx, []string{
+	rep, stdout := runReport(t, 90*time.Second,
 		"-target", s.URL("gateway"),
 		"-rate", "20", "-duration", "3s", "-declined", "0.25",
 		"-rabbit-api", testenv.RabbitAPI, "-vhost", s.VHost(),
 		"-sample", "500ms", "-drain-timeout", "60s", "-simulated-work", "200ms",
-		"-out", out,
-	}, &stdout, io.Discard)
-	if err != nil {
-		t.Fatalf("run: %v\n%s", err, stdout.String())
-	}
-	t.Log(stdout.String())
+	)
 
-	rep := readReport(t, out)
 	a := rep.Accounting
 	if !a.OK || a.Unfinished != 0 || a.Mismatched != 0 || a.Unreadable != 0 || a.Duplicates != 0 {
-		t.Fatalf("accounting not ok: %+v\n%s", a, stdout.String())
+		t.Fatalf("accounting not ok: %+v\n%s", a, stdout)
 	}
 	if a.Accepted == 0 || a.Accepted != rep.Checkout.Accepted || a.Paid+a.Declined != a.Accepted {
 		t.Fatalf("accepted %d (checkout says %d) != paid %d + declined %d", a.Accepted, rep.Checkout.Accepted, a.Paid, a.Declined)
@@ -136,7 +126,7 @@ func TestShortRunAccountsForEveryOrder(t *testing.T) {
 	}
 
 	// The inbox agrees: one mail per accepted order.
-	mails, _, err := mailpitTotal(ctx, s.URL("mailpit"))
+	mails, _, err := mailpitTotal(t.Context(), s.URL("mailpit"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,8 +134,8 @@ func TestShortRunAccountsForEveryOrder(t *testing.T) {
 		t.Fatalf("%v mails for %d orders", mails, a.Accepted)
 	}
 	for _, want := range []string{"every accepted order accounted for", "time to mail", "latency"} {
-		if !strings.Contains(stdout.String(), want) {
-			t.Errorf("text report lacks %q:\n%s", want, stdout.String())
+		if !strings.Contains(stdout, want) {
+			t.Errorf("text report lacks %q:\n%s", want, stdout)
 		}
 	}
 }
@@ -156,22 +146,13 @@ func TestKnee(t *testing.T) {
 	testenv.Long(t)
 	t.Parallel()
 	s := startSystem(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	out := t.TempDir()
-	var stdout bytes.Buffer
-	err := run(ctx, []string{
+	rep, _ := runReport(t, 90*time.Second,
 		"-knee", "-knee-start", "5", "-knee-max", "10", "-knee-factor", "2", "-knee-step", "1s",
 		"-knee-p99", "10s", "-knee-drain", "20s",
 		"-target", s.URL("gateway"), "-declined", "0.5",
 		"-rabbit-api", testenv.RabbitAPI, "-vhost", s.VHost(),
-		"-sample", "500ms", "-drain-timeout", "60s", "-out", out,
-	}, &stdout, io.Discard)
-	if err != nil {
-		t.Fatalf("knee: %v\n%s", err, stdout.String())
-	}
-	t.Log(stdout.String())
-	rep := readReport(t, out)
+		"-sample", "500ms", "-drain-timeout", "60s",
+	)
 	if rep.Knee == nil || len(rep.Knee.Steps) == 0 {
 		t.Fatalf("no knee steps: %+v", rep.Knee)
 	}
@@ -191,18 +172,11 @@ func TestKnee(t *testing.T) {
 func TestBench(t *testing.T) {
 	t.Parallel()
 	in := infra(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
-	defer cancel()
-	var stdout bytes.Buffer
-	err := run(ctx, []string{"bench", "-bin", binaries(t), "-pg", in.PG, "-amqp", in.AMQP, "-rabbit-api", in.RabbitAPI,
-		"-warmup", "0", "-single", "500ms", "-clients", "4", "-duration", "1s"}, &stdout, io.Discard)
-	if err != nil {
-		t.Fatalf("bench: %v\n%s", err, stdout.String())
-	}
-	t.Log(stdout.String())
+	stdout := runLoadtest(t, 120*time.Second, "bench", "-bin", binaries(t), "-pg", in.PG, "-amqp", in.AMQP, "-rabbit-api", in.RabbitAPI,
+		"-warmup", "0", "-single", "500ms", "-clients", "4", "-duration", "1s")
 	var p50, p99, tput, multiP99, tps, ratio float64
 	var clients, errs int
-	line := stdout.String()[strings.Index(stdout.String(), "BENCH "):]
+	line := stdout[strings.Index(stdout, "BENCH "):]
 	if _, err := fmt.Sscanf(line, "BENCH single_p50_ms=%f single_p99_ms=%f clients=%d throughput=%f multi_p99_ms=%f pgbench_tps=%f ratio=%f errors=%d",
 		&p50, &p99, &clients, &tput, &multiP99, &tps, &ratio, &errs); err != nil {
 		t.Fatalf("BENCH line %q: %v", line, err)
@@ -219,18 +193,9 @@ func TestCost(t *testing.T) {
 	testenv.Long(t)
 	t.Parallel()
 	in := infra(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 180*time.Second)
-	defer cancel()
-	out := t.TempDir()
-	var stdout bytes.Buffer
-	err := run(ctx, []string{"-cost", "-bin", binaries(t), "-pg", in.PG, "-amqp", in.AMQP, "-rabbit-api", in.RabbitAPI,
+	rep, _ := runReport(t, 180*time.Second, "-cost", "-bin", binaries(t), "-pg", in.PG, "-amqp", in.AMQP, "-rabbit-api", in.RabbitAPI,
 		"-env", "PAYMENT_DELAY=100ms,EMAIL_DELAY=100ms", "-rate", "10", "-duration", "4s", "-cost-warmup", "1s", "-cost-settle", "1s",
-		"-declined", "0", "-drain-timeout", "60s", "-out", out}, &stdout, io.Discard)
-	if err != nil {
-		t.Fatalf("cost: %v\n%s", err, stdout.String())
-	}
-	t.Log(stdout.String())
-	rep := readReport(t, out)
+		"-declined", "0", "-drain-timeout", "60s")
 	c := rep.Cost
 	if c == nil || !rep.Accounting.OK || c.Actual.Orders == 0 || c.Floor.Orders == 0 || c.ActualMS <= 0 || c.FloorMS <= 0 {
 		t.Fatalf("cost report: %+v", c)
@@ -362,6 +327,29 @@ func TestAccount(t *testing.T) {
 			}
 		})
 	}
+}
+
+// runLoadtest runs the program with args within timeout and fails the
+// test when it fails; it logs and returns what the program printed.
+func runLoadtest(t *testing.T, timeout time.Duration, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	var stdout bytes.Buffer
+	if err := run(ctx, args, &stdout, io.Discard); err != nil {
+		t.Fatalf("%v: %v\n%s", args, err, stdout.String())
+	}
+	t.Log(stdout.String())
+	return stdout.String()
+}
+
+// runReport is runLoadtest with -out a folder of its own; it returns the
+// report written there with what the program printed.
+func runReport(t *testing.T, timeout time.Duration, args ...string) (Report, string) {
+	t.Helper()
+	out := t.TempDir()
+	stdout := runLoadtest(t, timeout, append(args, "-out", out)...)
+	return readReport(t, out), stdout
 }
 
 func readReport(t *testing.T, dir string) Report {

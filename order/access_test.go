@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -26,7 +25,7 @@ type created struct {
 
 func checkoutAs(t *testing.T, url string, headers map[string]string, body string) (*http.Response, created) {
 	t.Helper()
-	resp, b := send(t, http.MethodPost, url+"/orders", headers, body)
+	resp, b := testenv.Send(t, http.MethodPost, url+"/orders", headers, body)
 	var c created
 	_ = json.Unmarshal(b, &c)
 	return resp, c
@@ -34,23 +33,7 @@ func checkoutAs(t *testing.T, url string, headers map[string]string, body string
 
 func getWith(t *testing.T, url string, headers map[string]string) (*http.Response, []byte) {
 	t.Helper()
-	return send(t, http.MethodGet, url, headers, "")
-}
-
-func send(t *testing.T, method, url string, headers map[string]string, body string) (*http.Response, []byte) {
-	t.Helper()
-	req, _ := http.NewRequest(method, url, strings.NewReader(body))
-	req.Header.Set("Content-Type", "application/json")
-	for k, v := range headers {
-		req.Header.Set(k, v)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp, b
+	return testenv.Send(t, http.MethodGet, url, headers, "")
 }
 
 func bearer(token string) map[string]string {

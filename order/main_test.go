@@ -53,13 +53,7 @@ func startService(t *testing.T, dbURL, amqpURL string, opts ...func(*Config)) in
 
 func post(t *testing.T, url, body string) (*http.Response, []byte) {
 	t.Helper()
-	resp, err := http.Post(url, "application/json", strings.NewReader(body))
-	if err != nil {
-		t.Fatalf("POST %s: %v", url, err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp, b
+	return testenv.Send(t, http.MethodPost, url, nil, body)
 }
 
 func count(t *testing.T, dbURL, query string) int {
@@ -125,17 +119,8 @@ func TestCheckout(t *testing.T) {
 		t.Fatalf("published outbox rows = %d, want 1", n)
 	}
 
-	req, _ := http.NewRequest(http.MethodGet, fmt.Sprintf("%s/orders/%d", svc.URL, o.ID), nil)
-	req.Header.Set("Authorization", "Bearer "+o.AccessToken)
-	got, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer got.Body.Close()
 	var o2 Order
-	if err := json.NewDecoder(got.Body).Decode(&o2); err != nil || got.StatusCode != http.StatusOK {
-		t.Fatalf("GET: %d %v", got.StatusCode, err)
-	}
+	testenv.GetJSON(t, fmt.Sprintf("%s/orders/%d", svc.URL, o.ID), bearer(o.AccessToken), &o2)
 	if o2.ID != o.ID || o2.TotalAmount != o.TotalAmount || !slices.Equal(o2.Items, o.Items) || o2.Status != "pending" ||
 		len(o2.Timeline) != 1 || o2.Timeline[0].Step != StepCreated {
 		t.Fatalf("GET returned %+v, created %+v", o2, o)
@@ -144,21 +129,11 @@ func TestCheckout(t *testing.T) {
 
 func TestCheckoutBadInput(t *testing.T) {
 	t.Parallel()
-	amqpURL := testenv.VHost(t)
-	svc := startService(t, testenv.Database(t), amqpURL)
-	q := testenv.Watch(t, amqpURL, "#")
-
 	item := func(s string) string {
 		return `{"user_id":1,"user_email":"a@example.com","items":[` + s + `]}`
 	}
 	many := strings.TrimSuffix(strings.Repeat(`{"product_id":1,"quantity":1,"price":"1.00"},`, MaxItems+1), ",")
-	tests := []struct {
-		name        string
-		contentType string
-		body        string
-		status      int
-		field       string
-	}{
+	tests := []badInput{
 		{"ErrMalformedJSON", "application/json", `{"user_id":1,`, 400, ""},
 		{"ErrNotAnObject", "application/json", `[1,2]`, 400, ""},
 		{"ErrTrailingData", "application/json", seedBody + `{}`, 400, ""},
@@ -184,37 +159,7 @@ func TestCheckoutBadInput(t *testing.T) {
 		{"ErrTotalTooLarge", "application/json", item(`{"product_id":1,"quantity":10000,"price":"9999999999.99"}`), 422, "items"},
 		{"ErrBodyTooLarge", "application/json", `{"user_id":1,"user_email":"a@example.com","pad":"` + strings.Repeat("x", MaxBodySize) + `"}`, 413, ""},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			resp, err := http.Post(svc.URL+"/orders", tt.contentType, strings.NewReader(tt.body))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer resp.Body.Close()
-			var p web.Problem
-			if err := json.NewDecoder(resp.Body).Decode(&p); err != nil {
-				t.Fatalf("decode problem: %v", err)
-			}
-			if resp.StatusCode != tt.status || p.Status != tt.status {
-				t.Fatalf("status = %d (problem %d), want %d: %+v", resp.StatusCode, p.Status, tt.status, p)
-			}
-			if ct := resp.Header.Get("Content-Type"); ct != web.ProblemContentType {
-				t.Fatalf("Content-Type = %q", ct)
-			}
-			if p.Detail == "" {
-				t.Fatal("problem without detail")
-			}
-			if tt.field != "" && !slices.ContainsFunc(p.Errors, func(f web.FieldError) bool { return f.Field == tt.field }) {
-				t.Fatalf("problem does not name %q: %+v", tt.field, p)
-			}
-		})
-	}
-	for _, table := range []string{"orders", "order_items", "outbox"} {
-		if n := count(t, svc.DBURL, "SELECT count(*) FROM "+table); n != 0 {
-			t.Errorf("%s has %d rows after bad input only", table, n)
-		}
-	}
-	q.None(500 * time.Millisecond)
+	refuses(t, tests)
 }
 
 func TestGetOrderErrors(t *testing.T) {
@@ -454,4 +399,55 @@ func TestCheckoutIdempotencyKey(t *testing.T) {
 	}
 	q.Next(2, 10*time.Second)
 	q.None(500 * time.Millisecond)
+}
+
+// badInput is a checkout body (of contentType) that the service refuses
+// with status and a problem naming field (unless field is empty).
+type badInput struct {
+	name, contentType, body string
+	status                  int
+	field                   string
+}
+
+// refuses starts a service of its own, posts each bad input to it and
+// fails unless it is refused with a problem+json of its status, with a
+// detail, naming its field; and unless nothing was then written to the
+// database or published. It returns the service.
+func refuses(t *testing.T, tests []badInput) instance {
+	t.Helper()
+	amqpURL := testenv.VHost(t)
+	svc := startService(t, testenv.Database(t), amqpURL)
+	q := testenv.Watch(t, amqpURL, "#")
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, err := http.Post(svc.URL+"/orders", tt.contentType, strings.NewReader(tt.body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			var p web.Problem
+			if err := json.NewDecoder(resp.Body).Decode(&p); err != nil {
+				t.Fatalf("decode problem (status %d): %v", resp.StatusCode, err)
+			}
+			if resp.StatusCode != tt.status || p.Status != tt.status {
+				t.Fatalf("status = %d (problem %d), want %d: %+v", resp.StatusCode, p.Status, tt.status, p)
+			}
+			if ct := resp.Header.Get("Content-Type"); ct != web.ProblemContentType {
+				t.Fatalf("Content-Type = %q", ct)
+			}
+			if p.Detail == "" {
+				t.Fatal("problem without detail")
+			}
+			if tt.field != "" && !slices.ContainsFunc(p.Errors, func(f web.FieldError) bool { return f.Field == tt.field }) {
+				t.Fatalf("problem does not name %q: %+v", tt.field, p)
+			}
+		})
+	}
+	for _, table := range []string{"orders", "order_items", "outbox"} {
+		if n := count(t, svc.DBURL, "SELECT count(*) FROM "+table); n != 0 {
+			t.Errorf("%s has %d rows after bad input only", table, n)
+		}
+	}
+	q.None(500 * time.Millisecond)
+	return svc
 }

@@ -68,23 +68,8 @@ func (s sagaSystem) publish(t *testing.T, e events.Event) string {
 
 func (s sagaSystem) get(t *testing.T, id int64) Order {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodGet, fmt.Sprintf("%s/orders/%d", s.svc.URL, id), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Authorization", "Bearer "+s.tokens[id])
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("get order %d: %d", id, resp.StatusCode)
-	}
 	var o Order
-	if err := json.NewDecoder(resp.Body).Decode(&o); err != nil {
-		t.Fatal(err)
-	}
+	testenv.GetJSON(t, fmt.Sprintf("%s/orders/%d", s.svc.URL, id), bearer(s.tokens[id]), &o)
 	return o
 }
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"sync"
 	"testing"
 	"time"
@@ -13,7 +12,6 @@ import (
 
 	"github.com/checkout-demo/checkout/internal/events"
 	"github.com/checkout-demo/checkout/internal/testenv"
-	"github.com/checkout-demo/checkout/internal/web"
 )
 
 const testKey = "test.thing.happened"
@@ -50,29 +48,6 @@ func (r *recorder) snapshot() ([]string, map[string]int) {
 		h[k] = v
 	}
 	return append([]string(nil), r.attempts...), h
-}
-
-func startConsumer(t *testing.T, amqpURL string, cfg events.ConsumerConfig, r *recorder) {
-	t.Helper()
-	startConsumerFunc(t, amqpURL, cfg, r.handle)
-}
-
-func startConsumerFunc(t *testing.T, amqpURL string, cfg events.ConsumerConfig, h events.Handler) {
-	t.Helper()
-	testenv.SetPolicies(t, amqpURL, events.QueuePolicies(cfg.Queue))
-	log := web.NewLogger(io.Discard, "error", "json", "test")
-	ctx, cancel := context.WithCancel(context.Background())
-	b := events.NewBroker(amqpURL, log)
-	c := events.NewConsumer(b, cfg, h, log)
-	done := make(chan struct{}, 2)
-	go func() { b.Run(ctx); done <- struct{}{} }()
-	go func() { c.Run(ctx); done <- struct{}{} }()
-	t.Cleanup(func() { cancel(); <-done; <-done })
-	select {
-	case <-c.Ready():
-	case <-time.After(20 * time.Second):
-		t.Fatal("consumer not ready")
-	}
 }
 
 func publish(t *testing.T, amqpURL string, ids ...string) {
@@ -129,7 +104,7 @@ func TestPoisonMessage(t *testing.T) {
 		return nil
 	}}
 	cfg := config("test.poison")
-	startConsumer(t, url, cfg, r)
+	testenv.Consume(t, url, cfg, r.handle)
 
 	good := make([]string, 50)
 	for i := range good {
@@ -199,7 +174,7 @@ func TestPermanentErrorDeadLettersAtOnce(t *testing.T) {
 		return events.Permanent(errors.New("cannot decode"))
 	}}
 	cfg := config("test.permanent")
-	startConsumer(t, url, cfg, r)
+	testenv.Consume(t, url, cfg, r.handle)
 	publish(t, url, "garbage")
 	conn := dial(t, url)
 	waitFor(t, "dead letter", func() bool {
@@ -221,7 +196,7 @@ func TestTransientFailureIsRetried(t *testing.T) {
 		return nil
 	}}
 	cfg := config("test.transient")
-	startConsumer(t, url, cfg, r)
+	testenv.Consume(t, url, cfg, r.handle)
 	publish(t, url, "flaky")
 	waitFor(t, "handled", func() bool { _, h := r.snapshot(); return h["flaky"] == 1 })
 	if attempts, _ := r.snapshot(); fmt.Sprint(attempts) != "[flaky#1 flaky#2 flaky#3]" {
@@ -246,7 +221,7 @@ func TestDeletedRetryQueueIsDeclaredAgain(t *testing.T) {
 		return nil
 	}}
 	cfg := config("test.redeclare")
-	startConsumer(t, url, cfg, r)
+	testenv.Consume(t, url, cfg, r.handle)
 	ch := testenv.Channel(t, url)
 	retry := events.RetryQueue(cfg.Queue, 1)
 	if _, err := ch.QueueDelete(retry, false, false, false); err != nil {
@@ -273,7 +248,7 @@ func TestConsumerResumesAfterConnectionLoss(t *testing.T) {
 	url := testenv.VHost(t)
 	proxy := testenv.NewProxy(t, testenv.BrokerAddr())
 	r := &recorder{handled: map[string]int{}}
-	startConsumer(t, proxy.URL(url), config("test.resume"), r)
+	testenv.Consume(t, proxy.URL(url), config("test.resume"), r.handle)
 
 	publish(t, url, "before")
 	waitFor(t, "before", func() bool { _, h := r.snapshot(); return h["before"] == 1 })
@@ -308,7 +283,7 @@ func TestUnavailableDoesNotUseUpAttempts(t *testing.T) {
 	cfg := config("test.unavailable")
 	cfg.RetryBase, cfg.RetryMax = 20*time.Millisecond, 100*time.Millisecond
 	cfg.Unavailable = func(err error) bool { return errors.Is(err, errAway) }
-	startConsumer(t, url, cfg, r)
+	testenv.Consume(t, url, cfg, r.handle)
 	publish(t, url, "patient")
 	waitFor(t, "handled after the outage", func() bool { _, h := r.snapshot(); return h["patient"] == 1 })
 	attempts, _ := r.snapshot()

@@ -62,7 +62,7 @@ func TestWireHeadersAreClamped(t *testing.T) {
 			cfg := config("test.clamp")
 			cfg.RetryBase, cfg.RetryMax = 20*time.Millisecond, 50*time.Millisecond
 			cfg.Unavailable = func(err error) bool { return errors.Is(err, errAway) }
-			startConsumer(t, url, cfg, r)
+			testenv.Consume(t, url, cfg, r.handle)
 			publishWithHeaders(t, url, "wild", tt.headers)
 			conn := dial(t, url)
 			deadline := time.Now().Add(30 * time.Second)
@@ -117,7 +117,7 @@ func TestHandlerCancelledWhenChannelDies(t *testing.T) {
 		cancelled <- context.Cause(ctx)
 		return ctx.Err()
 	}
-	startConsumerFunc(t, proxy.URL(url), cfg, blocking)
+	testenv.Consume(t, proxy.URL(url), cfg, blocking)
 	publish(t, url, "long")
 	select {
 	case <-started:

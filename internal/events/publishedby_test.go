@@ -24,7 +24,7 @@ func TestPublishedByKeptAcrossMoves(t *testing.T) {
 	var mu sync.Mutex
 	seen := map[string][]string{} // event id -> PublishedBy per attempt
 	cfg := config("test.published-by")
-	startConsumerFunc(t, consumerURL, cfg, func(_ context.Context, d events.Delivery) error {
+	testenv.Consume(t, consumerURL, cfg, func(_ context.Context, d events.Delivery) error {
 		mu.Lock()
 		defer mu.Unlock()
 		seen[d.MessageId] = append(seen[d.MessageId], d.PublishedBy)

@@ -137,7 +137,7 @@ func TestExistingQueueIsKept(t *testing.T) {
 			}
 			connectedBroker(t, url, []events.QueueSpec{spec})
 			r := &recorder{handled: map[string]int{}}
-			startConsumer(t, url, events.ConsumerConfig{Queue: spec.Name, Bindings: spec.Bindings}, r)
+			testenv.Consume(t, url, events.ConsumerConfig{Queue: spec.Name, Bindings: spec.Bindings}, r.handle)
 			publish(t, url, "old-queue")
 			waitFor(t, "handled from the old queue", func() bool { _, h := r.snapshot(); return h["old-queue"] == 1 })
 		})

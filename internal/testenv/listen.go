@@ -1,12 +1,17 @@
 package testenv
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -81,6 +86,59 @@ func WaitHTTP(tb testing.TB, url string, timeout time.Duration) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	tb.Fatalf("%s did not answer 200 within %v", url, timeout)
+}
+
+// Send makes one request with a JSON Content-Type and the headers given,
+// and returns the answer with its body read.
+func Send(tb testing.TB, method, url string, headers map[string]string, body string) (*http.Response, []byte) {
+	tb.Helper()
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	for k, v := range headers {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		tb.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp, b
+}
+
+// GetJSON decodes into v the answer to a GET of url with the headers
+// given, and fails the test unless it is 200.
+func GetJSON(tb testing.TB, url string, headers map[string]string, v any) {
+	tb.Helper()
+	resp, b := Send(tb, http.MethodGet, url, headers, "")
+	if resp.StatusCode != http.StatusOK {
+		tb.Fatalf("GET %s: %s %s", url, resp.Status, b)
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		tb.Fatalf("decode %s: %v", url, err)
+	}
+}
+
+// SyncBuffer collects the output of a process or a service; it is safe
+// for concurrent writes and reads.
+type SyncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *SyncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *SyncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 // Run starts a service in-process through its run function, as its main

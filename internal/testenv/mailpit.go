@@ -1,10 +1,8 @@
 package testenv
 
 import (
-	"encoding/json"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -79,7 +77,7 @@ func (m Mailpit) Messages(tb testing.TB) []MailSummary {
 			Total    int           `json:"total"`
 			Messages []MailSummary `json:"messages"`
 		}
-		getJSON(tb, fmt.Sprintf("%s/api/v1/messages?start=%d&limit=1000", m.URL, start), &page)
+		GetJSON(tb, fmt.Sprintf("%s/api/v1/messages?start=%d&limit=1000", m.URL, start), nil, &page)
 		all = append(all, page.Messages...)
 		start += len(page.Messages)
 		if len(page.Messages) == 0 || start >= page.Total {
@@ -92,21 +90,6 @@ func (m Mailpit) Messages(tb testing.TB) []MailSummary {
 func (m Mailpit) Text(tb testing.TB, id string) string {
 	tb.Helper()
 	var msg struct{ Text string }
-	getJSON(tb, m.URL+"/api/v1/message/"+id, &msg)
+	GetJSON(tb, m.URL+"/api/v1/message/"+id, nil, &msg)
 	return msg.Text
-}
-
-func getJSON(tb testing.TB, url string, v any) {
-	tb.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		tb.Fatalf("GET %s: %v", url, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		tb.Fatalf("GET %s: %s", url, resp.Status)
-	}
-	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
-		tb.Fatalf("decode %s: %v", url, err)
-	}
 }

@@ -107,6 +107,39 @@ func Channel(tb testing.TB, amqpURL string) *amqp.Channel {
 	return ch
 }
 
+// PublishAll publishes msgs on ch with the AMQP message ids given (an
+// event published again keeps its id), waits for the broker's confirms (it
+// puts ch in confirm mode) and fails the test when a message was routed to
+// no queue.
+func PublishAll(tb testing.TB, ch *amqp.Channel, msgs []events.Message) {
+	tb.Helper()
+	if err := ch.Confirm(false); err != nil {
+		tb.Fatalf("confirm mode: %v", err)
+	}
+	returned := ch.NotifyReturn(make(chan amqp.Return, len(msgs)))
+	var confirms []*amqp.DeferredConfirmation
+	for _, m := range msgs {
+		dc, err := ch.PublishWithDeferredConfirmWithContext(context.Background(), events.Exchange, m.RoutingKey, true, false, amqp.Publishing{
+			MessageId: m.ID, Type: m.Type, ContentType: events.ContentType, DeliveryMode: amqp.Persistent, Body: m.Body,
+		})
+		if err != nil {
+			tb.Fatal(err)
+		}
+		confirms = append(confirms, dc)
+	}
+	for i, dc := range confirms {
+		if ok, err := dc.WaitContext(context.Background()); !ok || err != nil {
+			tb.Fatalf("publish %d: confirmed %v, %v", i, ok, err)
+		}
+	}
+	// RabbitMQ sends basic.return before the confirm of the same message.
+	select {
+	case r := <-returned:
+		tb.Fatalf("message %s (%s) routed to no queue: %d %s", r.MessageId, r.RoutingKey, r.ReplyCode, r.ReplyText)
+	default:
+	}
+}
+
 // Consume runs a consumer of cfg.Queue in the vhost of amqpURL (one of
 // VHost's, given the queue's policies) with handler h until the test ends,
 // and waits until it consumes.

@@ -2,7 +2,8 @@
 // infrastructure: a fresh Postgres database, a RabbitMQ virtual host, a
 // Mailpit, and a TCP proxy that can cut a service off from its broker or
 // database; and it runs a service in-process (Run) or learns where a
-// service process listens (Listening). The e2e tests run the four binaries
+// service process listens (Listening); the tests share its Send, GetJSON,
+// PublishAll and SyncBuffer. The e2e tests run the four binaries
 // as processes (e2e/system_test.go). When a dependency is not running,
 // tests skip with a message, except under CI=true where they fail.
 package testenv
