@@ -38,7 +38,8 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 		RetryBase: cfg.RetryBase, RetryMax: cfg.RetryMax, HandlerTimeout: cfg.HandlerTimeout,
 		DatabaseURL: cfg.DatabaseURL, DBMaxConns: cfg.DBMaxConns, Migrations: migrations.FS,
 		OutboxPoll: cfg.OutboxPoll, OutboxBatch: cfg.OutboxBatch, OutboxLinger: cfg.OutboxLinger,
-		OutboxCleanup: cfg.OutboxCleanup, OutboxRetention: cfg.OutboxRetention, InboxRetention: cfg.InboxRetention})
+		OutboxCleanup: cfg.OutboxCleanup, OutboxRetention: cfg.OutboxRetention, InboxRetention: cfg.InboxRetention,
+		Vacuum: []string{"payments"}})
 	if err != nil {
 		return err
 	}

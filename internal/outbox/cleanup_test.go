@@ -55,3 +55,30 @@ func TestCleanupDeletesOnlyWhatIsPastRetention(t *testing.T) {
 		t.Errorf("%d inbox ids left, want the 10 recent ones", n)
 	}
 }
+
+// On a server whose autovacuum is off (as on the project's own machine),
+// the clean-up vacuums the tables that churn, so their dead rows do not
+// pile up and slow every scan; with autovacuum on it leaves them to it.
+func TestCleanupVacuumsWhenAutovacuumIsOff(t *testing.T) {
+	t.Parallel()
+	db, _ := setup(t)
+	ctx := context.Background()
+	addOrders(t, db, 10)
+	var autovacuum bool
+	if err := db.Pool.QueryRow(ctx, `SELECT current_setting('autovacuum')::bool`).Scan(&autovacuum); err != nil {
+		t.Fatal(err)
+	}
+	log := web.NewLogger(io.Discard, "error", "json", "test")
+	relay := outbox.NewRelay(db.Pool, events.NewPublisher(events.NewBroker("amqp://127.0.0.1:1/", log)), log)
+	relay.Vacuum = []string{"orders"}
+	relay.Cleanup(ctx)
+	for _, table := range []string{"outbox", "inbox", "orders"} {
+		var vacuumed bool
+		if err := db.Pool.QueryRow(ctx, `SELECT last_vacuum IS NOT NULL FROM pg_stat_user_tables WHERE relname = $1`, table).Scan(&vacuumed); err != nil {
+			t.Fatal(err)
+		}
+		if vacuumed == autovacuum {
+			t.Errorf("%s vacuumed by the clean-up: %v, with the server's autovacuum %v", table, vacuumed, autovacuum)
+		}
+	}
+}

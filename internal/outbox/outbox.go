@@ -32,6 +32,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -104,6 +105,12 @@ type Relay struct {
 	// CleanupInterval is how often published outbox rows past Retention
 	// and inbox ids past InboxRetention are deleted, whatever the load.
 	CleanupInterval time.Duration
+	// Vacuum names the service's own tables that churn (rows updated as
+	// the saga moves on). While the server's autovacuum is off, each
+	// clean-up vacuums them with the outbox and the inbox, so that dead
+	// rows do not pile up and slow every scan; with autovacuum on, the
+	// server does it.
+	Vacuum []string
 	// InboxRetention is how long consumed event ids stay in the inbox
 	// table; 0 leaves the inbox alone.
 	InboxRetention time.Duration
@@ -351,7 +358,8 @@ func (r *Relay) cleanup(ctx context.Context) {
 }
 
 // Cleanup deletes what is past its retention once, in batches: published
-// outbox rows, and (when InboxRetention is set) old inbox ids.
+// outbox rows, and (when InboxRetention is set) old inbox ids; then, while
+// the server's autovacuum is off, it vacuums the tables that churn.
 func (r *Relay) Cleanup(ctx context.Context) {
 	for _, c := range []struct {
 		what      string
@@ -379,6 +387,24 @@ func (r *Relay) Cleanup(ctx context.Context) {
 			r.log.Info("deleted "+c.what, "rows", deleted)
 		}
 	}
+	if err := r.vacuum(ctx); err != nil {
+		r.log.Warn("vacuum the tables that churn", "err", err)
+	}
+}
+
+// vacuum vacuums the outbox, the inbox and Vacuum's tables when the
+// server's autovacuum is off.
+func (r *Relay) vacuum(ctx context.Context) error {
+	var off bool
+	if err := r.pool.QueryRow(ctx, `SELECT NOT current_setting('autovacuum')::bool`).Scan(&off); err != nil || !off {
+		return err
+	}
+	tables := []string{"outbox", "inbox"}
+	for _, t := range r.Vacuum {
+		tables = append(tables, pgx.Identifier{t}.Sanitize())
+	}
+	_, err := r.pool.Exec(ctx, `VACUUM (ANALYZE) `+strings.Join(tables, ", "))
+	return err
 }
 
 func deleteInBatches(ctx context.Context, pool *pgxpool.Pool, sql string, olderThan float64) (int64, error) {

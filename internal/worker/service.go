@@ -37,6 +37,8 @@ type Settings struct {
 	Migrations                                                               fs.FS
 	OutboxPoll, OutboxLinger, OutboxCleanup, OutboxRetention, InboxRetention time.Duration
 	OutboxBatch                                                              int
+	// Vacuum is the service's own tables that churn (outbox.Relay.Vacuum).
+	Vacuum []string
 }
 
 // Service is a service's work besides requests: its log and metrics, the
@@ -93,6 +95,7 @@ func Open(ctx context.Context, service string, stdout io.Writer, s Settings) (*S
 	if svc.DB != nil {
 		r := outbox.NewRelay(svc.DB.Pool, svc.Publisher, log)
 		r.Poll, r.Batch, r.Linger, r.CleanupInterval, r.Retention, r.InboxRetention = s.OutboxPoll, s.OutboxBatch, s.OutboxLinger, s.OutboxCleanup, s.OutboxRetention, s.InboxRetention
+		r.Vacuum = s.Vacuum
 		svc.Relay = r
 	}
 	return svc, nil
