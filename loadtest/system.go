@@ -4,12 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -88,7 +91,9 @@ func (s *System) start(ctx context.Context, services []string) error {
 			return fmt.Errorf("%s/%s is missing; run make build", s.Bin, b)
 		}
 	}
-	for _, n := range []string{"gateway", "order", "payment", "email", "smtp", "mailpit"} {
+	// Mailpit cannot tell which port it got, so its two are picked free;
+	// the services listen on port 0 and report theirs (LISTEN_ADDR_FILE).
+	for _, n := range []string{"smtp", "mailpit"} {
 		p, err := freePort()
 		if err != nil {
 			return err
@@ -122,27 +127,29 @@ func (s *System) start(ctx context.Context, services []string) error {
 	}
 	s.mailpitUp = true
 	common := map[string]string{
-		"AMQP_URL":            strings.TrimRight(s.AMQP, "/") + "/" + s.Tag,
-		"ORDER_SERVICE_URL":   s.URL("order"),
-		"PAYMENT_SERVICE_URL": s.URL("payment"),
-		"EMAIL_SERVICE_URL":   s.URL("email"),
-		"SMTP_HOST":           "127.0.0.1",
-		"SMTP_PORT":           fmt.Sprint(s.Ports["smtp"]),
-		"EMAIL_SENT_DIR":      filepath.Join(s.Dir, "email-sent"),
+		"AMQP_URL":       strings.TrimRight(s.AMQP, "/") + "/" + s.Tag,
+		"SMTP_HOST":      "127.0.0.1",
+		"SMTP_PORT":      fmt.Sprint(s.Ports["smtp"]),
+		"EMAIL_SENT_DIR": filepath.Join(s.Dir, "email-sent"),
 		// The load generator is one client: the gateway's per-client limit
 		// would measure itself.
 		"RATE_LIMIT_RPS": "0",
 	}
-	for k, v := range s.Env {
-		common[k] = v
+	maps.Copy(common, s.Env)
+	// The gateway starts last, told where the others listen.
+	ordered := slices.DeleteFunc(slices.Clone(services), func(n string) bool { return n == "gateway" })
+	if len(ordered) < len(services) {
+		ordered = append(ordered, "gateway")
 	}
-	for _, name := range services {
-		env := map[string]string{"PORT": fmt.Sprint(s.Ports[name])}
+	for _, name := range ordered {
+		env := map[string]string{"PORT": "0", "LISTEN_ADDR_FILE": filepath.Join(s.Dir, name+".addr")}
 		switch name {
 		case "order":
 			env["DATABASE_URL"] = s.PG + "/" + s.Tag + "_order?sslmode=disable"
 		case "payment":
 			env["DATABASE_URL"] = s.PG + "/" + s.Tag + "_payment?sslmode=disable"
+		case "gateway":
+			env["ORDER_SERVICE_URL"], env["PAYMENT_SERVICE_URL"], env["EMAIL_SERVICE_URL"] = s.URL("order"), s.URL("payment"), s.URL("email")
 		}
 		for k, v := range common {
 			if _, ok := env[k]; !ok {
@@ -152,6 +159,11 @@ func (s *System) start(ctx context.Context, services []string) error {
 		if err := s.spawn(name, filepath.Join(s.Bin, name), env); err != nil {
 			return err
 		}
+		port, err := listening(ctx, env["LISTEN_ADDR_FILE"], 60*time.Second, s.done[name])
+		if err != nil {
+			return fmt.Errorf("%s: %w (log: %s)", name, err, filepath.Join(s.Dir, name+".log"))
+		}
+		s.Ports[name] = port
 	}
 	for _, name := range services {
 		if err := waitHTTP(ctx, s.URL(name)+"/readyz", 60*time.Second, s.done[name]); err != nil {
@@ -283,8 +295,33 @@ func mailpitBinary() (string, error) {
 	return "", errors.New("mailpit is missing; run make deps")
 }
 
-// freePort is a port nobody listens on right now (the services do not yet
-// report the address they listen on).
+// listening waits for the address a service writes to its
+// LISTEN_ADDR_FILE once it listens, and returns its port.
+func listening(ctx context.Context, path string, timeout time.Duration, exited <-chan struct{}) (int, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		if b, err := os.ReadFile(path); err == nil {
+			_, port, err := net.SplitHostPort(strings.TrimSpace(string(b)))
+			if err != nil {
+				return 0, fmt.Errorf("%s: %w", path, err)
+			}
+			return strconv.Atoi(port)
+		}
+		select {
+		case <-exited:
+			return 0, errors.New("exited before it listened")
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return 0, fmt.Errorf("not listening after %v", timeout)
+		}
+	}
+}
+
+// freePort is a port nobody listens on right now, for Mailpit, which
+// cannot report the one it got.
 func freePort() (int, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
