@@ -47,6 +47,28 @@ if command -v rabbitmq-plugins >/dev/null && ! port_open 15672; then
   wait_port 15672 "RabbitMQ management" 30 || true
 fi
 
+# A running RabbitMQ can still be unable to make quorum queues: a queue
+# declared while its vhost was being deleted (as parallel tests do) once
+# left RabbitMQ 3.10's quorum-queue supervisor dead, and every declaration
+# then failed with INTERNAL_ERROR until the app restarted. Probe it with a
+# quorum queue in a throwaway vhost and restart the app when that fails.
+rabbit_api() { curl -s -o /dev/null -w '%{http_code}' -u "${RABBIT_USER:-guest}:${RABBIT_PASSWORD:-guest}" \
+  -H 'Content-Type: application/json' -X "$1" "http://127.0.0.1:15672/api/$2" ${3:+-d "$3"}; }
+quorum_ok() {
+  local vhost="deps-probe-$$" code
+  rabbit_api PUT "vhosts/$vhost" >/dev/null
+  rabbit_api PUT "permissions/$vhost/${RABBIT_USER:-guest}" '{"configure":".*","write":".*","read":".*"}' >/dev/null
+  code=$(rabbit_api PUT "queues/$vhost/probe" '{"durable":true,"arguments":{"x-queue-type":"quorum"}}')
+  rabbit_api DELETE "vhosts/$vhost" >/dev/null
+  [ "$code" = 201 ] || [ "$code" = 204 ]
+}
+if command -v curl >/dev/null && command -v rabbitmqctl >/dev/null && port_open 15672 && ! quorum_ok; then
+  say "RabbitMQ cannot declare a quorum queue; restarting its app"
+  rabbitmqctl stop_app >/dev/null && rabbitmqctl start_app >/dev/null
+  wait_port 5672 RabbitMQ 60
+  quorum_ok || { echo "deps: RabbitMQ still cannot declare a quorum queue; see its log" >&2; exit 1; }
+fi
+
 fi
 
 # Mailpit (MailHog's maintained successor): SMTP for the email service and an
