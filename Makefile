@@ -20,7 +20,7 @@ build:
 run: build
 	@bash scripts/run.sh
 
-## deps: start PostgreSQL and RabbitMQ if they are down, install Mailpit if missing
+## deps: start PostgreSQL and RabbitMQ if they are down (restart RabbitMQ's app if it cannot declare a quorum queue), install Mailpit if missing
 deps:
 	@bash scripts/deps.sh
 
