@@ -91,15 +91,6 @@ func (s *System) start(ctx context.Context, services []string) error {
 			return fmt.Errorf("%s/%s is missing; run make build", s.Bin, b)
 		}
 	}
-	// Mailpit cannot tell which port it got, so its two are picked free;
-	// the services listen on port 0 and report theirs (LISTEN_ADDR_FILE).
-	for _, n := range []string{"smtp", "mailpit"} {
-		p, err := freePort()
-		if err != nil {
-			return err
-		}
-		s.Ports[n] = p
-	}
 	conn, err := pgx.Connect(ctx, s.PG+"/postgres?sslmode=disable")
 	if err != nil {
 		return fmt.Errorf("PostgreSQL at %s: %w", s.PG, err)
@@ -120,9 +111,7 @@ func (s *System) start(ctx context.Context, services []string) error {
 	if err != nil {
 		return err
 	}
-	if err := s.spawn("mailpit", mailpit, nil, "--smtp", fmt.Sprintf("127.0.0.1:%d", s.Ports["smtp"]),
-		"--listen", fmt.Sprintf("127.0.0.1:%d", s.Ports["mailpit"]), "--max", "0", "--quiet", "--disable-version-check",
-		"--smtp-auth-accept-any", "--smtp-auth-allow-insecure"); err != nil {
+	if err := s.startMailpit(ctx, mailpit); err != nil {
 		return err
 	}
 	s.mailpitUp = true
@@ -171,6 +160,39 @@ func (s *System) start(ctx context.Context, services []string) error {
 		}
 	}
 	return nil
+}
+
+// startMailpit starts Mailpit on two ports picked free (it cannot report
+// the ones it got, as the services do through LISTEN_ADDR_FILE), and on
+// two others when another process took one first and Mailpit exited.
+func (s *System) startMailpit(ctx context.Context, mailpit string) error {
+	var err error
+	for range 3 {
+		for _, n := range []string{"smtp", "mailpit"} {
+			if s.Ports[n], err = freePort(); err != nil {
+				return err
+			}
+		}
+		if err = s.spawn("mailpit", mailpit, nil, "--smtp", fmt.Sprintf("127.0.0.1:%d", s.Ports["smtp"]),
+			"--listen", fmt.Sprintf("127.0.0.1:%d", s.Ports["mailpit"]), "--max", "0", "--quiet", "--disable-version-check",
+			"--smtp-auth-accept-any", "--smtp-auth-allow-insecure"); err != nil {
+			return err
+		}
+		err = waitHTTP(ctx, s.URL("mailpit")+"/api/v1/messages?limit=1", 30*time.Second, s.done["mailpit"])
+		if err == nil {
+			time.Sleep(200 * time.Millisecond) // an answer from another process's Mailpit, ours exiting, is told below
+		}
+		select {
+		case <-s.done["mailpit"]: // it exited (a port was taken): try two others
+			err = errors.New("exited: a port was taken")
+		default:
+			if err == nil {
+				return nil
+			}
+			return fmt.Errorf("mailpit: %w (log: %s)", err, filepath.Join(s.Dir, "mailpit.log"))
+		}
+	}
+	return fmt.Errorf("mailpit: %w (log: %s)", err, filepath.Join(s.Dir, "mailpit.log"))
 }
 
 // spawn starts a process with its output in Dir/name.log.
@@ -320,8 +342,8 @@ func listening(ctx context.Context, path string, timeout time.Duration, exited <
 	}
 }
 
-// freePort is a port nobody listens on right now, for Mailpit, which
-// cannot report the one it got.
+// freePort is a port nobody listens on right now, for Mailpit (see
+// startMailpit).
 func freePort() (int, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
