@@ -105,7 +105,15 @@ func VHost(tb testing.TB) string {
 	if err := addVHost(name); err != nil {
 		tb.Fatalf("create vhost: %v", err)
 	}
+	created := time.Now()
 	tb.Cleanup(func() {
+		// RabbitMQ 3.10 crashes a quorum queue's dead-letter worker
+		// (at-least-once, from the topology's policies) when the queue is
+		// deleted in the milliseconds after it started; enough of those
+		// crashes at once kill its supervisor, and every quorum queue
+		// declared after that fails with INTERNAL_ERROR. A vhost is
+		// therefore not deleted within two seconds of its creation.
+		time.Sleep(time.Until(created.Add(2 * time.Second)))
 		if err := deleteVHost(name); err != nil {
 			tb.Logf("delete vhost %s: %v", name, err)
 		}
