@@ -358,9 +358,11 @@ func (s *Store) Advance(ctx context.Context, e SagaEvent) (bool, error) {
 	if e.Payer != nil {
 		payerID, payerEmail, payerAmount = &e.Payer.UserID, &e.Payer.UserEmail, &e.Payer.Amount
 	}
-	err := s.pool.QueryRow(ctx, `SELECT fresh, applied, created FROM advance_order($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
-		e.EventID, e.EventType, e.OrderID, e.To, e.Step, e.At, payerID, payerEmail, payerAmount, settleWhen).
-		Scan(&fresh, &applied, &created)
+	err := postgres.Retry(ctx, func() error {
+		return s.pool.QueryRow(ctx, `SELECT fresh, applied, created FROM advance_order($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
+			e.EventID, e.EventType, e.OrderID, e.To, e.Step, e.At, payerID, payerEmail, payerAmount, settleWhen).
+			Scan(&fresh, &applied, &created)
+	})
 	var pe *pgconn.PgError
 	switch {
 	case errors.As(err, &pe) && pe.Code == "P0002":

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/checkout-demo/checkout/internal/events"
@@ -81,9 +82,15 @@ func (s *Store) Intend(ctx context.Context, ev events.OrderCreated) (Payment, in
 	if items == nil {
 		items = []events.Item{}
 	}
-	var fresh, inserted bool
-	p, err := scanPayment(s.pool.QueryRow(ctx, `SELECT * FROM intend_payment($1, $2, $3, $4, $5, $6, $7)`,
-		ev.EventID, ev.EventType, ev.OrderID, ev.UserID, ev.UserEmail, ev.TotalAmount, items), &fresh, &inserted)
+	var (
+		fresh, inserted bool
+		p               Payment
+	)
+	err := postgres.Retry(ctx, func() (err error) {
+		p, err = scanPayment(s.pool.QueryRow(ctx, `SELECT * FROM intend_payment($1, $2, $3, $4, $5, $6, $7)`,
+			ev.EventID, ev.EventType, ev.OrderID, ev.UserID, ev.UserEmail, ev.TotalAmount, items), &fresh, &inserted)
+		return err
+	})
 	if err != nil {
 		return Payment{}, intentNothing, fmt.Errorf("insert payment intent: %w", err)
 	}
@@ -189,11 +196,15 @@ func (s *Store) finishAtOnce(ctx context.Context, p Payment, d Decision) (Paymen
 	}
 	args := outbox.Row(ctx, m)
 	args["order_id"], args["status"], args["reason"], args["ref"] = p.OrderID, p.Status, p.Reason, p.ProviderRef
-	tag, err := s.pool.Exec(ctx, `
+	var tag pgconn.CommandTag
+	err = postgres.Retry(ctx, func() (err error) {
+		tag, err = s.pool.Exec(ctx, `
 		WITH p AS (
 			UPDATE payments SET status = @status, reason = nullif(@reason, ''), provider_ref = nullif(@ref, ''), updated_at = now()
 			WHERE order_id = @order_id AND status = 'charging' AND cancelled_at IS NULL RETURNING 1
 		) `+outbox.InsertFrom("p"), args)
+		return err
+	})
 	if err != nil {
 		return p, false, fmt.Errorf("record payment: %w", err)
 	}
