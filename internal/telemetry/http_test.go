@@ -8,6 +8,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/checkout-demo/checkout/internal/telemetry"
@@ -73,5 +74,51 @@ func TestMiddleware(t *testing.T) {
 	}
 	if server["GET /readyz"] != 0 {
 		t.Error("a probe got a span")
+	}
+}
+
+// With no recording provider (the default), the middleware and the
+// transport skip otelhttp but still carry the caller's trace context: what
+// the service writes stays in the caller's trace.
+func TestTraceContextCarriedWhenNotRecording(t *testing.T) {
+	if telemetry.Enabled() {
+		t.Fatal("a recording provider is installed")
+	}
+	otel.SetTextMapPropagator(propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{}))
+	var inHandler trace.SpanContext
+	var header string
+	r := chi.NewRouter()
+	r.Get("/orders/{id}", func(w http.ResponseWriter, r *http.Request) {
+		inHandler = trace.SpanContextFromContext(r.Context())
+		header = r.Header.Get("Traceparent")
+	})
+	srv := httptest.NewServer(telemetry.Middleware(telemetry.NewMetrics())(r))
+	defer srv.Close()
+	client := &http.Client{Transport: telemetry.Transport(nil)}
+
+	caller := trace.NewSpanContext(trace.SpanContextConfig{
+		TraceID: trace.TraceID{1, 2, 3}, SpanID: trace.SpanID{4, 5, 6}, TraceFlags: trace.FlagsSampled})
+	ctx := trace.ContextWithSpanContext(t.Context(), caller)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+"/orders/1", nil)
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if req.Header.Get("Traceparent") != "" {
+		t.Error("the transport changed the caller's request")
+	}
+	if inHandler.TraceID() != caller.TraceID() || !inHandler.IsRemote() {
+		t.Errorf("the handler's span context %v is not the caller's trace %s (header %q)", inHandler, caller.TraceID(), header)
+	}
+
+	// Without a trace context, nothing is added.
+	req, _ = http.NewRequestWithContext(t.Context(), http.MethodGet, srv.URL+"/orders/1", nil)
+	if resp, err = client.Do(req); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if header != "" || inHandler.IsValid() {
+		t.Errorf("a request without trace context arrived with %q, %v", header, inHandler)
 	}
 }
