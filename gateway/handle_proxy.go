@@ -93,7 +93,6 @@ const (
 // unknown. Never a hang: each attempt is bounded by UPSTREAM_TIMEOUT, and
 // the breaker answers at once while the order service keeps failing.
 func forward(w http.ResponseWriter, r *http.Request, log *slog.Logger, orders *orderClient, method, url string, body []byte, header http.Header) {
-	log = log.With("request_id", web.RequestID(r.Context()))
 	mayExist := false // an earlier attempt's outcome is unknown
 	for attempt := 1; ; attempt++ {
 		resp, out, err := orders.call(r.Context(), method, url, body, header.Clone())
@@ -116,7 +115,7 @@ func forward(w http.ResponseWriter, r *http.Request, log *slog.Logger, orders *o
 		if err == nil { // an answer that does not settle it (a 504, a 5xx after an unknown outcome)
 			err = fmt.Errorf("the order service answered %s", resp.Status)
 		}
-		log.Warn("order service call failed", "err", err, "attempt", attempt, "outcome_unknown", out == unknown,
+		log.Warn("order service call failed", "request_id", web.RequestID(r.Context()), "err", err, "attempt", attempt, "outcome_unknown", out == unknown,
 			"breaker", orders.State())
 		if attempt < orders.cfg.UpstreamAttempts && !errors.Is(err, gobreaker.ErrOpenState) {
 			select {
@@ -155,7 +154,7 @@ func relay(w http.ResponseWriter, r *http.Request, log *slog.Logger, resp *http.
 	}
 	w.WriteHeader(resp.StatusCode)
 	if _, err := io.Copy(w, resp.Body); err != nil {
-		log.Warn("relay upstream answer", "err", err)
+		log.Warn("relay upstream answer", "request_id", web.RequestID(r.Context()), "err", err)
 		// The status is out; a cut body must not reach the client as a
 		// complete answer. Aborting resets the connection instead.
 		panic(http.ErrAbortHandler)

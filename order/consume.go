@@ -130,7 +130,15 @@ func handleSagaEvent(log *slog.Logger, store *Store, paymentUser string) events.
 		case err != nil:
 			return err
 		}
-		log.InfoContext(ctx, "order advanced", "order_id", e.OrderID, "event_id", e.EventID, "step", e.Step, "applied", applied)
+		// A step applied is logged at debug: the service that did it
+		// logged its own line by order id (payment recorded, mail sent),
+		// and the order's timeline keeps it. One that changed nothing (a
+		// duplicate, or a step the order was past) is worth a line.
+		level := slog.LevelInfo
+		if applied {
+			level = slog.LevelDebug
+		}
+		log.Log(ctx, level, "order advanced", "order_id", e.OrderID, "event_id", e.EventID, "step", e.Step, "applied", applied)
 		return nil
 	}
 }

@@ -43,7 +43,6 @@ func (c *charger) handleOrderCreated(ctx context.Context, d events.Delivery) err
 	if !events.ValidEventID(ev.EventID) || ev.OrderID <= 0 {
 		return events.Permanent(fmt.Errorf("OrderCreated without a UUID event id or a positive order id"))
 	}
-	log := c.log.With("order_id", ev.OrderID, "event_id", ev.EventID)
 
 	p, outcome, err := c.store.Intend(ctx, ev)
 	if err != nil {
@@ -54,9 +53,9 @@ func (c *charger) handleOrderCreated(ctx context.Context, d events.Delivery) err
 		return c.complete(ctx, p, outcome == intentUnfinished)
 	case intentAnswered:
 		c.relay.Wake()
-		log.InfoContext(ctx, "order asked again; result published again", "status", p.Status)
+		c.log.InfoContext(ctx, "order asked again; result published again", "order_id", ev.OrderID, "event_id", ev.EventID, "status", p.Status)
 	default:
-		log.InfoContext(ctx, "duplicate OrderCreated ignored", "status", p.Status)
+		c.log.InfoContext(ctx, "duplicate OrderCreated ignored", "order_id", ev.OrderID, "event_id", ev.EventID, "status", p.Status)
 	}
 	return nil
 }

@@ -324,7 +324,11 @@ func waitTimeout(wg *sync.WaitGroup, d time.Duration) {
 
 func (c *Consumer) handle(ctx, chCtx context.Context, r *republisher, acks *acker, amqpD amqp.Delivery) {
 	d := Delivery{Delivery: amqpD, Attempt: attemptOf(amqpD.Headers) + 1, PublishedBy: publishedBy(amqpD, c.broker.user)}
-	log := c.log.With("event_id", d.MessageId, "event_type", d.Type, "attempt", d.Attempt)
+	// The logger with the message's attributes is built only when a line
+	// is logged: a message handled well logs nothing here.
+	log := func() *slog.Logger {
+		return c.log.With("event_id", d.MessageId, "event_type", d.Type, "attempt", d.Attempt)
+	}
 	// The handling continues the producer's trace (or the mover's, for a
 	// retry); its log lines carry the trace id.
 	tctx, span := amqptel.StartConsume(chCtx, c.cfg.Queue, &amqpD)
@@ -346,7 +350,7 @@ func (c *Consumer) handle(ctx, chCtx context.Context, r *republisher, acks *acke
 	cancel()
 	if chCtx.Err() != nil {
 		// The delivery is back in the queue already: neither ack nor move.
-		log.WarnContext(tctx, "delivery channel closed while handling; the message is redelivered", "err", err)
+		log().WarnContext(tctx, "delivery channel closed while handling; the message is redelivered", "err", err)
 		return
 	}
 	if err == nil {
@@ -366,17 +370,17 @@ func (c *Consumer) handle(ctx, chCtx context.Context, r *republisher, acks *acke
 	switch {
 	case IsPermanent(err) || (d.Attempt >= c.cfg.MaxAttempts && !unavailable):
 		mv.queue = dlq
-		log.ErrorContext(tctx, "message dead-lettered", "err", err, "dead_letter_queue", dlq)
+		log().ErrorContext(tctx, "message dead-lettered", "err", err, "dead_letter_queue", dlq)
 	case unavailable:
 		// Not the message's fault: try again later without using up an attempt.
 		mv.attempts, mv.unavailable = d.Attempt-1, mv.unavailable+1
 		mv.queue = RetryQueue(c.cfg.Queue, min(mv.unavailable, RetryLevels))
 		mv.delay = bo.Delay(mv.unavailable - 1)
-		log.WarnContext(tctx, "dependency unavailable, retrying", "err", err, "retry_in", mv.delay.String())
+		log().WarnContext(tctx, "dependency unavailable, retrying", "err", err, "retry_in", mv.delay.String())
 	default:
 		mv.queue = RetryQueue(c.cfg.Queue, min(d.Attempt, RetryLevels))
 		mv.delay = bo.Delay(d.Attempt - 1)
-		log.WarnContext(tctx, "handler failed, retrying", "err", err, "retry_in", mv.delay.String())
+		log().WarnContext(tctx, "handler failed, retrying", "err", err, "retry_in", mv.delay.String())
 	}
 	outcome := telemetry.OutcomeRetried
 	if mv.queue == dlq {
@@ -394,12 +398,12 @@ func (c *Consumer) handle(ctx, chCtx context.Context, r *republisher, acks *acke
 			// declare the topology again, or the message would bounce
 			// between the queue and this handler.
 			if derr := r.broker.Declare(pctx, r.spec); derr != nil {
-				log.WarnContext(tctx, "declare topology again", "err", derr)
+				log().WarnContext(tctx, "declare topology again", "err", derr)
 			}
 		}
 		// The copy is not safe: hand the original back instead (it is
 		// tried again, so it counts as retried).
-		log.WarnContext(tctx, "could not move message, requeueing", "err", err, "to", mv.queue)
+		log().WarnContext(tctx, "could not move message, requeueing", "err", err, "to", mv.queue)
 		acks.settle(d.DeliveryTag, false)
 		c.cfg.Metrics.ConsumerMessage(c.cfg.Queue, telemetry.OutcomeRetried, took)
 		return

@@ -48,8 +48,10 @@ func validRequestID(id string) bool {
 }
 
 // Middleware takes the request id from X-Request-ID (or makes one), echoes it
-// in the response, and logs one line per request. Requests for the probes are
-// and the metric scrapes are not logged: they would drown everything else.
+// in the response, and logs one line per request: at debug when it
+// succeeded, at info for a client error, at warn for a server error. Requests
+// for the probes and the metric scrapes are not logged unless they failed:
+// they would drown everything else.
 // The lines carry the request's trace_id when Observed (or
 // telemetry.Middleware) runs outside it.
 func Middleware(log *slog.Logger, next http.Handler) http.Handler {
@@ -80,7 +82,21 @@ func Middleware(log *slog.Logger, next http.Handler) http.Handler {
 					return
 				}
 			}
-			log.InfoContext(r.Context(), "request", "request_id", id, "method", r.Method, "path", r.URL.Path,
+			// A request that went well is logged at debug only: the work it
+			// did logs its own line with the request id (order created),
+			// and the duration histogram counts it. Client errors are
+			// logged at info, server errors at warn.
+			level := slog.LevelDebug
+			switch {
+			case rec.status >= 500:
+				level = slog.LevelWarn
+			case rec.status >= 400:
+				level = slog.LevelInfo
+			}
+			if !log.Enabled(r.Context(), level) {
+				return
+			}
+			log.Log(r.Context(), level, "request", "request_id", id, "method", r.Method, "path", r.URL.Path,
 				"status", rec.status, "duration_ms", float64(time.Since(start).Microseconds())/1000)
 		}()
 		next.ServeHTTP(rec, r)

@@ -27,7 +27,7 @@ func TestObserved(t *testing.T) {
 	defer func() { _ = shutdown(context.Background()); otel.SetTracerProvider(prev) }()
 
 	var logs bytes.Buffer
-	log := web.NewLogger(&logs, "info", "json", "order")
+	log := web.NewLogger(&logs, "debug", "json", "order") // a request that went well is logged at debug
 	m := telemetry.NewMetrics()
 	r := chi.NewRouter()
 	r.Get("/orders/{id}", func(w http.ResponseWriter, r *http.Request) { web.WriteJSON(w, http.StatusOK, "ok") })
@@ -68,5 +68,43 @@ func TestObserved(t *testing.T) {
 	}
 	if lines[0]["trace_id"] != caller.SpanContext().TraceID().String() {
 		t.Errorf("access log line %v lacks trace_id %s", lines[0], caller.SpanContext().TraceID())
+	}
+}
+
+// At the default level a request that went well is not logged (the work
+// it did logs its own line with the request id), a client error is logged
+// at info and a server error at warn.
+func TestAccessLogLevels(t *testing.T) {
+	var logs bytes.Buffer
+	log := web.NewLogger(&logs, "info", "json", "order")
+	r := chi.NewRouter()
+	r.Get("/ok", func(w http.ResponseWriter, r *http.Request) { web.WriteJSON(w, http.StatusOK, "ok") })
+	r.Get("/bad", func(w http.ResponseWriter, r *http.Request) {
+		web.WriteProblem(w, r, http.StatusUnprocessableEntity, "bad")
+	})
+	r.Get("/broken", func(w http.ResponseWriter, r *http.Request) {
+		web.WriteProblem(w, r, http.StatusInternalServerError, "broken")
+	})
+	srv := httptest.NewServer(web.Observed(log, telemetry.NewMetrics(), r))
+	defer srv.Close()
+	for _, p := range []string{"/ok", "/bad", "/broken"} {
+		resp, err := http.Get(srv.URL + p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	got := map[string]string{}
+	dec := json.NewDecoder(&logs)
+	for dec.More() {
+		var l map[string]any
+		if err := dec.Decode(&l); err != nil {
+			t.Fatal(err)
+		}
+		got[l["path"].(string)] = l["level"].(string)
+	}
+	want := map[string]string{"/bad": "INFO", "/broken": "WARN"}
+	if len(got) != len(want) || got["/bad"] != want["/bad"] || got["/broken"] != want["/broken"] {
+		t.Errorf("access log levels %v, want %v", got, want)
 	}
 }
