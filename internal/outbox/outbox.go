@@ -100,6 +100,13 @@ type Relay struct {
 	// rows keep coming, they gather for up to Linger and go out together,
 	// one transaction and one confirm round trip for many.
 	Linger time.Duration
+	// MarkDelay is how long the marks of a batch's confirmed rows may wait
+	// to ride on the next claim: while rows keep coming, a batch costs
+	// one statement (mark the last, claim the next) instead of two. When
+	// nothing comes within MarkDelay, the marks go on their own. A relay
+	// that crashes with marks waiting has their rows published again after
+	// the lease; the consumers drop the duplicates by event id.
+	MarkDelay time.Duration
 	// PublishTimeout bounds one batch's publishes and confirms.
 	PublishTimeout time.Duration
 	// CleanupInterval is how often published outbox rows past Retention
@@ -114,12 +121,16 @@ type Relay struct {
 	// InboxRetention is how long consumed event ids stay in the inbox
 	// table; 0 leaves the inbox alone.
 	InboxRetention time.Duration
+
+	// marks are the ids of rows confirmed by the broker and not yet marked
+	// published (see MarkDelay). Only the goroutine that publishes uses it.
+	marks []int64
 }
 
 // NewRelay returns a relay with default settings.
 func NewRelay(pool *pgxpool.Pool, pub *events.Publisher, log *slog.Logger) *Relay {
 	return &Relay{pool: pool, pub: pub, log: log, wake: make(chan struct{}, 1),
-		Poll: time.Second, Batch: 200, Retention: 24 * time.Hour, Linger: 20 * time.Millisecond,
+		Poll: time.Second, Batch: 200, Retention: 24 * time.Hour, Linger: 20 * time.Millisecond, MarkDelay: 200 * time.Millisecond,
 		PublishTimeout: events.CallTimeout, CleanupInterval: time.Minute, InboxRetention: 7 * 24 * time.Hour}
 }
 
@@ -171,13 +182,37 @@ func (r *Relay) Run(ctx context.Context) {
 		if n == 0 {
 			lastStart = time.Time{} // nothing was there: the next row is not part of a busy spell
 		}
+		var markNow <-chan time.Time
+		if len(r.marks) > 0 {
+			markNow = time.After(r.MarkDelay)
+		}
 		select {
 		case <-ctx.Done():
+			r.markWaiting(context.WithoutCancel(ctx))
 			return
 		case <-r.wake:
 		case <-tick.C:
+		case <-markNow:
+			// Nothing came to carry the marks: the claim goes with them
+			// alone (and takes what came in the meantime).
 		}
 	}
+}
+
+// markWaiting marks the rows whose marks wait for the next claim, at a
+// shutdown. It logs what it could not mark: those rows are published again
+// after the lease.
+func (r *Relay) markWaiting(ctx context.Context) {
+	if len(r.marks) == 0 {
+		return
+	}
+	mctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := r.pool.Exec(mctx, markPublished, r.marks); err != nil {
+		r.log.Warn("mark published rows", "rows", len(r.marks), "err", err)
+		return
+	}
+	r.marks = r.marks[:0]
 }
 
 // Flush publishes every row that is due, for a graceful shutdown. It stops
@@ -189,10 +224,21 @@ func (r *Relay) Flush(ctx context.Context) error {
 			return err
 		}
 		if n < r.batch() {
-			return nil
+			break
 		}
 	}
+	if len(r.marks) == 0 {
+		return nil
+	}
+	if _, err := r.pool.Exec(ctx, markPublished, r.marks); err != nil {
+		return fmt.Errorf("mark published: %w", err)
+	}
+	r.marks = r.marks[:0]
+	return nil
 }
+
+// markPublished marks the rows $1 published.
+const markPublished = `UPDATE outbox SET published_at = now() WHERE id = ANY($1) AND published_at IS NULL`
 
 // batch is Batch kept within what the publisher's buffer of returned
 // messages holds, so a batch of unroutable events cannot stall it.
@@ -232,20 +278,29 @@ func (r *Relay) lease() time.Duration { return max(3*r.PublishTimeout, 30*time.S
 // publishBatch claims up to Batch due rows, publishes them and marks the
 // confirmed ones. It returns how many rows it claimed. No transaction is
 // open while it talks to the broker: the claim is one short statement that
-// leases the rows (next_attempt_at moves past the lease), and the marks are
-// another.
+// leases the rows (next_attempt_at moves past the lease) and marks the last
+// batch's confirmed rows; this batch's marks wait for the next claim (or,
+// when a row was refused, go at once in a statement of their own).
 func (r *Relay) publishBatch(ctx context.Context) (int, error) {
 	dbctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
+	// The claim carries the marks of the last batch (see MarkDelay): the
+	// rows it marks are leased, so it cannot claim them too.
+	marks := r.marks
+	if marks == nil {
+		marks = []int64{}
+	}
 	rows, err := r.pool.Query(dbctx, `
+		WITH marked AS (
+			UPDATE outbox SET published_at = now() WHERE id = ANY($3) AND published_at IS NULL)
 		UPDATE outbox SET next_attempt_at = now() + make_interval(secs => $2)
 		WHERE id IN (
 			SELECT id FROM outbox
-			WHERE published_at IS NULL AND next_attempt_at <= now()
+			WHERE published_at IS NULL AND next_attempt_at <= now() AND NOT id = ANY($3)
 			ORDER BY id
 			LIMIT $1
 			FOR UPDATE SKIP LOCKED)
-		RETURNING id, event_id::text, event_type, routing_key, payload::text, attempts, coalesce(trace_context, '')`, r.batch(), r.lease().Seconds())
+		RETURNING id, event_id::text, event_type, routing_key, payload::text, attempts, coalesce(trace_context, '')`, r.batch(), r.lease().Seconds(), marks)
 	if err != nil {
 		return 0, fmt.Errorf("claim outbox rows: %w", err)
 	}
@@ -270,6 +325,7 @@ func (r *Relay) publishBatch(ctx context.Context) (int, error) {
 	if err := rows.Err(); err != nil {
 		return 0, fmt.Errorf("claim outbox rows: %w", err)
 	}
+	r.marks = r.marks[:0] // the statement succeeded: they are marked
 	if len(batch) == 0 {
 		return 0, nil
 	}
@@ -306,13 +362,22 @@ func (r *Relay) publishBatch(ctx context.Context) (int, error) {
 			r.log.Warn("event not published", "event_id", res.ID, "routing_key", msgs[i].RoutingKey, "err", res.Err, "retry_in", delay.String())
 		}
 	}
-	// One round trip marks the batch: the confirmed rows published, the
-	// others due again after their backoff. If it fails, the rows stay
-	// leased and are published again after the lease; consumers drop the
-	// duplicates by event id.
+	if len(failIDs) == 0 && len(released) == 0 {
+		// No row to hand back: the marks of the confirmed ones ride on the
+		// next claim.
+		r.marks = append(r.marks, done...)
+		if len(done) == 0 && errors.Is(pubErr, events.ErrNotConnected) {
+			return 0, pubErr
+		}
+		return len(msgs), pubErr
+	}
+	// Trouble: one round trip marks the batch at once, the confirmed rows
+	// published, the others due again after their backoff. If it fails,
+	// the rows stay leased and are published again after the lease;
+	// consumers drop the duplicates by event id.
 	b := &pgx.Batch{}
 	if len(done) > 0 {
-		b.Queue(`UPDATE outbox SET published_at = now() WHERE id = ANY($1)`, done)
+		b.Queue(markPublished, done)
 	}
 	if len(failIDs) > 0 {
 		b.Queue(`

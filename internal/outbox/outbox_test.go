@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"sync"
 	"testing"
 	"time"
 
@@ -34,18 +35,29 @@ func setup(t *testing.T) (*postgres.DB, string) {
 
 func startRelay(t *testing.T, db *postgres.DB, amqpURL string) *outbox.Relay {
 	t.Helper()
+	relay, _ := startRelayWith(t, db, amqpURL, func(*outbox.Relay) {})
+	return relay
+}
+
+// startRelayWith starts a relay that configure has set up; it stops when
+// stop is called or the test ends.
+func startRelayWith(t *testing.T, db *postgres.DB, amqpURL string, configure func(*outbox.Relay)) (relay *outbox.Relay, stop func()) {
+	t.Helper()
 	log := web.NewLogger(io.Discard, "error", "json", "test")
 	ctx, cancel := context.WithCancel(context.Background())
 	broker := events.NewBroker(amqpURL, log)
 	pub := events.NewPublisher(broker)
-	relay := outbox.NewRelay(db.Pool, pub, log)
+	relay = outbox.NewRelay(db.Pool, pub, log)
 	relay.Poll, relay.Batch = 100*time.Millisecond, 50
+	configure(relay)
 	broker.OnConnect(relay.Wake)
 	done := make(chan struct{}, 2)
 	go func() { broker.Run(ctx); done <- struct{}{} }()
 	go func() { relay.Run(ctx); done <- struct{}{} }()
-	t.Cleanup(func() { cancel(); <-done; <-done; pub.Close() })
-	return relay
+	var once sync.Once
+	stop = func() { once.Do(func() { cancel(); <-done; <-done; pub.Close() }) }
+	t.Cleanup(stop)
+	return relay, stop
 }
 
 func addOrders(t *testing.T, db *postgres.DB, n int) {
@@ -128,4 +140,61 @@ func TestRelayKeepsUnroutableEvents(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// While rows keep coming, a batch's marks ride on the next claim: one
+// statement per batch. The marks wait no longer than MarkDelay when nothing
+// comes, and a stopping relay marks what waits.
+func TestRelayMarksRideOnTheNextClaim(t *testing.T) {
+	t.Parallel()
+	db, amqpURL := setup(t)
+	q := testenv.Watch(t, amqpURL, events.RouteOrderCreated)
+	published := func() (ids []int64) {
+		rows, err := db.Pool.Query(context.Background(), `SELECT id FROM outbox WHERE published_at IS NOT NULL ORDER BY id`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids, err = pgx.CollectRows(rows, pgx.RowTo[int64])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ids
+	}
+	// No poll and no mark on its own within the test: only a claim marks.
+	relay, stop := startRelayWith(t, db, amqpURL, func(r *outbox.Relay) { r.Poll, r.MarkDelay, r.Linger = time.Hour, time.Hour, 0 })
+
+	// The first row: its claim may be the second since the broker
+	// connected (the connection wakes the relay too), and a spare wake
+	// may come after it; wait that out.
+	addOrders(t, db, 1)
+	relay.Wake()
+	q.Next(1, 10*time.Second)
+	time.Sleep(300 * time.Millisecond)
+	// The second row: its claim marks the first; its own mark waits.
+	addOrders(t, db, 1)
+	relay.Wake()
+	q.Next(1, 10*time.Second)
+	time.Sleep(300 * time.Millisecond) // the confirm is in long before
+	if ids := published(); len(ids) != 1 || ids[0] != 1 {
+		t.Fatalf("published rows %v, want [1]: the second row's mark waits for the next claim", ids)
+	}
+	stop()
+	if ids := published(); len(ids) != 2 {
+		t.Fatalf("published rows %v after the relay stopped, want both", ids)
+	}
+}
+
+// A batch's marks go on their own after MarkDelay when no row comes.
+func TestRelayMarksAfterMarkDelay(t *testing.T) {
+	t.Parallel()
+	db, amqpURL := setup(t)
+	q := testenv.Watch(t, amqpURL, events.RouteOrderCreated)
+	relay, _ := startRelayWith(t, db, amqpURL, func(r *outbox.Relay) { r.Poll, r.MarkDelay = time.Hour, 50*time.Millisecond })
+	addOrders(t, db, 3)
+	relay.Wake()
+	q.Next(3, 10*time.Second)
+	waitTimeout(t, "the rows to be marked", func() bool {
+		left, err := outbox.Pending(context.Background(), db.Pool)
+		return err == nil && left == 0
+	})
 }
