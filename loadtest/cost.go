@@ -628,7 +628,7 @@ func runFloor(ctx context.Context, cfg Config, t costTarget, w Work, mail []byte
 	fw.Orders = int(math.Round(rate * fw.CPU.Seconds))
 	notes := []string{
 		fmt.Sprintf("floor: %s orders' worth per pgbench script run at %.1f runs/s (-M prepared, 4 clients): the same transactions and row operations as single-row statements on one table of a fresh database", strconv.Itoa(floorOrdersPerScript), rate/floorOrdersPerScript),
-		fmt.Sprintf("floor: an amqp091 client doing %.2f confirmed persistent publishes and %.2f deliveries, each acked, per order; an SMTP client sending the run's last mail (%d bytes) %.2f times per order over one kept session, into the same Mailpit",
+		fmt.Sprintf("floor: an amqp091 client doing %.2f confirmed persistent publishes and %.2f deliveries, each acked, per order, through quorum queues as the system's; an SMTP client sending the run's last mail (%d bytes) %.2f times per order over one kept session, into the same Mailpit",
 			w.Publishes, w.Deliveries, len(mail), w.Mails),
 		fmt.Sprintf("floor: window %.1f s, %d floor orders at the rate; PostgreSQL, RabbitMQ and Mailpit measured as above", fw.CPU.Seconds, fw.Orders),
 		"floor pgbench: " + lastLines(outs["pgbench"].String(), "tps = ", "latency average"),

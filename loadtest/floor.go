@@ -62,6 +62,7 @@ func floorAMQP(ctx context.Context, args []string, out io.Writer) error {
 	fs, rate, d := floorFlags("floor-amqp", out)
 	rawURL := fs.String("url", "amqp://guest:guest@localhost:5672/", "AMQP URL with the vhost")
 	pubs, dels := fs.Float64("publishes", 3, "confirmed publishes per order"), fs.Float64("deliveries", 4, "deliveries (each acked) per order")
+	queueType := fs.String("queue-type", "quorum", "the queues' x-queue-type: quorum, as the system's consumer queues are, or classic")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -84,8 +85,8 @@ func floorAMQP(ctx context.Context, args []string, out io.Writer) error {
 	q1, q2 := name+".a", name+".b"
 	err = errors.Join(
 		pub.ExchangeDeclare(name, "direct", true, true, false, false, nil),
-		declareBound(pub, q1, name, "one", "two"),
-		declareBound(pub, q2, name, "two"),
+		declareBound(pub, q1, *queueType, name, "one", "two"),
+		declareBound(pub, q2, *queueType, name, "two"),
 		pub.Confirm(false),
 	)
 	if err != nil {
@@ -149,12 +150,20 @@ func floorAMQP(ctx context.Context, args []string, out io.Writer) error {
 			return fmt.Errorf("floor-amqp: %d of %d deliveries acked", got, expect)
 		}
 	}
-	fmt.Fprintf(out, "floor-amqp: %d publishes, %d deliveries acked\n", published, expect)
+	fmt.Fprintf(out, "floor-amqp: %d publishes, %d deliveries acked (%s queues)\n", published, expect, *queueType)
+	for _, q := range []string{q1, q2} {
+		if _, err := pub.QueueDelete(q, false, false, false); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
-func declareBound(ch *amqp.Channel, q, exchange string, keys ...string) error {
-	if _, err := ch.QueueDeclare(q, true, true, false, false, nil); err != nil {
+// declareBound declares the durable queue q of type queueType and binds it
+// to exchange with keys. (A quorum queue cannot be auto-deleted: the floor
+// deletes its queues at the end, and the vhost goes with the run.)
+func declareBound(ch *amqp.Channel, q, queueType, exchange string, keys ...string) error {
+	if _, err := ch.QueueDeclare(q, true, false, false, false, amqp.Table{"x-queue-type": queueType}); err != nil {
 		return err
 	}
 	for _, k := range keys {

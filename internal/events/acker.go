@@ -8,7 +8,14 @@ import (
 )
 
 // AckInterval is how often a consumer sends the acks of finished messages.
-const AckInterval = 5 * time.Millisecond
+// Handlers that each wait a while (a payment's second, a mail's two) finish
+// a few at a time: at 5 ms nearly every ack went alone (4 acks per order at
+// 80 orders/s); at 25 ms the run at the front of the window is long enough
+// to share one. The ack is not on the saga's path (the effect is committed
+// and the next event published before it), so the wait costs no latency;
+// a consumer that crashes meanwhile has those messages redelivered, and
+// the inboxes drop them.
+const AckInterval = 25 * time.Millisecond
 
 // acker settles one channel's deliveries in coalesced acks: every
 // AckInterval it acks the run of finished deliveries at the front of the
@@ -31,6 +38,13 @@ type acker struct {
 	kick    chan struct{}
 	done    chan struct{}
 	stopped chan struct{}
+
+	// When finished deliveries reach limit (half the prefetch window) the
+	// acks go at once, without waiting out AckInterval: a window full of
+	// finished, unacked messages would stop the broker's deliveries.
+	limit    int
+	finished int // settled, not yet taken off by ops
+	full     chan struct{}
 }
 
 const (
@@ -47,8 +61,9 @@ type settled struct {
 // of it before it is acked alone.
 const ackHold = 50 * time.Millisecond
 
-func newAcker(ch *amqp.Channel) *acker {
-	a := &acker{ch: ch, state: map[uint64]settled{}, now: time.Now, kick: make(chan struct{}, 1), done: make(chan struct{}), stopped: make(chan struct{})}
+func newAcker(ch *amqp.Channel, prefetch int) *acker {
+	a := &acker{ch: ch, state: map[uint64]settled{}, now: time.Now, kick: make(chan struct{}, 1), done: make(chan struct{}), stopped: make(chan struct{}),
+		limit: max(prefetch/2, 1), full: make(chan struct{}, 1)}
 	go a.run()
 	return a
 }
@@ -72,10 +87,19 @@ func (a *acker) settle(tag uint64, ack bool) {
 	if ack {
 		st = settleAck
 	}
+	if a.state[tag].st == 0 {
+		a.finished++
+	}
 	a.state[tag] = settled{st: st, at: a.now()}
 	select {
 	case a.kick <- struct{}{}:
 	default:
+	}
+	if a.finished >= a.limit {
+		select {
+		case a.full <- struct{}{}:
+		default:
+		}
 	}
 }
 
@@ -94,12 +118,14 @@ func (a *acker) run() {
 			return
 		case <-a.kick:
 		}
-		// Gather what finishes within the interval into one ack.
+		// Gather what finishes within the interval into one ack, unless
+		// half the window is finished already.
 		select {
 		case <-a.done:
 			a.flush()
 			return
 		case <-time.After(AckInterval):
+		case <-a.full:
 		}
 		a.flush()
 	}
@@ -127,6 +153,7 @@ func (a *acker) ops() []op {
 		}
 		a.pending = a.pending[1:]
 		delete(a.state, tag)
+		a.finished--
 		if st == settleRequeue {
 			out = append(out, op{tag: tag, requeue: true})
 			run = 0
@@ -150,6 +177,7 @@ func (a *acker) ops() []op {
 				continue
 			}
 			delete(a.state, tag)
+			a.finished--
 			out = append(out, op{tag: tag, requeue: s.st == settleRequeue})
 		}
 		a.pending = keep

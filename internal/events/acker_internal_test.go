@@ -58,3 +58,36 @@ func TestResumeAttemptResetsAfterHealthyPeriod(t *testing.T) {
 		t.Fatalf("after a healthy period: attempt %d, want 0", got)
 	}
 }
+
+// Once half the prefetch window is finished, the acks go without waiting
+// out AckInterval; what ops takes off no longer counts.
+func TestAckerFlushesAtOnceWhenHalfTheWindowIsFinished(t *testing.T) {
+	a := &acker{state: map[uint64]settled{}, now: time.Now, kick: make(chan struct{}, 1), limit: 2, full: make(chan struct{}, 1)}
+	signalled := func() bool {
+		select {
+		case <-a.full:
+			return true
+		default:
+			return false
+		}
+	}
+	for tag := uint64(1); tag <= 4; tag++ {
+		a.add(tag)
+	}
+	a.settle(2, true)
+	a.settle(2, true) // settled twice: counts once
+	if signalled() {
+		t.Fatal("one finished delivery of a window of four signalled a full window")
+	}
+	a.settle(1, true)
+	if !signalled() {
+		t.Fatal("half the window finished, and no flush was asked for")
+	}
+	if got := fmt.Sprint(a.ops()); got != "[{2 true false}]" {
+		t.Fatalf("ops = %s", got)
+	}
+	a.settle(3, true)
+	if signalled() || a.finished != 1 {
+		t.Fatalf("after the flush, one more finished delivery signalled a full window (finished %d)", a.finished)
+	}
+}

@@ -272,7 +272,7 @@ func (c *Consumer) consume(ctx context.Context, sem chan struct{}, inflight *syn
 	// cancel it: running handlers may finish and be acked.
 	chCtx, cancelCh := context.WithCancelCause(context.WithoutCancel(ctx))
 	defer cancelCh(errors.New("delivery channel closed"))
-	acks := newAcker(ch)
+	acks := newAcker(ch, c.cfg.Prefetch)
 	// Registered after ch.Close, so it runs before: the last acks go out
 	// on the open channel.
 	defer acks.stop()
