@@ -188,7 +188,12 @@ func (r *Relay) Run(ctx context.Context) {
 		}
 		select {
 		case <-ctx.Done():
-			r.markWaiting(context.WithoutCancel(ctx))
+			mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			if err := r.markWaiting(mctx); err != nil {
+				// Those rows are published again after the lease.
+				r.log.Warn("mark published rows at shutdown", "rows", len(r.marks), "err", err)
+			}
+			cancel()
 			return
 		case <-r.wake:
 		case <-tick.C:
@@ -199,20 +204,16 @@ func (r *Relay) Run(ctx context.Context) {
 	}
 }
 
-// markWaiting marks the rows whose marks wait for the next claim, at a
-// shutdown. It logs what it could not mark: those rows are published again
-// after the lease.
-func (r *Relay) markWaiting(ctx context.Context) {
+// markWaiting marks the rows whose marks wait for the next claim.
+func (r *Relay) markWaiting(ctx context.Context) error {
 	if len(r.marks) == 0 {
-		return
+		return nil
 	}
-	mctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	if _, err := r.pool.Exec(mctx, markPublished, r.marks); err != nil {
-		r.log.Warn("mark published rows", "rows", len(r.marks), "err", err)
-		return
+	if _, err := r.pool.Exec(ctx, markPublished, r.marks); err != nil {
+		return fmt.Errorf("mark published: %w", err)
 	}
 	r.marks = r.marks[:0]
+	return nil
 }
 
 // Flush publishes every row that is due, for a graceful shutdown. It stops
@@ -224,17 +225,9 @@ func (r *Relay) Flush(ctx context.Context) error {
 			return err
 		}
 		if n < r.batch() {
-			break
+			return r.markWaiting(ctx)
 		}
 	}
-	if len(r.marks) == 0 {
-		return nil
-	}
-	if _, err := r.pool.Exec(ctx, markPublished, r.marks); err != nil {
-		return fmt.Errorf("mark published: %w", err)
-	}
-	r.marks = r.marks[:0]
-	return nil
 }
 
 // markPublished marks the rows $1 published.
