@@ -39,7 +39,7 @@ type Config struct {
 
 	// The outbox relay's batching and the clean-up of the outbox and inbox
 	// tables (internal/outbox).
-	OutboxLinger    time.Duration `envconfig:"OUTBOX_LINGER" default:"20ms"`
+	OutboxLinger    time.Duration `envconfig:"OUTBOX_LINGER" default:"50ms"`
 	OutboxCleanup   time.Duration `envconfig:"OUTBOX_CLEANUP_INTERVAL" default:"1m"`
 	OutboxRetention time.Duration `envconfig:"OUTBOX_RETENTION" default:"24h"`
 	InboxRetention  time.Duration `envconfig:"INBOX_RETENTION" default:"168h"`

@@ -130,7 +130,7 @@ type Relay struct {
 // NewRelay returns a relay with default settings.
 func NewRelay(pool *pgxpool.Pool, pub *events.Publisher, log *slog.Logger) *Relay {
 	return &Relay{pool: pool, pub: pub, log: log, wake: make(chan struct{}, 1),
-		Poll: time.Second, Batch: 200, Retention: 24 * time.Hour, Linger: 20 * time.Millisecond, MarkDelay: 200 * time.Millisecond,
+		Poll: time.Second, Batch: 200, Retention: 24 * time.Hour, Linger: 50 * time.Millisecond, MarkDelay: 200 * time.Millisecond,
 		PublishTimeout: events.CallTimeout, CleanupInterval: time.Minute, InboxRetention: 7 * 24 * time.Hour}
 }
 
