@@ -281,6 +281,8 @@ func (r *Relay) publishBatch(ctx context.Context) (int, error) {
 	// rows it marks are leased, so it cannot claim them too.
 	marks := r.marks
 	if marks == nil {
+		// A nil slice goes as NULL, and NOT id = ANY(NULL) is NULL: the
+		// claim would take nothing.
 		marks = []int64{}
 	}
 	rows, err := r.pool.Query(dbctx, `

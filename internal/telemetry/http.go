@@ -65,7 +65,7 @@ func Middleware(m *Metrics) func(http.Handler) http.Handler {
 				traced.ServeHTTP(w, r)
 				return
 			}
-			// No spans are recorded: otelhttp's wrapping (a fifth of the
+			// No spans are recorded: otelhttp's wrapping (a tenth of the
 			// gateway's CPU per request) buys nothing but the caller's
 			// trace context, which is carried on by hand.
 			routed.ServeHTTP(w, r.WithContext(extract(r.Context(), r.Header)))

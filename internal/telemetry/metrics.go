@@ -271,7 +271,7 @@ func (m *Metrics) RegisterOutbox(query func(ctx context.Context) (OutboxStats, e
 	m.reg.MustRegister(&outboxCollector{
 		query:   query,
 		pending: prometheus.NewDesc(Namespace+"_outbox_pending_rows", "Outbox rows not yet published.", nil, nil),
-		age:     prometheus.NewDesc(Namespace+"_outbox_oldest_pending_age_seconds", "Age of the oldest outbox row not yet published (0 when none): the relay's lag.", nil, nil),
+		age:     prometheus.NewDesc(Namespace+"_outbox_oldest_pending_age_seconds", "Age of the oldest outbox row not yet marked published (0 when none): the relay's lag.", nil, nil),
 		errors: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: Namespace, Subsystem: "outbox", Name: "scrape_errors_total",
 			Help: "Scrapes in which the outbox could not be queried.",
