@@ -35,6 +35,12 @@ type Config struct {
 	// reuses, one mail at a time each.
 	SMTPSessions int `envconfig:"SMTP_SESSIONS" default:"16"`
 
+	// PublishLinger is the least time between the starts of two batches
+	// of EmailSent and EmailFailed publishes (events.Batcher.Linger):
+	// after an idle spell an announce goes at once, while mails keep
+	// going out they gather and share one confirm round trip.
+	PublishLinger time.Duration `envconfig:"PUBLISH_LINGER" default:"50ms"`
+
 	Prefetch       int           `envconfig:"CONSUMER_PREFETCH" default:"600"`
 	Concurrency    int           `envconfig:"CONSUMER_CONCURRENCY" default:"600"`
 	MaxAttempts    int           `envconfig:"CONSUMER_MAX_ATTEMPTS" default:"5"`

@@ -335,3 +335,51 @@ func TestWatchAsksAgainForAMissingMail(t *testing.T) {
 	}
 	created.None(time.Second) // settled: no more asks
 }
+
+// An order settles when its status and its mail step are both in, in
+// either order, and only then: the mail step alone leaves a pending order
+// unsettled (and pending), the payment result alone leaves it unsettled,
+// and a mail that came before the result settles the order once the
+// result comes. A mail of another kind does not settle it.
+func TestSettlesWhenStatusAndMailAreIn(t *testing.T) {
+	t.Parallel()
+	s := startSaga(t)
+	settled := func(id int64) bool {
+		return count(t, s.svc.DBURL, fmt.Sprintf(`SELECT count(*) FROM orders WHERE id = %d AND settled`, id)) == 1
+	}
+	mail := func(o Order, kind string) events.EmailSent {
+		return events.EmailSent{Meta: events.NewMeta(events.TypeEmailSent, time.Now()), OrderID: o.ID, Kind: kind,
+			To: o.UserEmail, MessageID: fmt.Sprintf("<%d.%s@test>", o.ID, kind)}
+	}
+
+	resultFirst := s.checkout(t)
+	s.waitHandled(t, s.publish(t, processed(resultFirst)))
+	if settled(resultFirst.ID) {
+		t.Fatal("settled with its payment result alone")
+	}
+	s.waitHandled(t, s.publish(t, mail(resultFirst, events.MailPaymentFailed)))
+	if settled(resultFirst.ID) {
+		t.Fatal("a paid order settled by a payment-failed notice")
+	}
+	s.waitHandled(t, s.publish(t, mail(resultFirst, events.MailConfirmation)))
+	if !settled(resultFirst.ID) {
+		t.Fatal("a paid order with its confirmation sent is not settled")
+	}
+
+	mailFirst := s.checkout(t)
+	s.waitHandled(t, s.publish(t, mail(mailFirst, events.MailConfirmation)))
+	if o := s.get(t, mailFirst.ID); settled(mailFirst.ID) || o.Status != StatusPending || !slices.Contains(o.steps(), StepConfirmationSent) {
+		t.Fatalf("after the mail alone: settled %v, %s %v; want unsettled, pending, the mail step recorded", settled(mailFirst.ID), o.Status, o.steps())
+	}
+	s.waitHandled(t, s.publish(t, processed(mailFirst)))
+	if o := s.get(t, mailFirst.ID); !settled(mailFirst.ID) || o.Status != StatusPaid {
+		t.Fatalf("after the mail, then the result: settled %v, %s %v; want settled and paid", settled(mailFirst.ID), o.Status, o.steps())
+	}
+
+	failedFirst := s.checkout(t)
+	s.waitHandled(t, s.publish(t, mail(failedFirst, events.MailPaymentFailed)))
+	s.waitHandled(t, s.publish(t, failed(failedFirst)))
+	if o := s.get(t, failedFirst.ID); !settled(failedFirst.ID) || o.Status != StatusPaymentFailed {
+		t.Fatalf("after the failure notice, then the failure: settled %v, %s %v", settled(failedFirst.ID), o.Status, o.steps())
+	}
+}

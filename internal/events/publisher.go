@@ -285,10 +285,17 @@ type Batcher struct {
 	pub *Publisher
 	// Timeout bounds one batch's publish and confirms (default 10 s).
 	Timeout time.Duration
+	// Linger is the least time between the starts of two batches, as the
+	// outbox relay's: after an idle spell a message goes at once; while
+	// messages keep coming, they gather for up to Linger and go out
+	// together, one write and one confirm round trip for many. 0: a batch
+	// is whatever arrived while the last one waited for its confirms.
+	Linger time.Duration
 
-	mu    sync.Mutex
-	queue []*batched
-	busy  bool
+	mu        sync.Mutex
+	queue     []*batched
+	busy      bool
+	lastStart time.Time // of the last batch; only flush uses it
 }
 
 type batched struct {
@@ -325,6 +332,14 @@ func (b *Batcher) Publish(ctx context.Context, m Message) error {
 func (b *Batcher) flush() {
 	for {
 		b.mu.Lock()
+		waiting := len(b.queue)
+		b.mu.Unlock()
+		// A full batch goes at once; a smaller one waits out the rest of
+		// Linger since the last batch started, gathering what comes.
+		if wait := b.Linger - time.Since(b.lastStart); wait > 0 && waiting < MaxBatch {
+			time.Sleep(wait)
+		}
+		b.mu.Lock()
 		n := min(len(b.queue), MaxBatch)
 		if n == 0 {
 			b.busy = false
@@ -352,6 +367,7 @@ func (b *Batcher) flush() {
 		for i, req := range batch {
 			msgs[i] = req.msg
 		}
+		b.lastStart = time.Now()
 		ctx, cancel := context.WithTimeout(context.Background(), b.Timeout)
 		results, err := b.pub.Publish(ctx, msgs)
 		cancel()

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -131,21 +133,29 @@ func TestPublishSurvivesConnectionLossMidBatch(t *testing.T) {
 	}
 }
 
+// runPublisher runs a broker connection on a fresh vhost, with a
+// Publisher on it and a queue bound to testKey, until the test ends.
+func runPublisher(t *testing.T) (url string, q *testenv.Queue, b *events.Broker, pub *events.Publisher) {
+	t.Helper()
+	url = testenv.VHost(t)
+	q = testenv.Watch(t, url, testKey)
+	ctx, cancel := context.WithCancel(context.Background())
+	b = events.NewBroker(url, web.NewLogger(io.Discard, "error", "json", "test"))
+	done := make(chan struct{})
+	go func() { b.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	pub = events.NewPublisher(b)
+	t.Cleanup(pub.Close)
+	return url, q, b, pub
+}
+
 // Concurrent callers of a Batcher each get their own message's outcome: the
 // routable ones are confirmed and delivered once each, the one no queue is
 // bound for comes back as unroutable.
 func TestBatcherConcurrentPublishes(t *testing.T) {
 	t.Parallel()
-	url := testenv.VHost(t)
-	q := testenv.Watch(t, url, testKey)
+	url, q, b, pub := runPublisher(t)
 	log := web.NewLogger(io.Discard, "error", "json", "test")
-	ctx, cancel := context.WithCancel(context.Background())
-	b := events.NewBroker(url, log)
-	done := make(chan struct{})
-	go func() { b.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
-	pub := events.NewPublisher(b)
-	t.Cleanup(pub.Close)
 	batcher := events.NewBatcher(pub)
 
 	// A broker that is not connected (never run here): an error, not a hang.
@@ -185,5 +195,71 @@ func TestBatcherConcurrentPublishes(t *testing.T) {
 		if id := fmt.Sprintf("c-%03d", i); seen[id] != 1 {
 			t.Fatalf("%s delivered %d times", id, seen[id])
 		}
+	}
+}
+
+// A Batcher with a Linger publishes a message that comes after an idle
+// spell at once, and gathers what keeps coming into one batch: here, a
+// first message alone, then 50 sent right after it in one batch of 50 (no
+// linger: the first of them would go alone and the rest after it, three
+// batches at least).
+func TestBatcherLingerGathersWhatComesInABusySpell(t *testing.T) {
+	t.Parallel()
+	_, q, b, pub := runPublisher(t)
+	var mu sync.Mutex
+	var sizes []int // messages sent per batch
+	events.OnSent(pub, func(i int, _ *amqp.DeferredConfirmation) {
+		mu.Lock()
+		defer mu.Unlock()
+		if i == 0 {
+			sizes = append(sizes, 0)
+		}
+		sizes[len(sizes)-1]++
+	})
+	waitFor(t, "broker connection", b.Connected)
+	msg := func(id string) events.Message {
+		return events.Message{ID: id, Type: "Thing", RoutingKey: testKey, Body: []byte(`{}`)}
+	}
+
+	// After an idle spell (here: ever) a message does not wait out the
+	// linger: an hour's linger would outlast the call's 20 s.
+	slow := events.NewBatcher(pub)
+	slow.Linger = time.Hour
+	pctx, pcancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer pcancel()
+	if err := slow.Publish(pctx, msg("first")); err != nil {
+		t.Fatalf("a message after an idle spell: %v (it waited out the linger)", err)
+	}
+
+	batcher := events.NewBatcher(pub)
+	batcher.Linger = 2 * time.Second
+	mu.Lock()
+	sizes = nil
+	mu.Unlock()
+	if err := batcher.Publish(context.Background(), msg("lead")); err != nil {
+		t.Fatal(err)
+	}
+	const n = 50
+	errs := make(chan error, n)
+	for i := range n {
+		go func() { errs <- batcher.Publish(context.Background(), msg(fmt.Sprintf("g-%02d", i))) }()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	mu.Lock()
+	got := slices.Clone(sizes)
+	mu.Unlock()
+	if !slices.Equal(got, []int{1, n}) {
+		t.Fatalf("batch sizes %v, want [1 %d]: what came within the linger should go out together", got, n)
+	}
+	seen := map[string]int{}
+	for _, d := range q.Next(n+2, 30*time.Second) {
+		seen[d.MessageId]++
+	}
+	if len(seen) != n+2 {
+		t.Fatalf("%d distinct messages delivered, want %d", len(seen), n+2)
 	}
 }
