@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/checkout-demo/checkout/internal/batch"
 	"github.com/checkout-demo/checkout/internal/events"
 	"github.com/checkout-demo/checkout/internal/money"
 	"github.com/checkout-demo/checkout/internal/outbox"
@@ -40,6 +41,9 @@ type Store struct {
 	key tokenKey
 	// metrics counts the saga's ends and times the mails (nil: none).
 	metrics *telemetry.Metrics
+
+	advances    batch.Group[SagaEvent, advanced] // Advance's batches
+	advanceInit sync.Once
 }
 
 func (s *Store) bound(ctx context.Context) (context.Context, context.CancelFunc) {
@@ -346,23 +350,16 @@ func selectItems(ctx context.Context, tx pgx.Tx, id int64) ([]Item, error) {
 // happen is not recorded: an event whose status change the order refused
 // (it had ended already) records nothing. It reports whether the event
 // changed the order.
+//
+// Steps that come together (the deliveries of one read: a relay's batch)
+// share one round trip and one commit (advance_orders): each caller waits
+// for its own step's outcome, which is the same as alone.
 func (s *Store) Advance(ctx context.Context, e SagaEvent) (bool, error) {
-	var (
-		payerID     *int64
-		payerEmail  *string
-		payerAmount *money.Amount
-		fresh       bool
-		applied     bool
-		created     *time.Time
-	)
-	if e.Payer != nil {
-		payerID, payerEmail, payerAmount = &e.Payer.UserID, &e.Payer.UserEmail, &e.Payer.Amount
-	}
-	err := postgres.Retry(ctx, func() error {
-		return s.pool.QueryRow(ctx, `SELECT fresh, applied, created FROM advance_order($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
-			e.EventID, e.EventType, e.OrderID, e.To, e.Step, e.At, payerID, payerEmail, payerAmount, settleWhen).
-			Scan(&fresh, &applied, &created)
+	s.advanceInit.Do(func() {
+		s.advances.Run, s.advances.Max, s.advances.Gather = s.advanceBatch, advanceBatchMax, advanceGather
+		s.advances.Timeout = s.timeout
 	})
+	a, err := s.advances.Do(ctx, e)
 	var pe *pgconn.PgError
 	switch {
 	case errors.As(err, &pe) && pe.Code == "P0002":
@@ -371,12 +368,96 @@ func (s *Store) Advance(ctx context.Context, e SagaEvent) (bool, error) {
 		return false, fmt.Errorf("%w: %s", ErrMismatch, pe.Message)
 	case err != nil:
 		return false, fmt.Errorf("advance order: %w", err)
-	case !fresh:
+	case !a.fresh:
 		events.MarkDuplicate(ctx) // counted as a duplicate the inbox dropped
-	case applied:
-		s.observe(e.Step, *created)
+	case a.applied:
+		s.observe(e.Step, *a.created)
 	}
-	return applied, nil
+	return a.applied, nil
+}
+
+// advanceBatchMax is the most steps of one advance_orders call: each step
+// is a subtransaction, and PostgreSQL keeps 64 of them per transaction in
+// its shared memory before snapshots slow down.
+const advanceBatchMax = 32
+
+// advanceGather is how long the first step after an idle spell waits for
+// the rest of its burst: the deliveries of one read reach Advance within a
+// fraction of a millisecond of each other.
+const advanceGather = 2 * time.Millisecond
+
+// advanced is what advance_order said of one event.
+type advanced struct {
+	fresh, applied bool
+	created        *time.Time
+}
+
+func payerArgs(e SagaEvent) (id *int64, email *string, amount *money.Amount) {
+	if e.Payer != nil {
+		return &e.Payer.UserID, &e.Payer.UserEmail, &e.Payer.Amount
+	}
+	return nil, nil, nil
+}
+
+// advanceBatch runs one step with advance_order, several with
+// advance_orders (an error of one step comes back as its PgError).
+func (s *Store) advanceBatch(ctx context.Context, es []SagaEvent) ([]batch.Result[advanced], error) {
+	if len(es) == 1 {
+		var a advanced
+		e := es[0]
+		payerID, payerEmail, payerAmount := payerArgs(e)
+		err := postgres.Retry(ctx, func() error {
+			return s.pool.QueryRow(ctx, `SELECT fresh, applied, created FROM advance_order($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
+				e.EventID, e.EventType, e.OrderID, e.To, e.Step, e.At, payerID, payerEmail, payerAmount, settleWhen).
+				Scan(&a.fresh, &a.applied, &a.created)
+		})
+		return []batch.Result[advanced]{{Out: a, Err: err}}, nil
+	}
+	var (
+		ids, types, tos, steps, emails = make([]string, len(es)), make([]string, len(es)), make([]string, len(es)), make([]string, len(es)), make([]*string, len(es))
+		orders, payers                 = make([]int64, len(es)), make([]*int64, len(es))
+		ats                            = make([]time.Time, len(es))
+		amounts                        = make([]*money.Amount, len(es))
+	)
+	for i, e := range es {
+		ids[i], types[i], orders[i], tos[i], steps[i], ats[i] = e.EventID, e.EventType, e.OrderID, e.To, e.Step, e.At
+		payers[i], emails[i], amounts[i] = payerArgs(e)
+	}
+	results := make([]batch.Result[advanced], len(es))
+	err := postgres.Retry(ctx, func() error {
+		rows, err := s.pool.Query(ctx, `SELECT i, fresh, applied, created, code, message
+			FROM advance_orders($1::uuid[], $2, $3, $4, $5, $6, $7, $8, $9::numeric[], $10)`,
+			ids, types, orders, tos, steps, ats, payers, emails, amounts, settleWhen)
+		if err != nil {
+			return err
+		}
+		var (
+			i             int
+			fresh, appl   *bool
+			code, message *string
+			created       *time.Time
+		)
+		tag, err := pgx.ForEachRow(rows, []any{&i, &fresh, &appl, &created, &code, &message}, func() error {
+			if i < 1 || i > len(es) {
+				return fmt.Errorf("advance_orders returned step %d of %d", i, len(es))
+			}
+			r := &results[i-1]
+			if code != nil {
+				r.Err = &pgconn.PgError{Severity: "ERROR", Code: *code, Message: *message}
+				return nil
+			}
+			r.Out = advanced{fresh: *fresh, applied: *appl, created: created}
+			return nil
+		})
+		if err == nil && tag.RowsAffected() != int64(len(es)) {
+			err = fmt.Errorf("advance_orders returned %d steps of %d", tag.RowsAffected(), len(es))
+		}
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return results, nil
 }
 
 // settleWhen is advance_order's map of an order's end status to the

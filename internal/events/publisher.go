@@ -11,6 +11,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/checkout-demo/checkout/internal/batch"
 	"github.com/checkout-demo/checkout/internal/telemetry"
 	"github.com/checkout-demo/checkout/internal/telemetry/amqptel"
 )
@@ -282,7 +283,7 @@ func (p *Publisher) Close() {
 // alone serves one caller at a time, so N concurrent callers would wait N
 // confirm round trips; through a Batcher they wait about one.
 type Batcher struct {
-	pub *Publisher
+	group batch.Group[Message, struct{}]
 	// Timeout bounds one batch's publish and confirms (default 10 s).
 	Timeout time.Duration
 	// Linger is the least time between the starts of two batches, as the
@@ -291,92 +292,31 @@ type Batcher struct {
 	// together, one write and one confirm round trip for many. 0: a batch
 	// is whatever arrived while the last one waited for its confirms.
 	Linger time.Duration
-
-	mu        sync.Mutex
-	queue     []*batched
-	busy      bool
-	lastStart time.Time // of the last batch; only flush uses it
-}
-
-type batched struct {
-	ctx  context.Context
-	msg  Message
-	done chan error
+	once   sync.Once
 }
 
 // NewBatcher returns a Batcher publishing through p.
-func NewBatcher(p *Publisher) *Batcher { return &Batcher{pub: p, Timeout: 10 * time.Second} }
+func NewBatcher(p *Publisher) *Batcher {
+	b := &Batcher{Timeout: 10 * time.Second}
+	b.group.Max = MaxBatch
+	b.group.Run = func(ctx context.Context, msgs []Message) ([]batch.Result[struct{}], error) {
+		results, err := p.Publish(ctx, msgs)
+		out := make([]batch.Result[struct{}], len(results))
+		for i, r := range results {
+			out[i].Err = r.Err
+		}
+		return out, err
+	}
+	return b
+}
 
 // Publish sends m and waits until the broker confirmed it (nil) or it
 // failed. When ctx ends first the message may still be published.
 func (b *Batcher) Publish(ctx context.Context, m Message) error {
+	b.once.Do(func() { b.group.Timeout, b.group.Linger = b.Timeout, b.Linger })
 	if m.TraceContext == "" {
 		m.TraceContext = telemetry.EncodeTraceContext(ctx) // the batch is published under another context
 	}
-	req := &batched{ctx: ctx, msg: m, done: make(chan error, 1)}
-	b.mu.Lock()
-	b.queue = append(b.queue, req)
-	if !b.busy {
-		b.busy = true
-		go b.flush()
-	}
-	b.mu.Unlock()
-	select {
-	case err := <-req.done:
-		return err
-	case <-ctx.Done():
-		return context.Cause(ctx)
-	}
-}
-
-func (b *Batcher) flush() {
-	for {
-		b.mu.Lock()
-		waiting := len(b.queue)
-		b.mu.Unlock()
-		// A full batch goes at once; a smaller one waits out the rest of
-		// Linger since the last batch started, gathering what comes.
-		if wait := b.Linger - time.Since(b.lastStart); wait > 0 && waiting < MaxBatch {
-			time.Sleep(wait)
-		}
-		b.mu.Lock()
-		n := min(len(b.queue), MaxBatch)
-		if n == 0 {
-			b.busy = false
-			b.mu.Unlock()
-			return
-		}
-		batch := b.queue[:n:n]
-		b.queue = b.queue[n:]
-		b.mu.Unlock()
-
-		// Callers that gave up meanwhile are not published for.
-		live := batch[:0]
-		for _, req := range batch {
-			if err := req.ctx.Err(); err != nil {
-				req.done <- err
-				continue
-			}
-			live = append(live, req)
-		}
-		batch = live
-		if len(batch) == 0 {
-			continue
-		}
-		msgs := make([]Message, len(batch))
-		for i, req := range batch {
-			msgs[i] = req.msg
-		}
-		b.lastStart = time.Now()
-		ctx, cancel := context.WithTimeout(context.Background(), b.Timeout)
-		results, err := b.pub.Publish(ctx, msgs)
-		cancel()
-		for i, req := range batch {
-			if i < len(results) {
-				req.done <- results[i].Err
-			} else {
-				req.done <- err
-			}
-		}
-	}
+	_, err := b.group.Do(ctx, m)
+	return err
 }

@@ -1,0 +1,137 @@
+// Package batch lets many goroutines each ask for one piece of work and
+// wait for its own outcome, while the work is done in batches: one round
+// trip (a statement, a publish and its confirms) for many callers.
+package batch
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+// Result is the outcome of one input of a batch.
+type Result[Out any] struct {
+	Out Out
+	Err error
+}
+
+// Group gathers the calls that come close together into one run of Run.
+// A call that finds the group idle starts a batch at once (after Gather);
+// what comes while a batch is under way goes out together in the next one,
+// which starts no sooner than Linger after the last one started.
+type Group[In, Out any] struct {
+	// Run does a batch's work and returns one result per input, in order;
+	// a shorter slice fails the inputs it leaves out with err. ctx is the
+	// first caller's, without its cancellation, bounded by Timeout.
+	Run func(ctx context.Context, ins []In) (results []Result[Out], err error)
+	// Max is the most inputs of one batch (default 100).
+	Max int
+	// Timeout bounds one batch (default 10 s).
+	Timeout time.Duration
+	// Linger is the least time between the starts of two batches: after
+	// an idle spell a call goes at once, while calls keep coming they
+	// gather for up to Linger. 0: a batch is what came while the last one
+	// was under way.
+	Linger time.Duration
+	// Gather is how long a batch waits for company after an idle spell:
+	// calls that come in a burst (the deliveries of one read) go out
+	// together from the first. 0: the first goes alone at once.
+	Gather time.Duration
+
+	mu        sync.Mutex
+	queue     []*call[In, Out]
+	busy      bool
+	lastStart time.Time // of the last batch; only flush uses it
+}
+
+type call[In, Out any] struct {
+	ctx  context.Context
+	in   In
+	done chan Result[Out]
+}
+
+// Do hands in to the next batch and waits for its result. When ctx ends
+// first the work may still be done.
+func (g *Group[In, Out]) Do(ctx context.Context, in In) (Out, error) {
+	c := &call[In, Out]{ctx: ctx, in: in, done: make(chan Result[Out], 1)}
+	g.mu.Lock()
+	g.queue = append(g.queue, c)
+	if !g.busy {
+		g.busy = true
+		go g.flush()
+	}
+	g.mu.Unlock()
+	select {
+	case r := <-c.done:
+		return r.Out, r.Err
+	case <-ctx.Done():
+		var zero Out
+		return zero, context.Cause(ctx)
+	}
+}
+
+func (g *Group[In, Out]) max() int {
+	if g.Max > 0 {
+		return g.Max
+	}
+	return 100
+}
+
+func (g *Group[In, Out]) flush() {
+	idle := time.Since(g.lastStart) >= g.Linger
+	if idle && g.Gather > 0 {
+		time.Sleep(g.Gather)
+	}
+	for {
+		g.mu.Lock()
+		waiting := len(g.queue)
+		g.mu.Unlock()
+		// A full batch goes at once; a smaller one waits out the rest of
+		// Linger since the last batch started, gathering what comes.
+		if wait := g.Linger - time.Since(g.lastStart); wait > 0 && waiting < g.max() {
+			time.Sleep(wait)
+		}
+		g.mu.Lock()
+		n := min(len(g.queue), g.max())
+		if n == 0 {
+			g.busy = false
+			g.mu.Unlock()
+			return
+		}
+		batch := g.queue[:n:n]
+		g.queue = g.queue[n:]
+		g.mu.Unlock()
+
+		// Callers that gave up meanwhile are not worked for.
+		live := batch[:0]
+		for _, c := range batch {
+			if err := c.ctx.Err(); err != nil {
+				c.done <- Result[Out]{Err: err}
+				continue
+			}
+			live = append(live, c)
+		}
+		if len(live) == 0 {
+			continue
+		}
+		ins := make([]In, len(live))
+		for i, c := range live {
+			ins[i] = c.in
+		}
+		g.lastStart = time.Now()
+		timeout := g.Timeout
+		if timeout <= 0 {
+			timeout = 10 * time.Second
+		}
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(live[0].ctx), timeout)
+		results, err := g.Run(ctx, ins)
+		cancel()
+		for i, c := range live {
+			if i < len(results) {
+				c.done <- results[i]
+			} else {
+				c.done <- Result[Out]{Err: err}
+			}
+		}
+	}
+}

@@ -1,0 +1,170 @@
+package batch
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+)
+
+// recorder is a Group's Run that records the batches it was given and
+// doubles each input.
+type recorder struct {
+	mu      sync.Mutex
+	batches [][]int
+	release chan struct{} // when set, a batch waits for it
+}
+
+func (r *recorder) run(_ context.Context, ins []int) ([]Result[int], error) {
+	r.mu.Lock()
+	r.batches = append(r.batches, slices.Clone(ins))
+	release := r.release
+	r.mu.Unlock()
+	if release != nil {
+		<-release
+	}
+	out := make([]Result[int], len(ins))
+	for i, in := range ins {
+		out[i].Out = 2 * in
+	}
+	return out, nil
+}
+
+func (r *recorder) sizes() []int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var s []int
+	for _, b := range r.batches {
+		s = append(s, len(b))
+	}
+	return s
+}
+
+// Every caller gets its own input's result, and what comes while a batch
+// is under way goes out together in the next: here one call alone, then
+// the 20 that came while it ran in one batch.
+func TestGroupGathersWhatComesWhileABatchRuns(t *testing.T) {
+	r := &recorder{release: make(chan struct{})}
+	g := &Group[int, int]{Run: r.run}
+	first := make(chan error, 1)
+	go func() {
+		out, err := g.Do(context.Background(), 1)
+		if err == nil && out != 2 {
+			err = errors.New("first call: wrong result")
+		}
+		first <- err
+	}()
+	waitFor(t, func() bool { return len(r.sizes()) == 1 })
+	var wg sync.WaitGroup
+	errs := make(chan error, 20)
+	for i := range 20 {
+		wg.Go(func() {
+			if out, err := g.Do(context.Background(), 100+i); err != nil || out != 2*(100+i) {
+				errs <- errors.New("a gathered call got another's result or an error")
+			}
+		})
+	}
+	waitFor(t, func() bool { g.mu.Lock(); defer g.mu.Unlock(); return len(g.queue) == 20 })
+	close(r.release)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	if got := r.sizes(); !slices.Equal(got, []int{1, 20}) {
+		t.Fatalf("batch sizes %v, want [1 20]", got)
+	}
+}
+
+// With Gather, calls that come in a burst after an idle spell go out in
+// one batch from the first; Max splits what is more.
+func TestGroupGatherAndMax(t *testing.T) {
+	r := &recorder{}
+	g := &Group[int, int]{Run: r.run, Gather: time.Second, Max: 8}
+	var wg sync.WaitGroup
+	for i := range 10 {
+		wg.Go(func() {
+			if _, err := g.Do(context.Background(), i); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if got := r.sizes(); !slices.Equal(got, []int{8, 2}) {
+		t.Fatalf("batch sizes %v, want [8 2]: a burst gathered, split at Max", got)
+	}
+}
+
+// A caller that gave up before its batch started is not worked for, and a
+// Run that returns fewer results fails the rest with its error.
+func TestGroupSkipsCallersThatGaveUpAndFailsWhatRunLeftOut(t *testing.T) {
+	boom := errors.New("boom")
+	var (
+		mu  sync.Mutex
+		got [][]int
+	)
+	runs := func() int { mu.Lock(); defer mu.Unlock(); return len(got) }
+	release := make(chan struct{})
+	g := &Group[int, int]{Run: func(_ context.Context, ins []int) ([]Result[int], error) {
+		mu.Lock()
+		got = append(got, slices.Clone(ins))
+		n := len(got)
+		mu.Unlock()
+		if n == 1 {
+			<-release
+			return []Result[int]{{Out: 1}}, nil
+		}
+		return []Result[int]{{Out: ins[0]}}, boom
+	}}
+	firstDone := make(chan struct{})
+	go func() { defer close(firstDone); _, _ = g.Do(context.Background(), 0) }()
+	waitFor(t, func() bool { g.mu.Lock(); defer g.mu.Unlock(); return g.busy && len(g.queue) == 0 && runs() == 1 })
+
+	gone, cancel := context.WithCancel(context.Background())
+	goneErr := make(chan error, 1)
+	go func() { _, err := g.Do(gone, 1); goneErr <- err }()
+	type res struct {
+		out int
+		err error
+	}
+	results := make(chan res, 2)
+	for _, in := range []int{2, 3} {
+		waitFor(t, func() bool { g.mu.Lock(); defer g.mu.Unlock(); return len(g.queue) >= in-1 })
+		go func() { out, err := g.Do(context.Background(), in); results <- res{out, err} }()
+	}
+	waitFor(t, func() bool { g.mu.Lock(); defer g.mu.Unlock(); return len(g.queue) == 3 })
+	cancel()
+	if err := <-goneErr; !errors.Is(err, context.Canceled) {
+		t.Fatalf("the caller that gave up got %v", err)
+	}
+	close(release)
+	<-firstDone
+	a, b := <-results, <-results
+	if a.err != nil {
+		a, b = b, a
+	}
+	if a.err != nil || a.out != 2 || !errors.Is(b.err, boom) {
+		t.Fatalf("results %+v and %+v: want 2 for the first input and the batch's error for the one Run left out", a, b)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got) != 2 || !slices.Equal(got[1], []int{2, 3}) {
+		t.Fatalf("batches %v: the caller that gave up should not be in the second", got)
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not reached")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}

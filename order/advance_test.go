@@ -1,0 +1,153 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/checkout-demo/checkout/internal/money"
+	"github.com/checkout-demo/checkout/internal/postgres"
+	"github.com/checkout-demo/checkout/internal/testenv"
+	"github.com/checkout-demo/checkout/order/migrations"
+)
+
+func testStore(t *testing.T) *Store {
+	t.Helper()
+	db, err := postgres.Open(testenv.Database(t), 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(db.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	store := &Store{pool: db.Pool, timeout: 10 * time.Second}
+	if err := db.Prepare(ctx, migrations.FS, testLogger(t), store.checkIDBlock); err != nil {
+		t.Fatal(err)
+	}
+	return store
+}
+
+func (s *Store) testOrder(t *testing.T, email string) Order {
+	t.Helper()
+	price, _ := money.Parse("10.00")
+	o, _, err := s.Create(context.Background(), NewOrder{UserID: 7, UserEmail: email, Items: []Item{{ProductID: 1, Quantity: 1, Price: price}}, Total: price}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return o
+}
+
+func paidStep(o Order) SagaEvent {
+	return SagaEvent{EventID: uuid.NewString(), EventType: "PaymentProcessed", OrderID: o.ID, To: StatusPaid, Step: StepPaid,
+		At: time.Now(), Payer: &Payer{UserID: o.UserID, UserEmail: o.UserEmail, Amount: o.TotalAmount}}
+}
+
+// Several steps in one advance_orders call each get the outcome they get
+// alone: applied, a duplicate of one in the same batch, an unknown order, a
+// payer that is not the order's (which changes nothing), a mail step; and
+// the errors of some do not undo the others.
+func TestAdvanceStepsTogether(t *testing.T) {
+	t.Parallel()
+	s := testStore(t)
+	a, b, c := s.testOrder(t, "a@example.com"), s.testOrder(t, "b@example.com"), s.testOrder(t, "c@example.com")
+	paidA := paidStep(a)
+	wrongB := paidStep(b)
+	wrongB.Payer.UserEmail = "someone@example.com"
+	unknown := paidStep(c)
+	unknown.OrderID = c.ID + 1000
+	mailC := SagaEvent{EventID: uuid.NewString(), EventType: "EmailSent", OrderID: c.ID, Step: StepConfirmationSent, At: time.Now()}
+	steps := []SagaEvent{mailC, paidA, wrongB, paidA, unknown, paidStep(c)}
+
+	results, err := s.advanceBatch(context.Background(), steps)
+	if err != nil || len(results) != len(steps) {
+		t.Fatalf("advanceBatch: %d results, %v", len(results), err)
+	}
+	code := func(i int) string {
+		var pe interface{ SQLState() string }
+		if errors.As(results[i].Err, &pe) {
+			return pe.SQLState()
+		}
+		return ""
+	}
+	if r := results[0]; r.Err != nil || !r.Out.fresh || !r.Out.applied {
+		t.Errorf("the mail step: %+v", r)
+	}
+	if r := results[1]; r.Err != nil || !r.Out.fresh || !r.Out.applied || r.Out.created == nil || !r.Out.created.Equal(a.CreatedAt) {
+		t.Errorf("the payment of a: %+v", r)
+	}
+	if code(2) != "CK001" {
+		t.Errorf("the payment of b by someone else: %+v, want CK001", results[2])
+	}
+	if r := results[3]; r.Err != nil || r.Out.fresh || r.Out.applied {
+		t.Errorf("the payment of a again (same event): %+v, want not fresh", r)
+	}
+	if code(4) != "P0002" {
+		t.Errorf("an unknown order: %+v, want P0002", results[4])
+	}
+	if r := results[5]; r.Err != nil || !r.Out.applied {
+		t.Errorf("the payment of c: %+v", r)
+	}
+	ctx := context.Background()
+	for _, tt := range []struct {
+		o       Order
+		status  string
+		steps   int
+		settled bool
+	}{{a, StatusPaid, 2, false}, {b, StatusPending, 1, false}, {c, StatusPaid, 3, true}} {
+		got, err := s.Get(ctx, tt.o.ID)
+		var settled bool
+		if err == nil {
+			err = s.pool.QueryRow(ctx, `SELECT settled FROM orders WHERE id = $1`, tt.o.ID).Scan(&settled)
+		}
+		if err != nil || got.Status != tt.status || len(got.Timeline) != tt.steps || settled != tt.settled {
+			t.Errorf("order %s: %s %v settled %v (%v), want %s with %d steps, settled %v",
+				tt.o.UserEmail, got.Status, got.steps(), settled, err, tt.status, tt.steps, tt.settled)
+		}
+	}
+	var claimed int
+	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM inbox WHERE event_id = ANY($1::uuid[])`,
+		[]string{wrongB.EventID, unknown.EventID}).Scan(&claimed); err != nil || claimed != 0 {
+		t.Errorf("refused steps left %d inbox claims (%v), want none", claimed, err)
+	}
+}
+
+// Concurrent Advance calls (a burst of deliveries) each get their own
+// outcome through the batches: every order paid once, the errors theirs.
+func TestAdvanceConcurrentCallers(t *testing.T) {
+	t.Parallel()
+	s := testStore(t)
+	const n = 40
+	orders := make([]Order, n)
+	for i := range orders {
+		orders[i] = s.testOrder(t, "x@example.com")
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 2*n)
+	for _, o := range orders {
+		wg.Go(func() {
+			if applied, err := s.Advance(context.Background(), paidStep(o)); err != nil || !applied {
+				errs <- errors.Join(err, errors.New("a payment was not applied"))
+			}
+		})
+		wg.Go(func() {
+			e := paidStep(o)
+			e.OrderID = -o.ID
+			if _, err := s.Advance(context.Background(), e); !errors.Is(err, ErrNotFound) {
+				errs <- errors.Join(err, errors.New("an unknown order was not ErrNotFound"))
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	var paid int
+	if err := s.pool.QueryRow(context.Background(), `SELECT count(*) FROM orders WHERE status = 'paid'`).Scan(&paid); err != nil || paid != n {
+		t.Fatalf("%d orders paid (%v), want %d", paid, err, n)
+	}
+}
