@@ -1,15 +1,19 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/checkout-demo/checkout/internal/batch"
 	"github.com/checkout-demo/checkout/internal/events"
 	"github.com/checkout-demo/checkout/internal/inbox"
 	"github.com/checkout-demo/checkout/internal/outbox"
@@ -25,6 +29,36 @@ type Store struct {
 	// ready reports whether the schema is in place; until then every call
 	// fails with postgres.ErrNotReady (a 503), not with a missing table.
 	ready func() bool
+
+	// Intents and results that come together (the deliveries of one read,
+	// the charges that end together) go in one pipeline: one round trip
+	// and one commit for many (pipeline).
+	intents  batch.Group[events.OrderCreated, intended]
+	finishes batch.Group[finishing, bool]
+	initOnce sync.Once
+}
+
+// init sets up the groups of the statements that go in pipelines.
+func (s *Store) init() {
+	s.initOnce.Do(func() {
+		s.intents.Run, s.intents.Max, s.intents.Gather = s.intendBatch, pipelineMax, pipelineGather
+		s.finishes.Run, s.finishes.Max, s.finishes.Gather = s.finishBatch, pipelineMax, pipelineGather
+	})
+}
+
+// pipelineMax is the most statements of one pipeline.
+const pipelineMax = 32
+
+// pipelineGather is how long the first call after an idle spell waits for
+// the rest of its burst: the deliveries of one read, and the charges they
+// started, come within a fraction of a millisecond of each other.
+const pipelineGather = 2 * time.Millisecond
+
+// pipeline runs b's statements in one round trip. They run in one implicit
+// transaction: one commit for all, and an error fails them all (nothing is
+// written), which the caller sees as every statement's error.
+func (s *Store) pipeline(ctx context.Context, b *pgx.Batch) error {
+	return postgres.Retry(ctx, func() error { return s.pool.SendBatch(ctx, b).Close() })
 }
 
 func (s *Store) check() error {
@@ -82,15 +116,10 @@ func (s *Store) Intend(ctx context.Context, ev events.OrderCreated) (Payment, in
 	if items == nil {
 		items = []events.Item{}
 	}
-	var (
-		fresh, inserted bool
-		p               Payment
-	)
-	err := postgres.Retry(ctx, func() (err error) {
-		p, err = scanPayment(s.pool.QueryRow(ctx, `SELECT * FROM intend_payment($1, $2, $3, $4, $5, $6, $7)`,
-			ev.EventID, ev.EventType, ev.OrderID, ev.UserID, ev.UserEmail, ev.TotalAmount, items), &fresh, &inserted)
-		return err
-	})
+	s.init()
+	ev.Items = items
+	in, err := s.intents.Do(ctx, ev)
+	fresh, inserted, p := in.fresh, in.inserted, in.p
 	if err != nil {
 		return Payment{}, intentNothing, fmt.Errorf("insert payment intent: %w", err)
 	}
@@ -106,6 +135,43 @@ func (s *Store) Intend(ctx context.Context, ev events.OrderCreated) (Payment, in
 		return p, intentAnswered, s.answerAgain(ctx, ev)
 	}
 	return p, intentNothing, nil
+}
+
+// byOrder is the indexes 0..n-1 in the order of their order ids: the
+// pipelines of two replicas take their rows' locks in the same order, so
+// they never wait on each other in a circle.
+func byOrder(n int, orderID func(int) int64) []int {
+	idx := make([]int, n)
+	for i := range idx {
+		idx[i] = i
+	}
+	slices.SortStableFunc(idx, func(a, b int) int { return cmp.Compare(orderID(a), orderID(b)) })
+	return idx
+}
+
+// intended is what intend_payment said.
+type intended struct {
+	fresh, inserted bool
+	p               Payment
+}
+
+// intendBatch writes the intents of evs in one pipeline.
+func (s *Store) intendBatch(ctx context.Context, evs []events.OrderCreated) ([]batch.Result[intended], error) {
+	out := make([]batch.Result[intended], len(evs))
+	b := &pgx.Batch{}
+	for _, i := range byOrder(len(evs), func(i int) int64 { return evs[i].OrderID }) {
+		ev := evs[i]
+		b.Queue(`SELECT * FROM intend_payment($1, $2, $3, $4, $5, $6, $7)`,
+			ev.EventID, ev.EventType, ev.OrderID, ev.UserID, ev.UserEmail, ev.TotalAmount, ev.Items).QueryRow(func(row pgx.Row) error {
+			r := &out[i]
+			r.Out.p, r.Err = scanPayment(row, &r.Out.fresh, &r.Out.inserted)
+			return r.Err
+		})
+	}
+	if err := s.pipeline(ctx, b); err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 // answerAgain claims an event that asks for a result the order has, and
@@ -194,21 +260,42 @@ func (s *Store) finishAtOnce(ctx context.Context, p Payment, d Decision) (Paymen
 	if err != nil {
 		return p, false, err
 	}
-	args := outbox.Row(ctx, m)
-	args["order_id"], args["status"], args["reason"], args["ref"] = p.OrderID, p.Status, p.Reason, p.ProviderRef
-	var tag pgconn.CommandTag
-	err = postgres.Retry(ctx, func() (err error) {
-		tag, err = s.pool.Exec(ctx, `
-		WITH p AS (
-			UPDATE payments SET status = @status, reason = nullif(@reason, ''), provider_ref = nullif(@ref, ''), updated_at = now()
-			WHERE order_id = @order_id AND status = 'charging' AND cancelled_at IS NULL RETURNING 1
-		) `+outbox.InsertFrom("p"), args)
-		return err
-	})
+	s.init()
+	changed, err := s.finishes.Do(ctx, finishing{args: outbox.Row(ctx, m), p: p})
 	if err != nil {
 		return p, false, fmt.Errorf("record payment: %w", err)
 	}
-	return p, tag.RowsAffected() == 1, nil
+	return p, changed, nil
+}
+
+// finishing is one finishAtOnce: the payment's new state and its event.
+type finishing struct {
+	args pgx.NamedArgs // outbox.Row's, for the event
+	p    Payment
+}
+
+// finishBatch records the results of fs in one pipeline; each reports
+// whether its payment was charging and not cancelled (and so recorded).
+func (s *Store) finishBatch(ctx context.Context, fs []finishing) ([]batch.Result[bool], error) {
+	out := make([]batch.Result[bool], len(fs))
+	b := &pgx.Batch{}
+	for _, i := range byOrder(len(fs), func(i int) int64 { return fs[i].p.OrderID }) {
+		args := fs[i].args
+		f := fs[i]
+		args["order_id"], args["status"], args["reason"], args["ref"] = f.p.OrderID, f.p.Status, f.p.Reason, f.p.ProviderRef
+		b.Queue(`
+		WITH p AS (
+			UPDATE payments SET status = @status, reason = nullif(@reason, ''), provider_ref = nullif(@ref, ''), updated_at = now()
+			WHERE order_id = @order_id AND status = 'charging' AND cancelled_at IS NULL RETURNING 1
+		) `+outbox.InsertFrom("p"), args).Exec(func(tag pgconn.CommandTag) error {
+			out[i].Out = tag.RowsAffected() == 1
+			return nil
+		})
+	}
+	if err := s.pipeline(ctx, b); err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 // Cancel applies an OrderCancelled: a succeeded charge is refunded (and
