@@ -82,16 +82,25 @@ func (a Amount) Add(b Amount) (Amount, error) {
 
 // String formats the amount with exactly two decimal places.
 func (a Amount) String() string {
-	sign := ""
+	return string(a.append(make([]byte, 0, 24)))
+}
+
+// append adds the amount's String to b: on every event and statement
+// argument, so without fmt.
+func (a Amount) append(b []byte) []byte {
+	u := uint64(a)
 	if a < 0 {
-		sign, a = "-", -a
+		b, u = append(b, '-'), uint64(-a) // -MinInt64 wraps to its own magnitude
 	}
-	return fmt.Sprintf("%s%d.%02d", sign, a/100, a%100)
+	b = strconv.AppendUint(b, u/100, 10)
+	cents := u % 100
+	return append(b, '.', byte('0'+cents/10), byte('0'+cents%10))
 }
 
 // MarshalJSON writes the amount as a decimal string.
 func (a Amount) MarshalJSON() ([]byte, error) {
-	return []byte(`"` + a.String() + `"`), nil
+	b := append(make([]byte, 0, 26), '"')
+	return append(a.append(b), '"'), nil
 }
 
 // UnmarshalJSON reads a decimal string; a JSON number is refused so that no

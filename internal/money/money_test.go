@@ -3,6 +3,7 @@ package money
 import (
 	"encoding/json"
 	"errors"
+	"math"
 	"testing"
 )
 
@@ -91,4 +92,20 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("round trip of %q: %v %d != %d", s, err, back, a)
 		}
 	})
+}
+
+// String writes cents as a decimal with two places, a sign for a negative
+// amount (the sum of refunds, a difference), and the extremes whole.
+func TestAmountString(t *testing.T) {
+	for a, want := range map[Amount]string{
+		0: "0.00", 5: "0.05", 10: "0.10", 129999: "1299.99", 100: "1.00", -1: "-0.01", -12345: "-123.45",
+		math.MaxInt64: "92233720368547758.07", math.MinInt64: "-92233720368547758.08",
+	} {
+		if got := a.String(); got != want {
+			t.Errorf("Amount(%d).String() = %q, want %q", int64(a), got, want)
+		}
+		if b, _ := a.MarshalJSON(); string(b) != `"`+want+`"` {
+			t.Errorf("Amount(%d).MarshalJSON() = %s", int64(a), b)
+		}
+	}
 }
