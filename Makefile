@@ -4,7 +4,7 @@ GO       ?= go
 # The same flags as the Dockerfiles' build stage.
 BUILD_FLAGS := -trimpath -ldflags="-s -w"
 
-.PHONY: all build run test test-short deps lint bench cost loadtest fault dlq dlq-replay fmt clean help
+.PHONY: all build run test test-short deps lint bench cost knee loadtest fault dlq dlq-replay fmt clean help
 
 all: build
 
@@ -50,6 +50,11 @@ bench: deps build
 COST_ARGS ?= -rate 80 -duration 60s
 cost: deps build
 	$(GO) run ./loadtest -cost $(COST_ARGS)
+
+## knee: the highest sustainable rate, saga included, of bin/ started on scratch state (KNEE_ARGS="-bin <another build's bin>" for an A/B)
+KNEE_ARGS ?=
+knee: deps build
+	$(GO) run ./loadtest -knee -scratch -env LOG_LEVEL=warn $(KNEE_ARGS)
 
 ## fault: the long fault run: 2000+ checkouts, 11 faults, real RabbitMQ and PostgreSQL restarts
 ## (it stops and starts the machine's RabbitMQ and PostgreSQL: run it alone)

@@ -43,6 +43,10 @@ type Config struct {
 
 	Knee Knee
 	Cost CostConfig
+	// Scratch starts the services from Cost.Bin (with Cost.Env) against
+	// fresh state and aims the scenario at them: figures that compare from
+	// run to run, and two builds measured back to back.
+	Scratch bool
 
 	// OnLoad, when set, is called as the load starts (cost mode's CPU window).
 	OnLoad func(start time.Time)
@@ -121,11 +125,12 @@ func parseFlags(args []string, out io.Writer) (Config, error) {
 	fs.BoolVar(&c.Knee.Confirm, "knee-confirm", true, "knee: try a breaking step again; it breaks only if it breaks twice")
 	fs.DurationVar(&c.Knee.DrainBudget, "knee-drain", 2*time.Minute, "knee: the longest wait for the backlog between steps")
 	fs.BoolVar(&c.Cost.On, "cost", false, "cost mode: start the services against scratch state, measure CPU per order by component and the floor beside it")
+	fs.BoolVar(&c.Scratch, "scratch", false, "start the four services from -bin against scratch state (fresh databases, vhost and Mailpit, removed at the end) and run the scenario or -knee against them, instead of -target")
 	fs.BoolVar(&c.Cost.Attach, "attach", false, "cost: measure the running `make run` (-target, order_db, payment_db, Mailpit on :1026/:8026) instead of starting the services")
-	fs.StringVar(&c.Cost.Bin, "bin", "bin", "cost, bench: folder of the four binaries")
+	fs.StringVar(&c.Cost.Bin, "bin", "bin", "cost, scratch, bench: folder of the four binaries")
 	fs.StringVar(&c.Cost.Infra.PG, "pg", "postgres://postgres@localhost:5432", "cost, bench: PostgreSQL server (no database)")
 	fs.StringVar(&c.Cost.Infra.AMQP, "amqp", "amqp://guest:guest@localhost:5672", "cost, bench: RabbitMQ (no vhost)")
-	fs.StringVar(&env, "env", "", "cost: extra settings of the started services, KEY=VALUE,… (e.g. PAYMENT_DELAY=100ms)")
+	fs.StringVar(&env, "env", "", "cost, scratch: extra settings of the started services, KEY=VALUE,… (e.g. PAYMENT_DELAY=100ms)")
 	fs.DurationVar(&c.Cost.Warmup, "cost-warmup", 5*time.Second, "cost: the CPU window starts this long after the load (past PAYMENT_DELAY + EMAIL_DELAY)")
 	fs.DurationVar(&c.Cost.Settle, "cost-settle", 11*time.Second, "cost: wait before and after the load for PostgreSQL's statistics (flushed within 10 s)")
 	fs.StringVar(&c.Cost.MailpitAPI, "mailpit-api", "http://127.0.0.1:8026", "cost -attach: Mailpit's API")
@@ -185,6 +190,9 @@ func (c Config) validate() error {
 	}
 	if c.Cost.On && (c.Knee.On || c.Cost.Warmup <= 0 || c.Cost.Warmup+time.Second > c.Duration || c.RabbitAPI == "") {
 		errs = append(errs, errors.New("-cost: needs -duration at least 1 s longer than -cost-warmup, the management API, and no -knee"))
+	}
+	if c.Scratch && c.Cost.On {
+		errs = append(errs, errors.New("-scratch: -cost starts its own system already"))
 	}
 	if c.Knee.On {
 		k := c.Knee

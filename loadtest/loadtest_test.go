@@ -142,15 +142,17 @@ func TestShortRunAccountsForEveryOrder(t *testing.T) {
 
 // The knee search runs end to end on a tiny scale; again, only its
 // consistency is checked.
+// The knee against a system of its own (-scratch: started from the
+// binaries on fresh state, as `make knee` does).
 func TestKnee(t *testing.T) {
 	testenv.Long(t)
 	t.Parallel()
-	s := startSystem(t)
-	rep, _ := runReport(t, 90*time.Second,
+	in := infra(t)
+	rep, _ := runReport(t, 150*time.Second,
 		"-knee", "-knee-start", "5", "-knee-max", "10", "-knee-factor", "2", "-knee-step", "1s",
 		"-knee-p99", "10s", "-knee-drain", "20s",
-		"-target", s.URL("gateway"), "-declined", "0.5",
-		"-rabbit-api", testenv.RabbitAPI, "-vhost", s.VHost(),
+		"-scratch", "-bin", binaries(t), "-pg", in.PG, "-amqp", in.AMQP, "-env", "PAYMENT_DELAY=100ms,EMAIL_DELAY=100ms",
+		"-declined", "0.5", "-rabbit-api", in.RabbitAPI,
 		"-sample", "500ms", "-drain-timeout", "60s",
 	)
 	if rep.Knee == nil || len(rep.Knee.Steps) == 0 {
@@ -231,6 +233,7 @@ func TestRunRefusesBadFlags(t *testing.T) {
 		{"ErrBenchClients", []string{"bench", "-clients", "0"}},
 		{"ErrCostWarmup", []string{"-cost", "-duration", "5s", "-cost-warmup", "5s"}},
 		{"ErrCostKnee", []string{"-cost", "-knee"}},
+		{"ErrScratchCost", []string{"-cost", "-scratch"}},
 		{"ErrCostEnv", []string{"-cost", "-env", "PAYMENT_DELAY"}},
 		{"ErrBenchEnv", []string{"bench", "-env", "OTEL_TRACES_SAMPLER"}},
 	}

@@ -7,6 +7,7 @@
 //	go run ./loadtest                          # the default scenario (make loadtest)
 //	go run ./loadtest -rate 50 -duration 1m    # another one
 //	go run ./loadtest -knee                    # step the rate up to find the knee
+//	go run ./loadtest -knee -scratch           # the same against bin/ started on fresh state
 //	go run ./loadtest -cost -rate 80           # CPU per order by component beside the floor (make cost)
 //	go run ./loadtest bench                    # closed-loop checkout beside pgbench (make bench)
 //
@@ -21,6 +22,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 )
 
@@ -59,6 +61,17 @@ func run(ctx context.Context, args []string, stdout, progress io.Writer) error {
 	}
 	if cfg.Cost.On {
 		return runCost(ctx, cfg, stdout, progress)
+	}
+	if cfg.Scratch {
+		fmt.Fprintf(progress, "scratch: starting the four services from %s against scratch state\n", cfg.Cost.Bin)
+		sys, err := StartSystem(ctx, cfg.Cost.Infra, cfg.Cost.Bin, cfg.Cost.Env, "order", "payment", "email", "gateway")
+		if err != nil {
+			return err
+		}
+		defer sys.Close()
+		cfg.Target, cfg.VHost = sys.URL("gateway"), sys.VHost()
+		fmt.Fprintf(progress, "scratch: fresh databases %s, vhost %s and a Mailpit of its own (removed at the end)%s\n",
+			strings.Join(sys.Databases(), ", "), sys.Tag, envText(cfg.Cost.Env))
 	}
 	rep, err := runScenario(ctx, cfg, progress)
 	if rep != nil {
