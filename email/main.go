@@ -53,9 +53,7 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 	}
 	defer sent.Close()
 
-	announcer := events.NewBatcher(svc.Publisher)
-	announcer.Linger = cfg.PublishLinger
-	consumer := consume(svc, &mailHandler{log: log, mailer: mailer, broker: svc.Broker, pub: announcer, sent: sent,
+	consumer := consume(svc, &mailHandler{log: log, mailer: mailer, broker: svc.Broker, pub: events.NewBatcher(svc.Publisher, cfg.PublishLinger), sent: sent,
 		delay: cfg.EmailDelay, retryWindow: cfg.RetryWindow, metrics: svc.Metrics})
 	ctx = svc.Start(ctx)
 	defer svc.Stop()

@@ -130,7 +130,13 @@ func parseFlags(args []string, out io.Writer) (Config, error) {
 	fs.StringVar(&c.Cost.Bin, "bin", "bin", "cost, scratch, bench: folder of the four binaries")
 	fs.StringVar(&c.Cost.Infra.PG, "pg", "postgres://postgres@localhost:5432", "cost, bench: PostgreSQL server (no database)")
 	fs.StringVar(&c.Cost.Infra.AMQP, "amqp", "amqp://guest:guest@localhost:5672", "cost, bench: RabbitMQ (no vhost)")
-	fs.StringVar(&env, "env", "", "cost, scratch: extra settings of the started services, KEY=VALUE,… (e.g. PAYMENT_DELAY=100ms)")
+	fs.Func("env", "cost, scratch: extra settings of the started services, KEY=VALUE,… (e.g. PAYMENT_DELAY=100ms); given more than once, they add up (a later KEY wins)", func(v string) error {
+		if env != "" && v != "" {
+			env += ","
+		}
+		env += v
+		return nil
+	})
 	fs.DurationVar(&c.Cost.Warmup, "cost-warmup", 5*time.Second, "cost: the CPU window starts this long after the load (past PAYMENT_DELAY + EMAIL_DELAY)")
 	fs.DurationVar(&c.Cost.Settle, "cost-settle", 11*time.Second, "cost: wait before and after the load for PostgreSQL's statistics (flushed within 10 s)")
 	fs.StringVar(&c.Cost.MailpitAPI, "mailpit-api", "http://127.0.0.1:8026", "cost -attach: Mailpit's API")

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"net/http"
 	"os"
@@ -372,4 +373,16 @@ func readFile(t *testing.T, dir, ext string) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// -env given more than once adds up, a later KEY winning: `make knee`'s
+// LOG_LEVEL=warn stays when KNEE_ARGS brings settings of its own.
+func TestEnvFlagsAddUp(t *testing.T) {
+	cfg, err := parseFlags([]string{"-scratch", "-env", "LOG_LEVEL=warn,A=1", "-env", "A=2,B=3"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := map[string]string{"LOG_LEVEL": "warn", "A": "2", "B": "3"}; !maps.Equal(cfg.Cost.Env, want) {
+		t.Fatalf("env %v, want %v", cfg.Cost.Env, want)
+	}
 }

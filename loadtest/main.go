@@ -24,6 +24,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 )
 
 func main() {
@@ -69,6 +70,10 @@ func run(ctx context.Context, args []string, stdout, progress io.Writer) error {
 			return err
 		}
 		defer sys.Close()
+		// Ready one by one is not yet healthy together (the gateway's view).
+		if err := waitHTTP(ctx, sys.URL("gateway")+"/health", 60*time.Second, nil); err != nil {
+			return err
+		}
 		cfg.Target, cfg.VHost = sys.URL("gateway"), sys.VHost()
 		fmt.Fprintf(progress, "scratch: fresh databases %s, vhost %s and a Mailpit of its own (removed at the end)%s\n",
 			strings.Join(sys.Databases(), ", "), sys.Tag, envText(cfg.Cost.Env))

@@ -151,3 +151,27 @@ func TestAdvanceConcurrentCallers(t *testing.T) {
 		t.Fatalf("%d orders paid (%v), want %d", paid, err, n)
 	}
 }
+
+// A step the database refuses with an error advance_orders does not catch
+// (here a status the orders table's CHECK refuses) fails only its own
+// delivery: the batch it rolled back runs again one step at a time.
+func TestAdvanceRefusalStaysItsOwn(t *testing.T) {
+	t.Parallel()
+	s := testStore(t)
+	a, b, c := s.testOrder(t, "a@example.com"), s.testOrder(t, "b@example.com"), s.testOrder(t, "c@example.com")
+	bogus := paidStep(b)
+	bogus.To = "bogus"
+	results, err := s.advanceBatch(context.Background(), []SagaEvent{paidStep(a), bogus, paidStep(c)})
+	if err != nil || len(results) != 3 {
+		t.Fatalf("advanceBatch: %d results, %v", len(results), err)
+	}
+	var pe interface{ SQLState() string }
+	if !errors.As(results[1].Err, &pe) || pe.SQLState() != "23514" {
+		t.Fatalf("the refused step: %+v, want its check violation", results[1])
+	}
+	for _, i := range []int{0, 2} {
+		if r := results[i]; r.Err != nil || !r.Out.applied {
+			t.Fatalf("step %d beside the refused one: %+v", i, r)
+		}
+	}
+}

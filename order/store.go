@@ -356,8 +356,9 @@ func selectItems(ctx context.Context, tx pgx.Tx, id int64) ([]Item, error) {
 // for its own step's outcome, which is the same as alone.
 func (s *Store) Advance(ctx context.Context, e SagaEvent) (bool, error) {
 	s.advanceInit.Do(func() {
+		// A batch is bounded by the group's own timeout (10 s), not by
+		// REQUEST_TIMEOUT: that one is the API's.
 		s.advances.Run, s.advances.Max, s.advances.Gather = s.advanceBatch, advanceBatchMax, advanceGather
-		s.advances.Timeout = s.timeout
 	})
 	a, err := s.advances.Do(ctx, e)
 	var pe *pgconn.PgError
@@ -400,19 +401,39 @@ func payerArgs(e SagaEvent) (id *int64, email *string, amount *money.Amount) {
 }
 
 // advanceBatch runs one step with advance_order, several with
-// advance_orders (an error of one step comes back as its PgError).
+// advance_orders (an unknown order or a wrong payer comes back as that
+// step's PgError). When the database refuses advance_orders as a whole (a
+// deadlock, a step's other error), each step runs again alone, so that one
+// step's trouble stays its own.
 func (s *Store) advanceBatch(ctx context.Context, es []SagaEvent) ([]batch.Result[advanced], error) {
 	if len(es) == 1 {
-		var a advanced
-		e := es[0]
-		payerID, payerEmail, payerAmount := payerArgs(e)
-		err := postgres.Retry(ctx, func() error {
-			return s.pool.QueryRow(ctx, `SELECT fresh, applied, created FROM advance_order($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
-				e.EventID, e.EventType, e.OrderID, e.To, e.Step, e.At, payerID, payerEmail, payerAmount, settleWhen).
-				Scan(&a.fresh, &a.applied, &a.created)
-		})
+		a, err := s.advanceOne(ctx, es[0])
 		return []batch.Result[advanced]{{Out: a, Err: err}}, nil
 	}
+	results, err := s.advanceTogether(ctx, es)
+	var refused *pgconn.PgError
+	if !errors.As(err, &refused) {
+		return results, err
+	}
+	results = make([]batch.Result[advanced], len(es))
+	for i, e := range es {
+		results[i].Out, results[i].Err = s.advanceOne(ctx, e)
+	}
+	return results, nil
+}
+
+func (s *Store) advanceOne(ctx context.Context, e SagaEvent) (advanced, error) {
+	var a advanced
+	payerID, payerEmail, payerAmount := payerArgs(e)
+	err := postgres.Retry(ctx, func() error {
+		return s.pool.QueryRow(ctx, `SELECT fresh, applied, created FROM advance_order($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
+			e.EventID, e.EventType, e.OrderID, e.To, e.Step, e.At, payerID, payerEmail, payerAmount, settleWhen).
+			Scan(&a.fresh, &a.applied, &a.created)
+	})
+	return a, err
+}
+
+func (s *Store) advanceTogether(ctx context.Context, es []SagaEvent) ([]batch.Result[advanced], error) {
 	var (
 		ids, types, tos, steps, emails = make([]string, len(es)), make([]string, len(es)), make([]string, len(es)), make([]string, len(es)), make([]*string, len(es))
 		orders, payers                 = make([]int64, len(es)), make([]*int64, len(es))

@@ -1,12 +1,20 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
+	"io"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
+
 	"github.com/checkout-demo/checkout/internal/events"
+	"github.com/checkout-demo/checkout/internal/postgres"
 	"github.com/checkout-demo/checkout/internal/testenv"
+	"github.com/checkout-demo/checkout/internal/web"
+	"github.com/checkout-demo/checkout/payment/migrations"
 )
 
 // A burst of orders (the deliveries of one read go through Intend and
@@ -54,5 +62,46 @@ func TestBurstIsChargedOncePerOrder(t *testing.T) {
 		if got := countRows(t, in.DBURL, q); got != want {
 			t.Errorf("%s = %d, want %d", q, got, want)
 		}
+	}
+}
+
+// A statement the database refuses fails only its own input: the pipeline
+// it rolled back runs again one statement at a time, and the others'
+// intents are written. Here the middle one has an amount the payments
+// table refuses (a CHECK constraint).
+func TestPipelineRefusalStaysItsOwn(t *testing.T) {
+	t.Parallel()
+	dbURL := testenv.Database(t)
+	db, err := postgres.Open(dbURL, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := db.Prepare(ctx, migrations.FS, web.NewLogger(io.Discard, "error", "json", "payment")); err != nil {
+		t.Fatal(err)
+	}
+	s := &Store{pool: db.Pool}
+	evs := make([]events.OrderCreated, 3)
+	for i := range evs {
+		evs[i], _ = orderCreated(t, int64(2000+i), "5.00")
+	}
+	evs[1].TotalAmount = -100
+	results, err := s.intendBatch(ctx, evs)
+	if err != nil || len(results) != 3 {
+		t.Fatalf("intendBatch: %d results, %v", len(results), err)
+	}
+	var pe *pgconn.PgError
+	if !errors.As(results[1].Err, &pe) || pe.Code != "23514" {
+		t.Fatalf("the refused intent: %+v, want its check violation", results[1])
+	}
+	for _, i := range []int{0, 2} {
+		if r := results[i]; r.Err != nil || !r.Out.inserted || r.Out.p.OrderID != evs[i].OrderID {
+			t.Fatalf("intent %d beside the refused one: %+v", i, r)
+		}
+	}
+	if n := countRows(t, dbURL, `SELECT count(*) FROM payments`); n != 2 {
+		t.Fatalf("%d payments written, want the 2 the database took", n)
 	}
 }

@@ -54,11 +54,35 @@ const pipelineMax = 32
 // started, come within a fraction of a millisecond of each other.
 const pipelineGather = 2 * time.Millisecond
 
-// pipeline runs b's statements in one round trip. They run in one implicit
-// transaction: one commit for all, and an error fails them all (nothing is
-// written), which the caller sees as every statement's error.
-func (s *Store) pipeline(ctx context.Context, b *pgx.Batch) error {
-	return postgres.Retry(ctx, func() error { return s.pool.SendBatch(ctx, b).Close() })
+// pipeline runs the statements queue adds for the inputs of n (in the
+// order of their order ids) in one round trip. They run in one implicit
+// transaction: one commit for all. When the database refuses one of them
+// (a deadlock, a constraint), that rolls back them all: each then runs
+// again alone, so that its trouble stays its own and the others go
+// through, and fail tells the one that failed. Any other error (the
+// connection, the time) is every input's.
+func (s *Store) pipeline(ctx context.Context, n int, orderID func(int) int64, queue func(b *pgx.Batch, i int), fail func(i int, err error)) error {
+	send := func(b *pgx.Batch) error {
+		return postgres.Retry(ctx, func() error { return s.pool.SendBatch(ctx, b).Close() })
+	}
+	idx := byOrder(n, orderID)
+	b := &pgx.Batch{}
+	for _, i := range idx {
+		queue(b, i)
+	}
+	err := send(b)
+	var refused *pgconn.PgError
+	if n == 1 || !errors.As(err, &refused) {
+		return err
+	}
+	for _, i := range idx {
+		alone := &pgx.Batch{}
+		queue(alone, i)
+		if err := send(alone); err != nil {
+			fail(i, err)
+		}
+	}
+	return nil
 }
 
 func (s *Store) check() error {
@@ -158,17 +182,19 @@ type intended struct {
 // intendBatch writes the intents of evs in one pipeline.
 func (s *Store) intendBatch(ctx context.Context, evs []events.OrderCreated) ([]batch.Result[intended], error) {
 	out := make([]batch.Result[intended], len(evs))
-	b := &pgx.Batch{}
-	for _, i := range byOrder(len(evs), func(i int) int64 { return evs[i].OrderID }) {
+	queue := func(b *pgx.Batch, i int) {
 		ev := evs[i]
 		b.Queue(`SELECT * FROM intend_payment($1, $2, $3, $4, $5, $6, $7)`,
 			ev.EventID, ev.EventType, ev.OrderID, ev.UserID, ev.UserEmail, ev.TotalAmount, ev.Items).QueryRow(func(row pgx.Row) error {
+			// A row this side cannot read is that input's error alone:
+			// the pipeline still commits (the retry finds the intent).
 			r := &out[i]
 			r.Out.p, r.Err = scanPayment(row, &r.Out.fresh, &r.Out.inserted)
-			return r.Err
+			return nil
 		})
 	}
-	if err := s.pipeline(ctx, b); err != nil {
+	fail := func(i int, err error) { out[i] = batch.Result[intended]{Err: err} }
+	if err := s.pipeline(ctx, len(evs), func(i int) int64 { return evs[i].OrderID }, queue, fail); err != nil {
 		return nil, err
 	}
 	return out, nil
@@ -278,8 +304,7 @@ type finishing struct {
 // whether its payment was charging and not cancelled (and so recorded).
 func (s *Store) finishBatch(ctx context.Context, fs []finishing) ([]batch.Result[bool], error) {
 	out := make([]batch.Result[bool], len(fs))
-	b := &pgx.Batch{}
-	for _, i := range byOrder(len(fs), func(i int) int64 { return fs[i].p.OrderID }) {
+	queue := func(b *pgx.Batch, i int) {
 		args := fs[i].args
 		f := fs[i]
 		args["order_id"], args["status"], args["reason"], args["ref"] = f.p.OrderID, f.p.Status, f.p.Reason, f.p.ProviderRef
@@ -288,11 +313,12 @@ func (s *Store) finishBatch(ctx context.Context, fs []finishing) ([]batch.Result
 			UPDATE payments SET status = @status, reason = nullif(@reason, ''), provider_ref = nullif(@ref, ''), updated_at = now()
 			WHERE order_id = @order_id AND status = 'charging' AND cancelled_at IS NULL RETURNING 1
 		) `+outbox.InsertFrom("p"), args).Exec(func(tag pgconn.CommandTag) error {
-			out[i].Out = tag.RowsAffected() == 1
+			out[i] = batch.Result[bool]{Out: tag.RowsAffected() == 1}
 			return nil
 		})
 	}
-	if err := s.pipeline(ctx, b); err != nil {
+	fail := func(i int, err error) { out[i] = batch.Result[bool]{Err: err} }
+	if err := s.pipeline(ctx, len(fs), func(i int) int64 { return fs[i].p.OrderID }, queue, fail); err != nil {
 		return nil, err
 	}
 	return out, nil

@@ -5,6 +5,7 @@ package batch
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"time"
 )
@@ -21,7 +22,8 @@ type Result[Out any] struct {
 // which starts no sooner than Linger after the last one started.
 type Group[In, Out any] struct {
 	// Run does a batch's work and returns one result per input, in order;
-	// a shorter slice fails the inputs it leaves out with err. ctx is the
+	// a shorter slice fails the inputs it leaves out with err (or an error
+	// saying so when err is nil). ctx is the
 	// first caller's, without its cancellation, bounded by Timeout.
 	Run func(ctx context.Context, ins []In) (results []Result[Out], err error)
 	// Max is the most inputs of one batch (default 100).
@@ -126,6 +128,9 @@ func (g *Group[In, Out]) flush() {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(live[0].ctx), timeout)
 		results, err := g.Run(ctx, ins)
 		cancel()
+		if err == nil && len(results) < len(live) {
+			err = fmt.Errorf("batch: %d results for %d inputs", len(results), len(live))
+		}
 		for i, c := range live {
 			if i < len(results) {
 				c.done <- results[i]

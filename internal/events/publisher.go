@@ -284,21 +284,18 @@ func (p *Publisher) Close() {
 // confirm round trips; through a Batcher they wait about one.
 type Batcher struct {
 	group batch.Group[Message, struct{}]
-	// Timeout bounds one batch's publish and confirms (default 10 s).
-	Timeout time.Duration
-	// Linger is the least time between the starts of two batches, as the
-	// outbox relay's: after an idle spell a message goes at once; while
-	// messages keep coming, they gather for up to Linger and go out
-	// together, one write and one confirm round trip for many. 0: a batch
-	// is whatever arrived while the last one waited for its confirms.
-	Linger time.Duration
-	once   sync.Once
 }
 
-// NewBatcher returns a Batcher publishing through p.
-func NewBatcher(p *Publisher) *Batcher {
-	b := &Batcher{Timeout: 10 * time.Second}
-	b.group.Max = MaxBatch
+// NewBatcher returns a Batcher publishing through p. linger is the least
+// time between the starts of two batches, as the outbox relay's: after an
+// idle spell a message goes at once; while messages keep coming, they
+// gather for up to linger and go out together, one write and one confirm
+// round trip for many. 0: a batch is whatever arrived while the last one
+// waited for its confirms. A batch's publish and confirms are bounded by
+// 10 s.
+func NewBatcher(p *Publisher, linger time.Duration) *Batcher {
+	b := &Batcher{}
+	b.group.Max, b.group.Linger, b.group.Timeout = MaxBatch, linger, 10*time.Second
 	b.group.Run = func(ctx context.Context, msgs []Message) ([]batch.Result[struct{}], error) {
 		results, err := p.Publish(ctx, msgs)
 		out := make([]batch.Result[struct{}], len(results))
@@ -313,7 +310,6 @@ func NewBatcher(p *Publisher) *Batcher {
 // Publish sends m and waits until the broker confirmed it (nil) or it
 // failed. When ctx ends first the message may still be published.
 func (b *Batcher) Publish(ctx context.Context, m Message) error {
-	b.once.Do(func() { b.group.Timeout, b.group.Linger = b.Timeout, b.Linger })
 	if m.TraceContext == "" {
 		m.TraceContext = telemetry.EncodeTraceContext(ctx) // the batch is published under another context
 	}

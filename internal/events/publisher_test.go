@@ -156,10 +156,10 @@ func TestBatcherConcurrentPublishes(t *testing.T) {
 	t.Parallel()
 	url, q, b, pub := runPublisher(t)
 	log := web.NewLogger(io.Discard, "error", "json", "test")
-	batcher := events.NewBatcher(pub)
+	batcher := events.NewBatcher(pub, 0)
 
 	// A broker that is not connected (never run here): an error, not a hang.
-	idle := events.NewBatcher(events.NewPublisher(events.NewBroker(url, log)))
+	idle := events.NewBatcher(events.NewPublisher(events.NewBroker(url, log)), 0)
 	if err := idle.Publish(context.Background(), events.Message{ID: "early", Type: "Thing", RoutingKey: testKey, Body: []byte(`{}`)}); !errors.Is(err, events.ErrNotConnected) {
 		t.Fatalf("Publish without a connection = %v, want ErrNotConnected", err)
 	}
@@ -223,16 +223,14 @@ func TestBatcherLingerGathersWhatComesInABusySpell(t *testing.T) {
 
 	// After an idle spell (here: ever) a message does not wait out the
 	// linger: an hour's linger would outlast the call's 20 s.
-	slow := events.NewBatcher(pub)
-	slow.Linger = time.Hour
+	slow := events.NewBatcher(pub, time.Hour)
 	pctx, pcancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer pcancel()
 	if err := slow.Publish(pctx, msg("first")); err != nil {
 		t.Fatalf("a message after an idle spell: %v (it waited out the linger)", err)
 	}
 
-	batcher := events.NewBatcher(pub)
-	batcher.Linger = 2 * time.Second
+	batcher := events.NewBatcher(pub, 2*time.Second)
 	mu.Lock()
 	sizes = nil
 	mu.Unlock()

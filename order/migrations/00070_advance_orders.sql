@@ -1,8 +1,8 @@
 -- +goose Up
 -- Several saga steps in one round trip and one commit (Store.Advance
 -- gathers the steps that come together, internal/batch): advance_order for
--- each event, in the order of their orders' ids (two batches never wait on
--- each other's locks), each in a block of its own, so that an unknown
+-- each event, in the order of their orders' ids (00080 orders the events of
+-- one order too), each in a block of its own, so that an unknown
 -- order or a payer that does not match rolls back that event's claim only
 -- and comes back as its code and message instead of failing the batch.
 -- Row i of the result is the event at index i of the arrays (from 1).
