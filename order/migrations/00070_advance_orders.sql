@@ -1,8 +1,11 @@
 -- +goose Up
 -- Several saga steps in one round trip and one commit (Store.Advance
 -- gathers the steps that come together, internal/batch): advance_order for
--- each event, in the order of their orders' ids (00080 orders the events of
--- one order too), each in a block of its own, so that an unknown
+-- each event, in the order of (order id, event id): two replicas' batches
+-- holding the same events (redelivered to the other after a channel loss)
+-- claim them in the same order, so they wait on each other in a line, not
+-- in a circle (each step claims its event before it locks its order);
+-- each in a block of its own, so that an unknown
 -- order or a payer that does not match rolls back that event's claim only
 -- and comes back as its code and message instead of failing the batch.
 -- Row i of the result is the event at index i of the arrays (from 1).
@@ -17,7 +20,7 @@ DECLARE
 BEGIN
     FOR e IN SELECT * FROM unnest(p_event_ids, p_event_types, p_order_ids, p_tos, p_steps, p_ats, p_payer_ids, p_payer_emails, p_payer_amounts)
              WITH ORDINALITY AS t(event_id, event_type, order_id, to_status, step, at, payer_id, payer_email, payer_amount, n)
-             ORDER BY t.order_id, t.n LOOP
+             ORDER BY t.order_id, t.event_id LOOP
         i := e.n;
         code := NULL;
         message := NULL;
