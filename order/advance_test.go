@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/checkout-demo/checkout/internal/batch"
 	"github.com/checkout-demo/checkout/internal/money"
 	"github.com/checkout-demo/checkout/internal/postgres"
 	"github.com/checkout-demo/checkout/internal/testenv"
@@ -116,10 +117,24 @@ func TestAdvanceStepsTogether(t *testing.T) {
 }
 
 // Concurrent Advance calls (a burst of deliveries) each get their own
-// outcome through the batches: every order paid once, the errors theirs.
+// outcome through the batches: every order paid once, the errors theirs,
+// and batches of several steps formed.
 func TestAdvanceConcurrentCallers(t *testing.T) {
 	t.Parallel()
 	s := testStore(t)
+	var (
+		mu      sync.Mutex
+		largest int // the most steps one batch held
+	)
+	s.advanceInit.Do(func() {
+		s.advances.Max, s.advances.Gather = advanceBatchMax, advanceGather
+		s.advances.Run = func(ctx context.Context, es []SagaEvent) ([]batch.Result[advanced], error) {
+			mu.Lock()
+			largest = max(largest, len(es))
+			mu.Unlock()
+			return s.advanceBatch(ctx, es)
+		}
+	})
 	const n = 40
 	orders := make([]Order, n)
 	for i := range orders {
@@ -149,6 +164,9 @@ func TestAdvanceConcurrentCallers(t *testing.T) {
 	var paid int
 	if err := s.pool.QueryRow(context.Background(), `SELECT count(*) FROM orders WHERE status = 'paid'`).Scan(&paid); err != nil || paid != n {
 		t.Fatalf("%d orders paid (%v), want %d", paid, err, n)
+	}
+	if largest < 2 {
+		t.Fatalf("no batch held more than %d step: the callers did not share round trips", largest)
 	}
 }
 
