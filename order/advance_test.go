@@ -126,15 +126,14 @@ func TestAdvanceConcurrentCallers(t *testing.T) {
 		mu      sync.Mutex
 		largest int // the most steps one batch held
 	)
-	s.advanceInit.Do(func() {
-		s.advances.Max, s.advances.Gather = advanceBatchMax, advanceGather
-		s.advances.Run = func(ctx context.Context, es []SagaEvent) ([]batch.Result[advanced], error) {
-			mu.Lock()
-			largest = max(largest, len(es))
-			mu.Unlock()
-			return s.advanceBatch(ctx, es)
-		}
-	})
+	s.init()
+	run := s.advances.Run
+	s.advances.Run = func(ctx context.Context, es []SagaEvent) ([]batch.Result[advanced], error) {
+		mu.Lock()
+		largest = max(largest, len(es))
+		mu.Unlock()
+		return run(ctx, es)
+	}
 	const n = 40
 	orders := make([]Order, n)
 	for i := range orders {
@@ -172,24 +171,47 @@ func TestAdvanceConcurrentCallers(t *testing.T) {
 
 // A step the database refuses with an error advance_orders does not catch
 // (here a status the orders table's CHECK refuses) fails only its own
-// delivery: the batch it rolled back runs again one step at a time.
+// delivery: the batch it rolled back runs again one step at a time. The
+// three steps come together (a long Gather), so they do share a batch.
 func TestAdvanceRefusalStaysItsOwn(t *testing.T) {
 	t.Parallel()
 	s := testStore(t)
+	var (
+		mu    sync.Mutex
+		sizes []int
+	)
+	s.init() // the service's settings, but a Gather long enough for the three
+	run := s.advances.Run
+	s.advances.Gather = time.Second
+	s.advances.Run = func(ctx context.Context, es []SagaEvent) ([]batch.Result[advanced], error) {
+		mu.Lock()
+		sizes = append(sizes, len(es))
+		mu.Unlock()
+		return run(ctx, es)
+	}
 	a, b, c := s.testOrder(t, "a@example.com"), s.testOrder(t, "b@example.com"), s.testOrder(t, "c@example.com")
 	bogus := paidStep(b)
 	bogus.To = "bogus"
-	results, err := s.advanceBatch(context.Background(), []SagaEvent{paidStep(a), bogus, paidStep(c)})
-	if err != nil || len(results) != 3 {
-		t.Fatalf("advanceBatch: %d results, %v", len(results), err)
+	steps := []SagaEvent{paidStep(a), bogus, paidStep(c)}
+	applied := make([]bool, len(steps))
+	errs := make([]error, len(steps))
+	var wg sync.WaitGroup
+	for i, e := range steps {
+		wg.Go(func() { applied[i], errs[i] = s.Advance(context.Background(), e) })
 	}
+	wg.Wait()
 	var pe interface{ SQLState() string }
-	if !errors.As(results[1].Err, &pe) || pe.SQLState() != "23514" {
-		t.Fatalf("the refused step: %+v, want its check violation", results[1])
+	if !errors.As(errs[1], &pe) || pe.SQLState() != "23514" {
+		t.Fatalf("the refused step: %v, want its check violation", errs[1])
 	}
 	for _, i := range []int{0, 2} {
-		if r := results[i]; r.Err != nil || !r.Out.applied {
-			t.Fatalf("step %d beside the refused one: %+v", i, r)
+		if errs[i] != nil || !applied[i] {
+			t.Fatalf("step %d beside the refused one: applied %v, %v", i, applied[i], errs[i])
 		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(sizes) == 0 || sizes[0] != 3 {
+		t.Fatalf("batch sizes %v: the three steps did not share a batch first", sizes)
 	}
 }

@@ -355,11 +355,7 @@ func selectItems(ctx context.Context, tx pgx.Tx, id int64) ([]Item, error) {
 // share one round trip and one commit (advance_orders): each caller waits
 // for its own step's outcome, which is the same as alone.
 func (s *Store) Advance(ctx context.Context, e SagaEvent) (bool, error) {
-	s.advanceInit.Do(func() {
-		// A batch is bounded by the group's own timeout (10 s), not by
-		// REQUEST_TIMEOUT: that one is the API's.
-		s.advances.Run, s.advances.Max, s.advances.Gather = s.advanceBatch, advanceBatchMax, advanceGather
-	})
+	s.init()
 	a, err := s.advances.Do(ctx, e)
 	var pe *pgconn.PgError
 	switch {
@@ -375,6 +371,14 @@ func (s *Store) Advance(ctx context.Context, e SagaEvent) (bool, error) {
 		s.observe(e.Step, *a.created)
 	}
 	return a.applied, nil
+}
+
+// init sets up the group of Advance's batches. A batch is bounded by the
+// group's own timeout (10 s), not by REQUEST_TIMEOUT: that one is the API's.
+func (s *Store) init() {
+	s.advanceInit.Do(func() {
+		s.advances.Run, s.advances.Max, s.advances.Gather, s.advances.Alone = s.advanceBatch, advanceBatchMax, advanceGather, postgres.Refused
+	})
 }
 
 // advanceBatchMax is the most steps of one advance_orders call: each step
@@ -402,24 +406,14 @@ func payerArgs(e SagaEvent) (id *int64, email *string, amount *money.Amount) {
 
 // advanceBatch runs one step with advance_order, several with
 // advance_orders (an unknown order or a wrong payer comes back as that
-// step's PgError). When the database refuses advance_orders as a whole (a
-// deadlock, a step's other error), each step runs again alone, so that one
-// step's trouble stays its own.
+// step's PgError; when the database refuses advance_orders as a whole, a
+// deadlock or a step's other error, the group runs each step alone).
 func (s *Store) advanceBatch(ctx context.Context, es []SagaEvent) ([]batch.Result[advanced], error) {
 	if len(es) == 1 {
 		a, err := s.advanceOne(ctx, es[0])
 		return []batch.Result[advanced]{{Out: a, Err: err}}, nil
 	}
-	results, err := s.advanceTogether(ctx, es)
-	var refused *pgconn.PgError
-	if !errors.As(err, &refused) {
-		return results, err
-	}
-	results = make([]batch.Result[advanced], len(es))
-	for i, e := range es {
-		results[i].Out, results[i].Err = s.advanceOne(ctx, e)
-	}
-	return results, nil
+	return s.advanceTogether(ctx, es)
 }
 
 func (s *Store) advanceOne(ctx context.Context, e SagaEvent) (advanced, error) {

@@ -5,11 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/checkout-demo/checkout/internal/batch"
 	"github.com/checkout-demo/checkout/internal/events"
 	"github.com/checkout-demo/checkout/internal/postgres"
 	"github.com/checkout-demo/checkout/internal/testenv"
@@ -68,7 +70,8 @@ func TestBurstIsChargedOncePerOrder(t *testing.T) {
 // A statement the database refuses fails only its own input: the pipeline
 // it rolled back runs again one statement at a time, and the others'
 // intents are written. Here the middle one has an amount the payments
-// table refuses (a CHECK constraint).
+// table refuses (a CHECK constraint); the three come together (a long
+// Gather), so they do share a pipeline first.
 func TestPipelineRefusalStaysItsOwn(t *testing.T) {
 	t.Parallel()
 	dbURL := testenv.Database(t)
@@ -83,25 +86,46 @@ func TestPipelineRefusalStaysItsOwn(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := &Store{pool: db.Pool}
+	var (
+		mu    sync.Mutex
+		sizes []int
+	)
+	s.init() // the service's settings, but a Gather long enough for the three
+	run := s.intents.Run
+	s.intents.Gather = time.Second
+	s.intents.Run = func(ctx context.Context, evs []events.OrderCreated) ([]batch.Result[intended], error) {
+		mu.Lock()
+		sizes = append(sizes, len(evs))
+		mu.Unlock()
+		return run(ctx, evs)
+	}
 	evs := make([]events.OrderCreated, 3)
 	for i := range evs {
 		evs[i], _ = orderCreated(t, int64(2000+i), "5.00")
 	}
 	evs[1].TotalAmount = -100
-	results, err := s.intendBatch(ctx, evs)
-	if err != nil || len(results) != 3 {
-		t.Fatalf("intendBatch: %d results, %v", len(results), err)
+	outcomes := make([]intentOutcome, len(evs))
+	errs := make([]error, len(evs))
+	var wg sync.WaitGroup
+	for i, ev := range evs {
+		wg.Go(func() { _, outcomes[i], errs[i] = s.Intend(ctx, ev) })
 	}
+	wg.Wait()
 	var pe *pgconn.PgError
-	if !errors.As(results[1].Err, &pe) || pe.Code != "23514" {
-		t.Fatalf("the refused intent: %+v, want its check violation", results[1])
+	if !errors.As(errs[1], &pe) || pe.Code != "23514" {
+		t.Fatalf("the refused intent: %v, want its check violation", errs[1])
 	}
 	for _, i := range []int{0, 2} {
-		if r := results[i]; r.Err != nil || !r.Out.inserted || r.Out.p.OrderID != evs[i].OrderID {
-			t.Fatalf("intent %d beside the refused one: %+v", i, r)
+		if errs[i] != nil || outcomes[i] != intentNew {
+			t.Fatalf("intent %d beside the refused one: outcome %v, %v", i, outcomes[i], errs[i])
 		}
 	}
 	if n := countRows(t, dbURL, `SELECT count(*) FROM payments`); n != 2 {
 		t.Fatalf("%d payments written, want the 2 the database took", n)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(sizes) == 0 || sizes[0] != 3 {
+		t.Fatalf("pipeline sizes %v: the three intents did not share one first", sizes)
 	}
 }

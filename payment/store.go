@@ -41,8 +41,8 @@ type Store struct {
 // init sets up the groups of the statements that go in pipelines.
 func (s *Store) init() {
 	s.initOnce.Do(func() {
-		s.intents.Run, s.intents.Max, s.intents.Gather = s.intendBatch, pipelineMax, pipelineGather
-		s.finishes.Run, s.finishes.Max, s.finishes.Gather = s.finishBatch, pipelineMax, pipelineGather
+		s.intents.Run, s.intents.Max, s.intents.Gather, s.intents.Alone = s.intendBatch, pipelineMax, pipelineGather, postgres.Refused
+		s.finishes.Run, s.finishes.Max, s.finishes.Gather, s.finishes.Alone = s.finishBatch, pipelineMax, pipelineGather, postgres.Refused
 	})
 }
 
@@ -56,33 +56,14 @@ const pipelineGather = 2 * time.Millisecond
 
 // pipeline runs the statements queue adds for the inputs of n (in the
 // order of their order ids) in one round trip. They run in one implicit
-// transaction: one commit for all. When the database refuses one of them
-// (a deadlock, a constraint), that rolls back them all: each then runs
-// again alone, so that its trouble stays its own and the others go
-// through, and fail tells the one that failed. Any other error (the
-// connection, the time) is every input's.
-func (s *Store) pipeline(ctx context.Context, n int, orderID func(int) int64, queue func(b *pgx.Batch, i int), fail func(i int, err error)) error {
-	send := func(b *pgx.Batch) error {
-		return postgres.Retry(ctx, func() error { return s.pool.SendBatch(ctx, b).Close() })
-	}
-	idx := byOrder(n, orderID)
+// transaction: one commit for all, and an error is every input's (when
+// the database refused one statement, the group runs each input alone).
+func (s *Store) pipeline(ctx context.Context, n int, orderID func(int) int64, queue func(b *pgx.Batch, i int)) error {
 	b := &pgx.Batch{}
-	for _, i := range idx {
+	for _, i := range byOrder(n, orderID) {
 		queue(b, i)
 	}
-	err := send(b)
-	var refused *pgconn.PgError
-	if n == 1 || !errors.As(err, &refused) {
-		return err
-	}
-	for _, i := range idx {
-		alone := &pgx.Batch{}
-		queue(alone, i)
-		if err := send(alone); err != nil {
-			fail(i, err)
-		}
-	}
-	return nil
+	return postgres.Retry(ctx, func() error { return s.pool.SendBatch(ctx, b).Close() })
 }
 
 func (s *Store) check() error {
@@ -136,12 +117,10 @@ func (s *Store) Intend(ctx context.Context, ev events.OrderCreated) (Payment, in
 	if err := s.check(); err != nil {
 		return Payment{}, intentNothing, err
 	}
-	items := ev.Items
-	if items == nil {
-		items = []events.Item{}
+	if ev.Items == nil {
+		ev.Items = []events.Item{} // a JSON array, not null
 	}
 	s.init()
-	ev.Items = items
 	in, err := s.intents.Do(ctx, ev)
 	fresh, inserted, p := in.fresh, in.inserted, in.p
 	if err != nil {
@@ -193,8 +172,7 @@ func (s *Store) intendBatch(ctx context.Context, evs []events.OrderCreated) ([]b
 			return nil
 		})
 	}
-	fail := func(i int, err error) { out[i] = batch.Result[intended]{Err: err} }
-	if err := s.pipeline(ctx, len(evs), func(i int) int64 { return evs[i].OrderID }, queue, fail); err != nil {
+	if err := s.pipeline(ctx, len(evs), func(i int) int64 { return evs[i].OrderID }, queue); err != nil {
 		return nil, err
 	}
 	return out, nil
@@ -286,18 +264,21 @@ func (s *Store) finishAtOnce(ctx context.Context, p Payment, d Decision) (Paymen
 	if err != nil {
 		return p, false, err
 	}
+	args := outbox.Row(ctx, m)
+	args["order_id"], args["status"], args["reason"], args["ref"] = p.OrderID, p.Status, p.Reason, p.ProviderRef
 	s.init()
-	changed, err := s.finishes.Do(ctx, finishing{args: outbox.Row(ctx, m), p: p})
+	changed, err := s.finishes.Do(ctx, finishing{args: args, orderID: p.OrderID})
 	if err != nil {
 		return p, false, fmt.Errorf("record payment: %w", err)
 	}
 	return p, changed, nil
 }
 
-// finishing is one finishAtOnce: the payment's new state and its event.
+// finishing is one finishAtOnce: the statement's named arguments (the
+// payment's new state and outbox.Row's for its event) and its order.
 type finishing struct {
-	args pgx.NamedArgs // outbox.Row's, for the event
-	p    Payment
+	args    pgx.NamedArgs
+	orderID int64
 }
 
 // finishBatch records the results of fs in one pipeline; each reports
@@ -305,20 +286,16 @@ type finishing struct {
 func (s *Store) finishBatch(ctx context.Context, fs []finishing) ([]batch.Result[bool], error) {
 	out := make([]batch.Result[bool], len(fs))
 	queue := func(b *pgx.Batch, i int) {
-		args := fs[i].args
-		f := fs[i]
-		args["order_id"], args["status"], args["reason"], args["ref"] = f.p.OrderID, f.p.Status, f.p.Reason, f.p.ProviderRef
 		b.Queue(`
 		WITH p AS (
 			UPDATE payments SET status = @status, reason = nullif(@reason, ''), provider_ref = nullif(@ref, ''), updated_at = now()
 			WHERE order_id = @order_id AND status = 'charging' AND cancelled_at IS NULL RETURNING 1
-		) `+outbox.InsertFrom("p"), args).Exec(func(tag pgconn.CommandTag) error {
+		) `+outbox.InsertFrom("p"), fs[i].args).Exec(func(tag pgconn.CommandTag) error {
 			out[i] = batch.Result[bool]{Out: tag.RowsAffected() == 1}
 			return nil
 		})
 	}
-	fail := func(i int, err error) { out[i] = batch.Result[bool]{Err: err} }
-	if err := s.pipeline(ctx, len(fs), func(i int) int64 { return fs[i].p.OrderID }, queue, fail); err != nil {
+	if err := s.pipeline(ctx, len(fs), func(i int) int64 { return fs[i].orderID }, queue); err != nil {
 		return nil, err
 	}
 	return out, nil

@@ -5,6 +5,7 @@ package batch
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -39,6 +40,12 @@ type Group[In, Out any] struct {
 	// calls that come in a burst (the deliveries of one read) go out
 	// together from the first. 0: the first goes alone at once.
 	Gather time.Duration
+	// Alone, when set, tells the errors of a whole batch that one of its
+	// inputs may have caused (a database that refused the batch's
+	// transaction for one statement): the inputs of such a batch run again
+	// one at a time, so that the trouble stays with its own caller and the
+	// others go through.
+	Alone func(err error) bool
 
 	mu        sync.Mutex
 	queue     []*call[In, Out]
@@ -127,6 +134,9 @@ func (g *Group[In, Out]) flush() {
 		}
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(live[0].ctx), timeout)
 		results, err := g.Run(ctx, ins)
+		if err != nil && len(ins) > 1 && g.Alone != nil && g.Alone(err) {
+			results, err = g.oneByOne(ctx, ins), nil
+		}
 		cancel()
 		if err == nil && len(results) < len(live) {
 			err = fmt.Errorf("batch: %d results for %d inputs", len(results), len(live))
@@ -139,4 +149,21 @@ func (g *Group[In, Out]) flush() {
 			}
 		}
 	}
+}
+
+// oneByOne runs each input as a batch of its own.
+func (g *Group[In, Out]) oneByOne(ctx context.Context, ins []In) []Result[Out] {
+	results := make([]Result[Out], len(ins))
+	for i := range ins {
+		rs, err := g.Run(ctx, ins[i:i+1])
+		switch {
+		case err != nil:
+			results[i].Err = err
+		case len(rs) == 0:
+			results[i].Err = errors.New("batch: no result for the input")
+		default:
+			results[i] = rs[0]
+		}
+	}
+	return results
 }

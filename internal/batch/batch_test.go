@@ -168,3 +168,42 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// With Alone, a batch whose error Alone names runs again one input at a
+// time: the input that caused it gets the error, the others their results.
+// Without it the whole batch fails.
+func TestGroupAloneRunsARefusedBatchOneByOne(t *testing.T) {
+	refused := errors.New("refused: a 13 in the batch")
+	run := func(_ context.Context, ins []int) ([]Result[int], error) {
+		if slices.Contains(ins, 13) {
+			return nil, refused
+		}
+		out := make([]Result[int], len(ins))
+		for i, in := range ins {
+			out[i].Out = in
+		}
+		return out, nil
+	}
+	for _, alone := range []bool{true, false} {
+		g := &Group[int, int]{Run: run, Gather: time.Second}
+		if alone {
+			g.Alone = func(err error) bool { return errors.Is(err, refused) }
+		}
+		ins := []int{1, 13, 2}
+		errs := make([]error, len(ins))
+		outs := make([]int, len(ins))
+		var wg sync.WaitGroup
+		for i, in := range ins {
+			wg.Go(func() { outs[i], errs[i] = g.Do(context.Background(), in) })
+		}
+		wg.Wait()
+		if !errors.Is(errs[1], refused) {
+			t.Fatalf("alone %v: the 13 got %v", alone, errs[1])
+		}
+		for _, i := range []int{0, 2} {
+			if ok := errs[i] == nil && outs[i] == ins[i]; ok != alone {
+				t.Fatalf("alone %v: input %d got %d, %v", alone, ins[i], outs[i], errs[i])
+			}
+		}
+	}
+}

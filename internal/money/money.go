@@ -82,12 +82,12 @@ func (a Amount) Add(b Amount) (Amount, error) {
 
 // String formats the amount with exactly two decimal places.
 func (a Amount) String() string {
-	return string(a.append(make([]byte, 0, 24)))
+	return string(a.appendTo(make([]byte, 0, 24)))
 }
 
-// append adds the amount's String to b: on every event and statement
+// appendTo adds the amount's String to b: on every event and statement
 // argument, so without fmt.
-func (a Amount) append(b []byte) []byte {
+func (a Amount) appendTo(b []byte) []byte {
 	u := uint64(a)
 	if a < 0 {
 		b, u = append(b, '-'), uint64(-a) // -MinInt64 wraps to its own magnitude
@@ -100,7 +100,7 @@ func (a Amount) append(b []byte) []byte {
 // MarshalJSON writes the amount as a decimal string.
 func (a Amount) MarshalJSON() ([]byte, error) {
 	b := append(make([]byte, 0, 26), '"')
-	return append(a.append(b), '"'), nil
+	return append(a.appendTo(b), '"'), nil
 }
 
 // UnmarshalJSON reads a decimal string; a JSON number is refused so that no

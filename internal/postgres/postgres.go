@@ -247,6 +247,16 @@ func IsUnknownOutcome(err error) bool {
 		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed)
 }
 
+// Refused reports whether the server answered err for a statement it was
+// able to run and would not (a constraint, a deadlock, a raised error):
+// the work was rolled back, and trying it again will not be refused for
+// the database's absence. In a batch of several callers' statements, one
+// statement's refusal rolls back the others' too (batch.Group.Alone).
+func Refused(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && !IsUnavailable(err)
+}
+
 // IsTransient reports whether err is the database's absence, certain or
 // not. Consumers retry such failures without using up attempts: an outage
 // must not dead-letter good messages.
