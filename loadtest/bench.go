@@ -170,9 +170,9 @@ func runBench(ctx context.Context, cfg BenchConfig, stdout, progress io.Writer) 
 	say("one client for %s", cfg.Single)
 	single := closedLoop(ctx, cust, 1, cfg.Single, cfg.Timeout)
 	// The same client straight to the order service: what the gateway's
-	// hop adds is the difference. Its customers are numbered apart from
-	// the gateway's, so no idempotency key or address repeats.
-	direct := &Customers{url: sys.URL("order") + "/orders", base: cust.base + 1e8, price: cust.price}
+	// hop adds is the difference.
+	direct := NewCustomers(Config{Price: cust.price})
+	direct.url = sys.URL("order") + "/orders"
 	say("one client straight to the order service (no gateway) for %s", cfg.Single/2)
 	straight := closedLoop(ctx, direct, 1, cfg.Single/2, cfg.Timeout)
 	say("%d clients for %s", cfg.Clients, cfg.Duration)

@@ -60,9 +60,11 @@ func Main(name string, cfg any, run func(context.Context) error, commands func()
 // with a P per core each wake-up hands goroutines between threads that
 // spin and park: at 80 orders/s that costs the four services about a
 // quarter more CPU per order than one P does, and one P still has room for
-// several hundred orders/s per process. It is what a Kubernetes pod with a
-// CPU limit of 1 gets anyway (the runtime follows the cgroup's limit);
-// set GOMAXPROCS to use more cores in one process, or run more replicas.
+// several hundred orders/s per process. The runtime's own default follows
+// a cgroup's CPU limit but never goes below 2, so without this a pod
+// limited to one CPU would still run two Ps. Set GOMAXPROCS to use more
+// cores in one process (a pod whose CPU limit is above 1), or run more
+// replicas.
 func oneCoreUnlessSet() {
 	if os.Getenv("GOMAXPROCS") == "" {
 		runtime.GOMAXPROCS(1)
