@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -45,6 +46,28 @@ func (s *Store) testOrder(t *testing.T, email string) Order {
 func paidStep(o Order) SagaEvent {
 	return SagaEvent{EventID: uuid.NewString(), EventType: "PaymentProcessed", OrderID: o.ID, To: StatusPaid, Step: StepPaid,
 		At: time.Now(), Payer: &Payer{UserID: o.UserID, UserEmail: o.UserEmail, Amount: o.TotalAmount}}
+}
+
+// batchSizes wraps s's advance batches (the service's settings, set up by
+// init) to record how many steps each held; sizes returns them so far.
+func batchSizes(s *Store) (sizes func() []int) {
+	var (
+		mu   sync.Mutex
+		seen []int
+	)
+	s.init()
+	run := s.advances.Run
+	s.advances.Run = func(ctx context.Context, es []SagaEvent) ([]batch.Result[advanced], error) {
+		mu.Lock()
+		seen = append(seen, len(es))
+		mu.Unlock()
+		return run(ctx, es)
+	}
+	return func() []int {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(seen)
+	}
 }
 
 // Several steps in one advance_orders call each get the outcome they get
@@ -122,18 +145,7 @@ func TestAdvanceStepsTogether(t *testing.T) {
 func TestAdvanceConcurrentCallers(t *testing.T) {
 	t.Parallel()
 	s := testStore(t)
-	var (
-		mu      sync.Mutex
-		largest int // the most steps one batch held
-	)
-	s.init()
-	run := s.advances.Run
-	s.advances.Run = func(ctx context.Context, es []SagaEvent) ([]batch.Result[advanced], error) {
-		mu.Lock()
-		largest = max(largest, len(es))
-		mu.Unlock()
-		return run(ctx, es)
-	}
+	sizes := batchSizes(s)
 	const n = 40
 	orders := make([]Order, n)
 	for i := range orders {
@@ -164,7 +176,7 @@ func TestAdvanceConcurrentCallers(t *testing.T) {
 	if err := s.pool.QueryRow(context.Background(), `SELECT count(*) FROM orders WHERE status = 'paid'`).Scan(&paid); err != nil || paid != n {
 		t.Fatalf("%d orders paid (%v), want %d", paid, err, n)
 	}
-	if largest < 2 {
+	if largest := slices.Max(append(sizes(), 0)); largest < 2 {
 		t.Fatalf("no batch held more than %d step: the callers did not share round trips", largest)
 	}
 }
@@ -176,19 +188,8 @@ func TestAdvanceConcurrentCallers(t *testing.T) {
 func TestAdvanceRefusalStaysItsOwn(t *testing.T) {
 	t.Parallel()
 	s := testStore(t)
-	var (
-		mu    sync.Mutex
-		sizes []int
-	)
-	s.init() // the service's settings, but a Gather long enough for the three
-	run := s.advances.Run
-	s.advances.Gather = time.Second
-	s.advances.Run = func(ctx context.Context, es []SagaEvent) ([]batch.Result[advanced], error) {
-		mu.Lock()
-		sizes = append(sizes, len(es))
-		mu.Unlock()
-		return run(ctx, es)
-	}
+	recorded := batchSizes(s)
+	s.advances.Gather = time.Second // long enough for the three
 	a, b, c := s.testOrder(t, "a@example.com"), s.testOrder(t, "b@example.com"), s.testOrder(t, "c@example.com")
 	bogus := paidStep(b)
 	bogus.To = "bogus"
@@ -209,9 +210,43 @@ func TestAdvanceRefusalStaysItsOwn(t *testing.T) {
 			t.Fatalf("step %d beside the refused one: applied %v, %v", i, applied[i], errs[i])
 		}
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	if len(sizes) == 0 || sizes[0] != 3 {
+	if sizes := recorded(); len(sizes) == 0 || sizes[0] != 3 {
 		t.Fatalf("batch sizes %v: the three steps did not share a batch first", sizes)
+	}
+}
+
+// Steps that keep coming, each a little after the last (deliveries spread
+// out at a steady rate, not the burst of one read), share a batch: after
+// the first, which goes at once, they wait out the Store's linger together
+// (one statement, one commit and one ack for many instead of one each).
+func TestAdvanceLingerGathersStepsThatKeepComing(t *testing.T) {
+	t.Parallel()
+	s := testStore(t)
+	s.linger = 400 * time.Millisecond
+	recorded := batchSizes(s)
+	const n = 6
+	steps := make([]SagaEvent, n)
+	for i := range steps {
+		steps[i] = paidStep(s.testOrder(t, "spread@example.com"))
+	}
+	errs := make([]error, n)
+	applied := make([]bool, n)
+	var wg sync.WaitGroup
+	for i, e := range steps {
+		wg.Go(func() { applied[i], errs[i] = s.Advance(context.Background(), e) })
+		time.Sleep(20 * time.Millisecond)
+	}
+	wg.Wait()
+	for i := range steps {
+		if errs[i] != nil || !applied[i] {
+			t.Fatalf("step %d: applied %v, %v", i, applied[i], errs[i])
+		}
+	}
+	sizes := recorded()
+	if len(sizes) == 0 || sizes[0] != 1 {
+		t.Fatalf("batch sizes %v: the first step after an idle spell did not go at once and alone", sizes)
+	}
+	if len(sizes) > 3 {
+		t.Fatalf("batch sizes %v: %d steps 20 ms apart took %d batches with a 400 ms linger", sizes, n, len(sizes))
 	}
 }

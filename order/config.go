@@ -36,6 +36,9 @@ type Config struct {
 	// event published by any other user (RabbitMQ validates the user_id
 	// property) is refused. Empty: not checked.
 	PaymentAMQPUser string `envconfig:"PAYMENT_AMQP_USER"`
+	// AdvanceLinger is the least time between two batches of saga steps
+	// (Store.linger).
+	AdvanceLinger time.Duration `envconfig:"ADVANCE_LINGER" default:"100ms"`
 
 	// The outbox relay's batching and the clean-up of the outbox and inbox
 	// tables (internal/outbox).

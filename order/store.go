@@ -41,6 +41,12 @@ type Store struct {
 	key tokenKey
 	// metrics counts the saga's ends and times the mails (nil: none).
 	metrics *telemetry.Metrics
+	// linger is the least time between the starts of two Advance batches
+	// (ADVANCE_LINGER): after an idle spell a step goes at once, while
+	// steps keep coming they gather for up to linger and share one round
+	// trip, one commit and one ack. No step waits on the way to the mail:
+	// payment and email do not wait for the order service.
+	linger time.Duration
 
 	advances    batch.Group[SagaEvent, advanced] // Advance's batches
 	advanceInit sync.Once
@@ -351,9 +357,10 @@ func selectItems(ctx context.Context, tx pgx.Tx, id int64) ([]Item, error) {
 // (it had ended already) records nothing. It reports whether the event
 // changed the order.
 //
-// Steps that come together (the deliveries of one read: a relay's batch)
-// share one round trip and one commit (advance_orders): each caller waits
-// for its own step's outcome, which is the same as alone.
+// Steps that come together (the deliveries of one read: a relay's batch,
+// or those that come within the Store's linger of the last batch) share
+// one round trip and one commit (advance_orders): each caller waits for
+// its own step's outcome, which is the same as alone.
 func (s *Store) Advance(ctx context.Context, e SagaEvent) (bool, error) {
 	s.init()
 	a, err := s.advances.Do(ctx, e)
@@ -378,6 +385,7 @@ func (s *Store) Advance(ctx context.Context, e SagaEvent) (bool, error) {
 func (s *Store) init() {
 	s.advanceInit.Do(func() {
 		s.advances.Run, s.advances.Max, s.advances.Gather, s.advances.Alone = s.advanceBatch, advanceBatchMax, advanceGather, postgres.Refused
+		s.advances.Linger = s.linger
 	})
 }
 
