@@ -46,16 +46,29 @@ type sentLog struct {
 	sent    map[uuid.UUID]int64    // mail key → unix seconds it counts from
 	offsets map[string]int64       // how far each file has been read
 	readers map[string]*sentReader // the recent files, kept open for catching up
-	f       *os.File
-	file    string // the name f is for
+	// closed are files of past spans that get no more lines (read to
+	// their end, or absent, after their span and sentLogSkew): catchUp
+	// does not look at them again.
+	closed map[string]bool
+	buf    []byte // catchUp's read buffer
+	f      *os.File
+	file   string // the name f is for
 }
 
 // sentReader is a file of the current or the previous span, open for
-// reading what siblings append to it.
+// reading what siblings append to it: each look is one read(2) from where
+// the last one stopped (the file's own offset), however many lines came.
 type sentReader struct {
-	f   *os.File
-	end time.Time // the end of the file's span: the time its records count from
+	f    *os.File
+	end  time.Time // the end of the file's span: the time its records count from
+	rest []byte    // the start of a line still being written
+	skip bool      // rest overflowed: drop bytes up to the next newline
+	pos  int64     // where the bytes not yet taken (rest) start
 }
+
+// sentLogSkew is how long past its span a file may still get lines (the
+// clocks of processes sharing the directory may differ by this much).
+const sentLogSkew = time.Minute
 
 const (
 	sentLogSpan   = 10 * time.Minute
@@ -78,7 +91,7 @@ func mailKey(messageID string) uuid.UUID { return uuid.NewSHA1(mailNamespace, []
 // openSentLog loads the records of the last ttl from dir and deletes older
 // files. An empty dir keeps the records in memory only.
 func openSentLog(dir string, ttl time.Duration, now time.Time) (*sentLog, error) {
-	l := &sentLog{dir: dir, ttl: ttl, sent: map[uuid.UUID]int64{}, offsets: map[string]int64{}, readers: map[string]*sentReader{}}
+	l := &sentLog{dir: dir, ttl: ttl, sent: map[uuid.UUID]int64{}, offsets: map[string]int64{}, readers: map[string]*sentReader{}, closed: map[string]bool{}}
 	if dir == "" {
 		return l, nil
 	}
@@ -155,29 +168,99 @@ func (l *sentLog) load(f *os.File, path string, at time.Time) {
 }
 
 // catchUp reads what siblings appended to the files of the current and the
-// previous span since the last look: a read on each of two open files, no
+// previous span since the last look: one read on each open file, no
 // directory listing. A file that does not exist yet is tried again next
-// time. The caller holds mu.
+// time, unless its span is over (then nobody will write it); a file of a
+// past span is read to its end once more and then left alone. In the
+// usual case (the previous span's file done with) that is one read(2) per
+// first-time mail. The caller holds mu.
 func (l *sentLog) catchUp(now time.Time) {
 	for _, t := range []time.Time{now, now.Add(-sentLogSpan)} {
 		name := sentLogName(t)
-		path := filepath.Join(l.dir, name)
+		if l.closed[name] {
+			continue
+		}
+		end := t.UTC().Truncate(sentLogSpan).Add(sentLogSpan)
+		over := now.Sub(end) > sentLogSkew // no more lines will come
 		rd := l.readers[name]
 		if rd == nil {
+			path := filepath.Join(l.dir, name)
 			f, err := os.Open(path)
 			if err != nil {
-				continue // not there yet, or unreadable: a mail may go out twice, never zero times
+				// Not there yet, or unreadable: a mail may go out twice,
+				// never zero times.
+				if over && errors.Is(err, fs.ErrNotExist) {
+					l.closed[name] = true
+				}
+				continue
 			}
-			rd = &sentReader{f: f, end: t.UTC().Truncate(sentLogSpan).Add(sentLogSpan)}
+			if _, err := f.Seek(l.offsets[path], io.SeekStart); err != nil {
+				f.Close()
+				continue
+			}
+			rd = &sentReader{f: f, end: end, pos: l.offsets[path]}
 			l.readers[name] = rd
 		}
-		l.load(rd.f, path, rd.end)
+		l.follow(rd, filepath.Join(l.dir, name))
+		if over {
+			rd.f.Close()
+			delete(l.readers, name)
+			l.closed[name] = true
+		}
 	}
 	// Files older than the previous span get no new lines: close them.
 	for name, rd := range l.readers {
 		if name != sentLogName(now) && name != sentLogName(now.Add(-sentLogSpan)) {
 			rd.f.Close()
 			delete(l.readers, name)
+		}
+	}
+	for name := range l.closed {
+		if name != sentLogName(now.Add(-sentLogSpan)) {
+			delete(l.closed, name)
+		}
+	}
+}
+
+// follow reads what was appended to rd's file since the last look and
+// takes its complete lines; a read that fills the buffer is followed by
+// another.
+func (l *sentLog) follow(rd *sentReader, path string) {
+	if l.buf == nil {
+		l.buf = make([]byte, 64<<10)
+	}
+	for {
+		n, err := rd.f.Read(l.buf)
+		data := l.buf[:n]
+		for len(data) > 0 {
+			i := bytes.IndexByte(data, '\n')
+			if i < 0 {
+				if rd.skip || len(rd.rest)+len(data) > 1024 {
+					rd.pos += int64(len(rd.rest) + len(data))
+					rd.rest, rd.skip = rd.rest[:0], true // not a record: drop it
+				} else {
+					rd.rest = append(rd.rest, data...)
+				}
+				break
+			}
+			line := data[:i]
+			if len(rd.rest) > 0 {
+				line = append(rd.rest, line...)
+			}
+			if !rd.skip {
+				if id, err := uuid.ParseBytes(bytes.TrimSpace(line)); err == nil {
+					l.sent[id] = rd.end.Unix()
+				}
+			}
+			rd.pos += int64(len(rd.rest) + i + 1)
+			rd.rest, rd.skip = rd.rest[:0], false
+			data = data[i+1:]
+		}
+		if err != nil || n < len(l.buf) {
+			// refresh reads on a handle of its own: what either has taken
+			// is not read again by the next refresh.
+			l.offsets[path] = max(l.offsets[path], rd.pos)
+			return
 		}
 	}
 }

@@ -155,3 +155,96 @@ func TestSentLogSkipsGarbage(t *testing.T) {
 		t.Fatal("the record after a garbage line was not read")
 	}
 }
+
+// readSyscalls is how many read system calls (read, pread, readv) this
+// process has made (Linux's /proc/self/io).
+func readSyscalls(t *testing.T) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/io")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(line, "syscr: "); ok {
+			var n int
+			if _, err := fmt.Sscan(v, &n); err != nil {
+				t.Fatal(err)
+			}
+			return n
+		}
+	}
+	t.Fatal("no syscr in /proc/self/io")
+	return 0
+}
+
+// A first-time mail costs one read of the shared file (what siblings
+// appended since the last look), not a read to the data and another to the
+// end of the file, and a previous span's file that is done with (or was
+// never written) is not looked at again.
+func TestSentLogCatchUpReadsOnce(t *testing.T) {
+	dir := t.TempDir()
+	l, err := openSentLog(dir, time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	const mails = 200
+	keys := make([]uuid.UUID, mails)
+	for i := range keys {
+		keys[i] = uuid.New()
+	}
+	before := readSyscalls(t)
+	for _, k := range keys {
+		if l.has(k) {
+			t.Fatal("an unknown mail was found")
+		}
+		if err := l.add(k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The reading of /proc/self/io is one read and one to its end; the
+	// runtime reads nothing else meanwhile. Some slack for the span
+	// changing during the loop.
+	if reads := readSyscalls(t) - before; reads > mails+10 {
+		t.Fatalf("%d read system calls for %d first-time mails; want one each", reads, mails)
+	}
+	for _, k := range keys {
+		if !l.has(k) {
+			t.Fatalf("%s not found after add", k)
+		}
+	}
+
+}
+
+// Five minutes into a span the previous one's file, absent, is given up
+// on; one that exists is read to its end once its span is over and then
+// closed: catchUp does not look at either again.
+func TestSentLogLetsPastSpansGo(t *testing.T) {
+	dir := t.TempDir()
+	l, err := openSentLog(dir, time.Hour, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	span := time.Now().UTC().Truncate(sentLogSpan).Add(3 * sentLogSpan) // spans no add writes to
+	l.mu.Lock()
+	l.catchUp(span.Add(5 * time.Minute))
+	gaveUp := l.closed[sentLogName(span.Add(-sentLogSpan))]
+	l.mu.Unlock()
+	if !gaveUp {
+		t.Fatal("the previous span's absent file is still looked for")
+	}
+	late := uuid.New()
+	if err := os.WriteFile(filepath.Join(dir, sentLogName(span)), []byte(late.String()+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	l.mu.Lock()
+	l.catchUp(span.Add(sentLogSpan + 5*time.Minute)) // the file is the previous span's, and that span is over
+	_, found := l.sent[late]
+	_, open := l.readers[sentLogName(span)]
+	closed := l.closed[sentLogName(span)]
+	l.mu.Unlock()
+	if !found || open || !closed {
+		t.Fatalf("the previous span's file: record read %v, still open %v, given up %v", found, open, closed)
+	}
+}
