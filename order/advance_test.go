@@ -250,3 +250,35 @@ func TestAdvanceLingerGathersStepsThatKeepComing(t *testing.T) {
 		t.Fatalf("batch sizes %v: %d steps 20 ms apart took %d batches with a 400 ms linger", sizes, n, len(sizes))
 	}
 }
+
+// A batch that holds every caller there can be (the consumer's handlers)
+// goes at once: with all of them waiting, lingering would only cap the
+// service at a batch per linger (at 32 per 100 ms, 160 orders/s: the
+// saga's queue fell behind at 194/s in make knee).
+func TestAdvanceDoesNotLingerWithEveryCallerInHand(t *testing.T) {
+	t.Parallel()
+	s := testStore(t)
+	s.linger, s.callers = time.Hour, 3
+	recorded := batchSizes(s)
+	if _, err := s.Advance(context.Background(), paidStep(s.testOrder(t, "first@example.com"))); err != nil {
+		t.Fatal(err)
+	}
+	steps := []SagaEvent{paidStep(s.testOrder(t, "a@example.com")), paidStep(s.testOrder(t, "b@example.com")), paidStep(s.testOrder(t, "c@example.com"))}
+	done := make(chan error, len(steps))
+	for _, e := range steps {
+		go func() { _, err := s.Advance(context.Background(), e); done <- err }()
+	}
+	for range steps {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(time.Minute):
+			t.Fatalf("three steps with three callers at most still waiting after a minute (batches %v): the full batch lingered", recorded())
+		}
+	}
+	if got := recorded(); !slices.Equal(got, []int{1, 3}) {
+		t.Fatalf("batch sizes %v, want [1 3]", got)
+	}
+}

@@ -38,7 +38,8 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 		return err
 	}
 	defer svc.Close()
-	store := &Store{pool: svc.DB.Pool, ready: svc.DB.Ready, timeout: cfg.RequestTimeout, metrics: svc.Metrics, linger: cfg.AdvanceLinger}
+	store := &Store{pool: svc.DB.Pool, ready: svc.DB.Ready, timeout: cfg.RequestTimeout, metrics: svc.Metrics,
+		linger: cfg.AdvanceLinger, callers: cfg.Concurrency}
 	if cfg.AccessTokenSecret != "" {
 		if len(cfg.AccessTokenSecret) < 32 {
 			return fmt.Errorf("ACCESS_TOKEN_SECRET must be at least 32 bytes")

@@ -47,6 +47,9 @@ type Store struct {
 	// trip, one commit and one ack. No step waits on the way to the mail:
 	// payment and email do not wait for the order service.
 	linger time.Duration
+	// callers is the most Advance calls at once (the consumer's
+	// handlers): a batch that holds them all goes without lingering.
+	callers int
 
 	advances    batch.Group[SagaEvent, advanced] // Advance's batches
 	advanceInit sync.Once
@@ -386,6 +389,9 @@ func (s *Store) init() {
 	s.advanceInit.Do(func() {
 		s.advances.Run, s.advances.Max, s.advances.Gather, s.advances.Alone = s.advanceBatch, advanceBatchMax, advanceGather, postgres.Refused
 		s.advances.Linger = s.linger
+		if s.callers > 0 {
+			s.advances.Max = min(advanceBatchMax, s.callers)
+		}
 	})
 }
 

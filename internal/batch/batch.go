@@ -33,8 +33,10 @@ type Group[In, Out any] struct {
 	Timeout time.Duration
 	// Linger is the least time between the starts of two batches: after
 	// an idle spell a call goes at once, while calls keep coming they
-	// gather for up to Linger. 0: a batch is what came while the last one
-	// was under way.
+	// gather for up to Linger, and a batch goes as soon as Max calls wait
+	// (so a Group whose callers are at most Max, a consumer's handlers,
+	// never waits with all of them in hand). 0: a batch is what came while
+	// the last one was under way.
 	Linger time.Duration
 	// Gather is how long a batch waits for company after an idle spell:
 	// calls that come in a burst (the deliveries of one read) go out
@@ -50,7 +52,8 @@ type Group[In, Out any] struct {
 	mu        sync.Mutex
 	queue     []*call[In, Out]
 	busy      bool
-	lastStart time.Time // of the last batch; only flush uses it
+	lastStart time.Time     // of the last batch; only flush uses it
+	full      chan struct{} // told when Max calls wait; made by Do under mu
 }
 
 type call[In, Out any] struct {
@@ -65,9 +68,17 @@ func (g *Group[In, Out]) Do(ctx context.Context, in In) (Out, error) {
 	c := &call[In, Out]{ctx: ctx, in: in, done: make(chan Result[Out], 1)}
 	g.mu.Lock()
 	g.queue = append(g.queue, c)
+	if g.full == nil {
+		g.full = make(chan struct{}, 1)
+	}
 	if !g.busy {
 		g.busy = true
 		go g.flush()
+	} else if len(g.queue) >= g.max() {
+		select { // a lingering flush need not wait any longer
+		case g.full <- struct{}{}:
+		default:
+		}
 	}
 	g.mu.Unlock()
 	select {
@@ -76,6 +87,26 @@ func (g *Group[In, Out]) Do(ctx context.Context, in In) (Out, error) {
 	case <-ctx.Done():
 		var zero Out
 		return zero, context.Cause(ctx)
+	}
+}
+
+// wait lets calls gather for d, or until Max of them wait.
+func (g *Group[In, Out]) wait(d time.Duration) {
+	g.mu.Lock()
+	full, n := g.full, len(g.queue)
+	select {
+	case <-full: // a signal from before: n says how things are now
+	default:
+	}
+	g.mu.Unlock()
+	if n >= g.max() {
+		return
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-full:
 	}
 }
 
@@ -89,16 +120,17 @@ func (g *Group[In, Out]) max() int {
 func (g *Group[In, Out]) flush() {
 	idle := time.Since(g.lastStart) >= g.Linger
 	if idle && g.Gather > 0 {
-		time.Sleep(g.Gather)
+		g.wait(g.Gather)
 	}
 	for {
 		g.mu.Lock()
 		waiting := len(g.queue)
 		g.mu.Unlock()
 		// A full batch goes at once; a smaller one waits out the rest of
-		// Linger since the last batch started, gathering what comes.
+		// Linger since the last batch started, gathering what comes, until
+		// it is full.
 		if wait := g.Linger - time.Since(g.lastStart); wait > 0 && waiting < g.max() {
-			time.Sleep(wait)
+			g.wait(wait)
 		}
 		g.mu.Lock()
 		n := min(len(g.queue), g.max())

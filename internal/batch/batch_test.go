@@ -95,8 +95,45 @@ func TestGroupGatherAndMax(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	if got := r.sizes(); !slices.Equal(got, []int{8, 2}) {
-		t.Fatalf("batch sizes %v, want [8 2]: a burst gathered, split at Max", got)
+	// The first batch goes when 8 wait (not after the whole Gather); the
+	// rest go after it, as they came.
+	got := r.sizes()
+	sum := 0
+	for _, n := range got {
+		sum += n
+	}
+	if len(got) < 2 || got[0] != 8 || sum != 10 {
+		t.Fatalf("batch sizes %v, want 8 and then the other 2: a burst gathered, split at Max", got)
+	}
+}
+
+// A Group that lingers does not hold a full batch: Max calls waiting go at
+// once, however long Linger and Gather are (a consumer whose handlers are
+// all waiting in the Group would otherwise do Max per Linger and fall
+// behind).
+func TestGroupFullBatchDoesNotLinger(t *testing.T) {
+	r := &recorder{}
+	g := &Group[int, int]{Run: r.run, Linger: time.Hour, Gather: time.Hour, Max: 3}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var wg sync.WaitGroup
+		for i := range 6 {
+			wg.Go(func() {
+				if out, err := g.Do(context.Background(), i); err != nil || out != 2*i {
+					t.Errorf("call %d: %d, %v", i, out, err)
+				}
+			})
+		}
+		wg.Wait()
+	}()
+	select {
+	case <-done:
+	case <-time.After(time.Minute):
+		t.Fatalf("six calls with Max 3 still waiting after a minute (batches so far %v): full batches lingered", r.sizes())
+	}
+	if got := r.sizes(); !slices.Equal(got, []int{3, 3}) {
+		t.Fatalf("batch sizes %v, want [3 3]", got)
 	}
 }
 
