@@ -34,7 +34,10 @@ import (
 // one volume): lines are appended with O_APPEND, and a process that does
 // not know a key reads what the others appended to the files of the
 // current and the previous span since it last looked (a read on a file it
-// keeps open; the directory is listed only when it opens and once a span).
+// keeps open; the directory is listed only when it opens and once a span);
+// the previous span's file only until sentLogSkew past its end, which
+// assumes the processes' clocks agree that closely (replicas on one volume
+// share a host's clock).
 //
 // Memory: 16 bytes of key and 8 of time per record (plus the map's own),
 // for ttl plus one span: about 40 MB at 300 mails/s with a one-hour ttl.

@@ -203,9 +203,10 @@ func TestSentLogCatchUpReadsOnce(t *testing.T) {
 		}
 	}
 	// The reading of /proc/self/io is one read and one to its end; the
-	// runtime reads nothing else meanwhile. Some slack for the span
-	// changing during the loop.
-	if reads := readSyscalls(t) - before; reads > mails+10 {
+	// slack is for the span changing during the loop and for other
+	// goroutines of the process (a test's leftover connection): the old
+	// way took two reads a mail.
+	if reads := readSyscalls(t) - before; reads > mails*3/2 {
 		t.Fatalf("%d read system calls for %d first-time mails; want one each", reads, mails)
 	}
 	for _, k := range keys {

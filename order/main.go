@@ -11,6 +11,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/checkout-demo/checkout/internal/events"
 	"github.com/checkout-demo/checkout/internal/web"
 	"github.com/checkout-demo/checkout/internal/worker"
 	"github.com/checkout-demo/checkout/order/migrations"
@@ -39,7 +40,7 @@ func run(ctx context.Context, cfg Config, stdout io.Writer, listening func(net.A
 	}
 	defer svc.Close()
 	store := &Store{pool: svc.DB.Pool, ready: svc.DB.Ready, timeout: cfg.RequestTimeout, metrics: svc.Metrics,
-		linger: cfg.AdvanceLinger, callers: cfg.Concurrency}
+		linger: cfg.AdvanceLinger, callers: events.ConsumerConfig{Prefetch: cfg.Prefetch, Concurrency: cfg.Concurrency}.Handlers()}
 	if cfg.AccessTokenSecret != "" {
 		if len(cfg.AccessTokenSecret) < 32 {
 			return fmt.Errorf("ACCESS_TOKEN_SECRET must be at least 32 bytes")

@@ -47,8 +47,9 @@ type Store struct {
 	// trip, one commit and one ack. No step waits on the way to the mail:
 	// payment and email do not wait for the order service.
 	linger time.Duration
-	// callers is the most Advance calls at once (the consumer's
-	// handlers): a batch that holds them all goes without lingering.
+	// callers is the most Advance calls at once (the consumer's handlers,
+	// events.ConsumerConfig.Handlers): a batch that holds them all goes
+	// without lingering.
 	callers int
 
 	advances    batch.Group[SagaEvent, advanced] // Advance's batches

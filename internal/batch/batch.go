@@ -34,9 +34,9 @@ type Group[In, Out any] struct {
 	// Linger is the least time between the starts of two batches: after
 	// an idle spell a call goes at once, while calls keep coming they
 	// gather for up to Linger, and a batch goes as soon as Max calls wait
-	// (so a Group whose callers are at most Max, a consumer's handlers,
-	// never waits with all of them in hand). 0: a batch is what came while
-	// the last one was under way.
+	// (so a Group with Max set to the number of its callers, a consumer's
+	// handlers, never waits with all of them in hand). 0: a batch is what
+	// came while the last one was under way.
 	Linger time.Duration
 	// Gather is how long a batch waits for company after an idle spell:
 	// calls that come in a burst (the deliveries of one read) go out

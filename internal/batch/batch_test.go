@@ -95,8 +95,9 @@ func TestGroupGatherAndMax(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	// The first batch goes when 8 wait (not after the whole Gather); the
-	// rest go after it, as they came.
+	// The first batch is 8 (it goes when 8 wait); the rest go after it, as
+	// they came (TestGroupFullBatchDoesNotLinger: without waiting out
+	// Gather).
 	got := r.sizes()
 	sum := 0
 	for _, n := range got {

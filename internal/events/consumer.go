@@ -56,6 +56,13 @@ type ConsumerConfig struct {
 	Metrics *telemetry.Metrics
 }
 
+// Handlers is the most handlers a consumer with this configuration runs at
+// once: Concurrency, and never more than the Prefetch the broker hands out.
+func (c ConsumerConfig) Handlers() int {
+	c.defaults()
+	return min(c.Prefetch, c.Concurrency)
+}
+
 func (c *ConsumerConfig) defaults() {
 	if c.Prefetch <= 0 {
 		c.Prefetch = 50

@@ -133,8 +133,8 @@ func (a Amount) NumericValue() (pgtype.Numeric, error) {
 }
 
 // ScanNumeric lets pgx read a numeric column into the amount from its
-// binary format (pgtype.NumericScanner), with Parse's rules: not negative,
-// at most two decimal places, at most Max.
+// binary format (pgtype.NumericScanner): not negative, no fraction of a
+// cent, at most Max.
 func (a *Amount) ScanNumeric(n pgtype.Numeric) error {
 	if !n.Valid || n.NaN || n.InfinityModifier != pgtype.Finite || n.Int == nil {
 		return fmt.Errorf("money: cannot scan %v", n)
