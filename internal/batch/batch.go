@@ -123,13 +123,10 @@ func (g *Group[In, Out]) flush() {
 		g.wait(g.Gather)
 	}
 	for {
-		g.mu.Lock()
-		waiting := len(g.queue)
-		g.mu.Unlock()
 		// A full batch goes at once; a smaller one waits out the rest of
 		// Linger since the last batch started, gathering what comes, until
 		// it is full.
-		if wait := g.Linger - time.Since(g.lastStart); wait > 0 && waiting < g.max() {
+		if wait := g.Linger - time.Since(g.lastStart); wait > 0 {
 			g.wait(wait)
 		}
 		g.mu.Lock()

@@ -132,34 +132,6 @@ func (a Amount) NumericValue() (pgtype.Numeric, error) {
 	return pgtype.Numeric{Int: big.NewInt(int64(a)), Exp: -2, Valid: true}, nil
 }
 
-// ScanNumeric lets pgx read a numeric column into the amount from its
-// binary format (pgtype.NumericScanner): not negative, no fraction of a
-// cent, at most Max.
-func (a *Amount) ScanNumeric(n pgtype.Numeric) error {
-	if !n.Valid || n.NaN || n.InfinityModifier != pgtype.Finite || n.Int == nil {
-		return fmt.Errorf("money: cannot scan %v", n)
-	}
-	cents := new(big.Int).Set(n.Int)
-	switch e := n.Exp + 2; {
-	case e > 0:
-		cents.Mul(cents, new(big.Int).Exp(big.NewInt(10), big.NewInt(int64(e)), nil))
-	case e < 0:
-		var rem big.Int
-		cents.QuoRem(cents, new(big.Int).Exp(big.NewInt(10), big.NewInt(int64(-e)), nil), &rem)
-		if rem.Sign() != 0 {
-			return fmt.Errorf("money: scan: %w", ErrInvalid)
-		}
-	}
-	switch {
-	case cents.Sign() < 0:
-		return fmt.Errorf("money: scan: %w", ErrInvalid)
-	case !cents.IsInt64() || Amount(cents.Int64()) > Max:
-		return fmt.Errorf("money: scan: %w", ErrTooLarge)
-	}
-	*a = Amount(cents.Int64())
-	return nil
-}
-
 // Scan reads a numeric column (as text) into the amount.
 func (a *Amount) Scan(src any) error {
 	var s string

@@ -6,10 +6,10 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 )
 
-// An amount goes to and comes from a numeric column in pgx's binary
-// format directly: no text detour, and no failed encode (pgx's fallback
-// for a driver.Valuer's string builds an error, parses the string back and
-// encodes again, on every statement).
+// An amount goes to a numeric column in pgx's binary format directly: no
+// failed encode (pgx's fallback for a driver.Valuer's string builds an
+// error, parses the string back and encodes again, on every statement).
+// It comes back through Scan, with Parse's rules.
 func TestAmountNumericBinary(t *testing.T) {
 	m := pgtype.NewMap()
 	for _, s := range []string{"0.00", "0.05", "12.34", "1000000.00", "9999999999.99"} {
