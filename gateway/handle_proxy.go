@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -140,6 +141,14 @@ func forward(w http.ResponseWriter, r *http.Request, log *slog.Logger, orders *o
 	}
 }
 
+// relayBufs holds the buffers relay copies answers through. io.Copy would
+// make a 32 KiB buffer per answer: the writer it is given (the
+// middleware's status recorder) is not an io.ReaderFrom, and net/http's
+// own ReadFrom would hand the body to the socket's, which makes one too.
+// Answers are a few hundred bytes; the response's own buffer gathers them
+// into one write.
+var relayBufs = sync.Pool{New: func() any { b := make([]byte, 4<<10); return &b }}
+
 // relay copies the order service's answer to the client.
 func relay(w http.ResponseWriter, r *http.Request, log *slog.Logger, resp *http.Response) {
 	defer resp.Body.Close()
@@ -153,7 +162,10 @@ func relay(w http.ResponseWriter, r *http.Request, log *slog.Logger, resp *http.
 		w.Header().Set("Location", "/api"+loc)
 	}
 	w.WriteHeader(resp.StatusCode)
-	if _, err := io.Copy(w, resp.Body); err != nil {
+	buf := relayBufs.Get().(*[]byte)
+	_, err := io.CopyBuffer(w, resp.Body, *buf)
+	relayBufs.Put(buf)
+	if err != nil {
 		log.Warn("relay upstream answer", "request_id", web.RequestID(r.Context()), "err", err)
 		// The status is out; a cut body must not reach the client as a
 		// complete answer. Aborting resets the connection instead.
