@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -27,6 +28,7 @@ type Command struct {
 // and SIGTERM cancel. It exits 1 on any error. commands is called after cfg
 // is read, so it can use its values.
 func Main(name string, cfg any, run func(context.Context) error, commands func() []Command) {
+	steadySysmonUnlessSet()
 	oneCoreUnlessSet()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -69,6 +71,46 @@ func oneCoreUnlessSet() {
 	if os.Getenv("GOMAXPROCS") == "" {
 		runtime.GOMAXPROCS(1)
 	}
+}
+
+// sysmonSetting is the GODEBUG setting steadySysmonUnlessSet adds: a
+// scheduler trace every 2^31-1 ms (24.8 days of the host's monotonic
+// clock, so a host up longer than that prints one SCHED line at start).
+const sysmonSetting = "schedtrace=2147483647"
+
+// steadySysmonUnlessSet starts the process again, in place (same pid, same
+// arguments), with GODEBUG's schedtrace set, unless GODEBUG already names
+// schedtrace (GODEBUG=schedtrace=0 keeps the runtime's default). The
+// runtime reads schedtrace once, at start, and while it is 0 the system
+// monitor thread sleeps whenever every P is idle; the next system call
+// then wakes it with a futex and it polls every 20 µs again, taking the P
+// from calls that block a little and handing it to another thread. A
+// service on one P that idles between every few messages pays that on
+// most of its system calls: at 80 orders/s, with the trace setting, the
+// four services spent 3.4 ms of CPU per order instead of 4.7 (see the
+// README's "Measured figures"). An idle service's monitor then wakes every
+// 10 ms, which costs nothing measurable; the only other effect of
+// schedtrace is a scheduler dump when the process dies of a fatal error.
+func steadySysmonUnlessSet() {
+	godebug := os.Getenv("GODEBUG")
+	if strings.Contains(godebug, "schedtrace=") {
+		return
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return // run as we are: only slower
+	}
+	if godebug != "" {
+		godebug += ","
+	}
+	env := []string{"GODEBUG=" + godebug + sysmonSetting}
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "GODEBUG=") { // the runtime would read the first
+			env = append(env, kv)
+		}
+	}
+	err = syscall.Exec(exe, os.Args, env)
+	fmt.Fprintln(os.Stderr, "starting again with GODEBUG="+sysmonSetting+":", err) // Exec returns only on failure
 }
 
 // HealthcheckCommand is the `healthcheck` subcommand every binary has, for
