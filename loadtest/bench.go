@@ -6,10 +6,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 
@@ -176,7 +178,13 @@ func runBench(ctx context.Context, cfg BenchConfig, stdout, progress io.Writer) 
 	say("one client straight to the order service (no gateway) for %s", cfg.Single/2)
 	straight := closedLoop(ctx, direct, 1, cfg.Single/2, cfg.Timeout)
 	say("%d clients for %s", cfg.Clients, cfg.Duration)
-	multi := closedLoop(ctx, cust, cfg.Clients, cfg.Duration, cfg.Timeout)
+	ours := []Component{fixed("gateway", sys.PID("gateway")), fixed("order", sys.PID("order")),
+		named("postgres", "postgres"), named("rabbitmq", "beam.smp"), fixed("load generator", os.Getpid())}
+	var multi Phase
+	multiCPU, err := cpuOf(ctx, ours, cfg.Duration, func() { multi = closedLoop(ctx, cust, cfg.Clients, cfg.Duration, cfg.Timeout) })
+	if err != nil {
+		return err
+	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -192,8 +200,14 @@ func runBench(ctx context.Context, cfg BenchConfig, stdout, progress io.Writer) 
 	}
 	pgSingleFor := min(cfg.Single, 5*time.Second)
 	say("pgbench, the same statement on the order service's database (after VACUUM ANALYZE): %d clients for %s, then 1 client for %s", cfg.Clients, cfg.Duration, pgSingleFor)
-	pgMulti, err := pgbench(ctx, db, script, cfg.Clients, cfg.Duration)
-	if err != nil {
+	var (
+		pgMulti PgbenchResult
+		pgErr   error
+	)
+	pgCPU, err := cpuOf(ctx, []Component{named("postgres", "postgres"), named("pgbench", "pgbench")}, cfg.Duration, func() {
+		pgMulti, pgErr = pgbench(ctx, db, script, cfg.Clients, cfg.Duration)
+	})
+	if err := errors.Join(pgErr, err); err != nil {
 		return err
 	}
 	pgSingle, err := pgbench(ctx, db, script, 1, pgSingleFor)
@@ -217,6 +231,8 @@ func runBench(ctx context.Context, cfg BenchConfig, stdout, progress io.Writer) 
 		straight.Requests, straight.Throughput, fmtMS(straight.Latency.P50), fmtMS(straight.Latency.P90), fmtMS(single.Latency.P50-straight.Latency.P50))
 	p("pgbench,  %2d client(s): %7.1f tps, latency average %s", cfg.Clients, pgMulti.TPS, fmtMS(pgMulti.LatencyMS))
 	p("pgbench,   1 client(s): %7.1f tps, latency average %s", pgSingle.TPS, fmtMS(pgSingle.LatencyMS))
+	p("CPU per checkout, %d clients: %s", cfg.Clients, perUnit(multiCPU, multi.Throughput*multiCPU.Seconds, ours))
+	p("CPU per pgbench transaction, %d clients: %s", cfg.Clients, perUnit(pgCPU, pgMulti.TPS*pgCPU.Seconds, nil))
 	ratio := 0.0
 	if pgMulti.TPS > 0 {
 		ratio = multi.Throughput / pgMulti.TPS
@@ -230,6 +246,56 @@ func runBench(ctx context.Context, cfg BenchConfig, stdout, progress io.Writer) 
 		return errors.New("bench: no checkout was accepted")
 	}
 	return nil
+}
+
+// cpuOf runs run, which takes about d, and returns what the components'
+// processes used in a window inside it (from a tenth of d to nine tenths):
+// the steady state, with processes that run starts (database backends)
+// already there and not yet gone.
+func cpuOf(ctx context.Context, cs []Component, d time.Duration, run func()) (CPUUse, error) {
+	done := make(chan struct{})
+	go func() { defer close(done); run() }()
+	defer func() { <-done }()
+	start := time.Now()
+	if !sleepUntil(ctx, start.Add(d/10)) {
+		return CPUUse{}, ctx.Err()
+	}
+	a, err := sampleCPU(cs)
+	if err != nil {
+		return CPUUse{}, err
+	}
+	if !sleepUntil(ctx, start.Add(d*9/10)) {
+		return CPUUse{}, ctx.Err()
+	}
+	b, err := sampleCPU(cs)
+	if err != nil {
+		return CPUUse{}, err
+	}
+	return cpuBetween(a, b), nil
+}
+
+// perUnit is a CPU window divided by what was done in it, in ms, the
+// components in the order of cs (or by name), then the rest of the machine
+// and the sum.
+func perUnit(u CPUUse, n float64, cs []Component) string {
+	if n <= 0 {
+		return "nothing done"
+	}
+	var names []string
+	for _, c := range cs {
+		names = append(names, c.Name)
+	}
+	if names == nil {
+		names = slices.Sorted(maps.Keys(u.MS))
+	}
+	var parts []string
+	sum := u.Rest
+	for _, name := range names {
+		parts = append(parts, fmt.Sprintf("%s %.3f", name, u.MS[name]/n))
+		sum += u.MS[name]
+	}
+	parts = append(parts, fmt.Sprintf("rest of the machine %.3f", u.Rest/n))
+	return fmt.Sprintf("%.3f ms (%s)", sum/n, strings.Join(parts, ", "))
 }
 
 // PgbenchResult is what pgbench printed.

@@ -52,7 +52,8 @@ type Store struct {
 	// without lingering.
 	callers int
 
-	advances    batch.Group[SagaEvent, advanced] // Advance's batches
+	advances    batch.Group[SagaEvent, advanced]     // Advance's batches
+	creates     batch.Group[pgx.NamedArgs, struct{}] // Create's inserts (group commit)
 	advanceInit sync.Once
 }
 
@@ -155,24 +156,58 @@ func (s *Store) create(ctx context.Context, n NewOrder, key string) (Order, erro
 		"now": now, "nonce": nonce, "token_hash": tokenHash, "owner": nullIfZero(n.Owner), "trace_id": o.TraceID})
 	// A pooled connection that died before the server saw the statement
 	// (the database restarted) wrote nothing: it is tried once more.
-	if err := postgres.Retry(ctx, func() error { return s.insert(ctx, args) }); err != nil {
+	s.init()
+	if _, err := s.creates.Do(ctx, args); err != nil {
+		if errors.Is(err, batch.ErrNotRun) {
+			err = postgres.NothingWritten(err) // given up before its write was sent
+		}
 		return Order{}, fmt.Errorf("insert order: %w", err)
 	}
 	return o, nil
 }
 
-// insert runs insertOrder on a connection of its own, so that a failure to
-// get one (certain: nothing was sent) is told from a failure after the
-// statement was sent (the outcome may be unknown).
-func (s *Store) insert(ctx context.Context, args pgx.NamedArgs) error {
-	conn, err := postgres.Acquire(ctx, s.pool)
+// insertBatch writes the orders of concurrent checkouts (those that came
+// while the last write was under way) in one round trip and one commit:
+// their insertOrder statements go in one pipeline, which PostgreSQL runs as
+// one implicit transaction. A checkout that finds the store idle goes alone
+// at once, so a group costs no latency; under load, the commits (and their
+// WAL flushes) are shared. When the database refuses the pipeline (one
+// order's Idempotency-Key taken meanwhile), the group writes each order
+// alone, so the refusal stays with its own checkout.
+//
+// The pipeline runs on a connection of its own, so that a failure to get
+// one (certain: nothing was sent) is told from a failure after the
+// statements were sent (the outcome may be unknown). A pooled connection
+// that died before the server saw them (the database restarted) is tried
+// once more.
+func (s *Store) insertBatch(ctx context.Context, args []pgx.NamedArgs) ([]batch.Result[struct{}], error) {
+	err := postgres.Retry(ctx, func() error {
+		conn, err := postgres.Acquire(ctx, s.pool)
+		if err != nil {
+			return err
+		}
+		defer conn.Release()
+		if len(args) == 1 {
+			_, err = conn.Exec(ctx, insertOrder, args[0])
+			return err
+		}
+		b := &pgx.Batch{}
+		for _, a := range args {
+			b.Queue(insertOrder, a)
+		}
+		return conn.SendBatch(ctx, b).Close()
+	})
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer conn.Release()
-	_, err = conn.Exec(ctx, insertOrder, args)
-	return err
+	return make([]batch.Result[struct{}], len(args)), nil
 }
+
+// createBatchMax is the most checkouts of one commit.
+const createBatchMax = 64
+
+// createParallel is the most checkout commits under way at once.
+const createParallel = 2
 
 // insertOrder writes an order with its items, its first timeline step and
 // its outbox row (outbox.Insert, with outbox.Row's arguments) in one atomic
@@ -384,10 +419,16 @@ func (s *Store) Advance(ctx context.Context, e SagaEvent) (bool, error) {
 	return a.applied, nil
 }
 
-// init sets up the group of Advance's batches. A batch is bounded by the
-// group's own timeout (10 s), not by REQUEST_TIMEOUT: that one is the API's.
+// init sets up the groups of Create's and Advance's batches. An Advance
+// batch is bounded by the group's own timeout (10 s), not by
+// REQUEST_TIMEOUT: that one is the API's, and bounds Create's.
 func (s *Store) init() {
 	s.advanceInit.Do(func() {
+		s.creates.Run, s.creates.Max, s.creates.Alone, s.creates.Timeout = s.insertBatch, createBatchMax, postgres.Refused, s.timeout
+		// A checkout whose write is under way learns its outcome: the
+		// write is bounded by the same timeout as the request, and the
+		// statement it cancels answers "nothing was written".
+		s.creates.Parallel, s.creates.Finish = createParallel, true
 		s.advances.Run, s.advances.Max, s.advances.Gather, s.advances.Alone = s.advanceBatch, advanceBatchMax, advanceGather, postgres.Refused
 		s.advances.Linger = s.linger
 		if s.callers > 0 {

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 )
@@ -48,11 +49,23 @@ type Group[In, Out any] struct {
 	// one at a time, so that the trouble stays with its own caller and the
 	// others go through.
 	Alone func(err error) bool
+	// Parallel is the most batches under way at once (default 1). With
+	// more than one, a call that finds every batch under way waits for
+	// the next one to end only when Parallel of them are: a batch's wait
+	// for its commit overlaps with the next one's work. Linger is kept
+	// between the starts of any two batches.
+	Parallel int
+	// Finish, when set, makes Do wait for the outcome of a batch that has
+	// taken its call even when ctx ends first (the batch is bounded by
+	// Timeout), so that the caller learns what happened instead of "maybe".
+	// A call whose ctx ends while it still waits to be taken is taken out
+	// of the queue: it was never run.
+	Finish bool
 
 	mu        sync.Mutex
 	queue     []*call[In, Out]
-	busy      bool
-	lastStart time.Time     // of the last batch; only flush uses it
+	running   int           // batches under way (flush goroutines)
+	lastStart time.Time     // of the last batch; under mu
 	full      chan struct{} // told when Max calls wait; made by Do under mu
 }
 
@@ -62,8 +75,13 @@ type call[In, Out any] struct {
 	done chan Result[Out]
 }
 
+// ErrNotRun is wrapped, with the cause of the caller's context, in the
+// error of a call whose context ended before a batch took it: its work was
+// certainly not done.
+var ErrNotRun = errors.New("batch: given up before its batch started")
+
 // Do hands in to the next batch and waits for its result. When ctx ends
-// first the work may still be done.
+// first the work may still be done (unless Finish is set, see there).
 func (g *Group[In, Out]) Do(ctx context.Context, in In) (Out, error) {
 	c := &call[In, Out]{ctx: ctx, in: in, done: make(chan Result[Out], 1)}
 	g.mu.Lock()
@@ -71,8 +89,8 @@ func (g *Group[In, Out]) Do(ctx context.Context, in In) (Out, error) {
 	if g.full == nil {
 		g.full = make(chan struct{}, 1)
 	}
-	if !g.busy {
-		g.busy = true
+	if g.running < max(g.Parallel, 1) {
+		g.running++
 		go g.flush()
 	} else if len(g.queue) >= g.max() {
 		select { // a lingering flush need not wait any longer
@@ -81,13 +99,35 @@ func (g *Group[In, Out]) Do(ctx context.Context, in In) (Out, error) {
 		}
 	}
 	g.mu.Unlock()
+	var zero Out
 	select {
 	case r := <-c.done:
 		return r.Out, r.Err
 	case <-ctx.Done():
-		var zero Out
+	}
+	if !g.Finish {
 		return zero, context.Cause(ctx)
 	}
+	g.mu.Lock()
+	i := slices.Index(g.queue, c)
+	if i >= 0 {
+		g.queue = slices.Delete(g.queue, i, i+1)
+	}
+	g.mu.Unlock()
+	if i >= 0 {
+		return zero, notRun(ctx)
+	}
+	r := <-c.done // a batch has it
+	return r.Out, r.Err
+}
+
+func notRun(ctx context.Context) error { return fmt.Errorf("%w: %w", ErrNotRun, context.Cause(ctx)) }
+
+// Queued is how many calls wait for a batch to take them.
+func (g *Group[In, Out]) Queued() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.queue)
 }
 
 // wait lets calls gather for d, or until Max of them wait.
@@ -118,7 +158,9 @@ func (g *Group[In, Out]) max() int {
 }
 
 func (g *Group[In, Out]) flush() {
+	g.mu.Lock()
 	idle := time.Since(g.lastStart) >= g.Linger
+	g.mu.Unlock()
 	if idle && g.Gather > 0 {
 		g.wait(g.Gather)
 	}
@@ -126,25 +168,29 @@ func (g *Group[In, Out]) flush() {
 		// A full batch goes at once; a smaller one waits out the rest of
 		// Linger since the last batch started, gathering what comes, until
 		// it is full.
-		if wait := g.Linger - time.Since(g.lastStart); wait > 0 {
+		g.mu.Lock()
+		wait := g.Linger - time.Since(g.lastStart)
+		g.mu.Unlock()
+		if wait > 0 {
 			g.wait(wait)
 		}
 		g.mu.Lock()
 		n := min(len(g.queue), g.max())
 		if n == 0 {
-			g.busy = false
+			g.running--
 			g.mu.Unlock()
 			return
 		}
 		batch := g.queue[:n:n]
 		g.queue = g.queue[n:]
+		g.lastStart = time.Now()
 		g.mu.Unlock()
 
 		// Callers that gave up meanwhile are not worked for.
 		live := batch[:0]
 		for _, c := range batch {
-			if err := c.ctx.Err(); err != nil {
-				c.done <- Result[Out]{Err: err}
+			if c.ctx.Err() != nil {
+				c.done <- Result[Out]{Err: notRun(c.ctx)}
 				continue
 			}
 			live = append(live, c)
@@ -156,7 +202,6 @@ func (g *Group[In, Out]) flush() {
 		for i, c := range live {
 			ins[i] = c.in
 		}
-		g.lastStart = time.Now()
 		timeout := g.Timeout
 		if timeout <= 0 {
 			timeout = 10 * time.Second

@@ -161,7 +161,11 @@ func TestGroupSkipsCallersThatGaveUpAndFailsWhatRunLeftOut(t *testing.T) {
 	}}
 	firstDone := make(chan struct{})
 	go func() { defer close(firstDone); _, _ = g.Do(context.Background(), 0) }()
-	waitFor(t, func() bool { g.mu.Lock(); defer g.mu.Unlock(); return g.busy && len(g.queue) == 0 && runs() == 1 })
+	waitFor(t, func() bool {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		return g.running == 1 && len(g.queue) == 0 && runs() == 1
+	})
 
 	gone, cancel := context.WithCancel(context.Background())
 	goneErr := make(chan error, 1)
@@ -243,5 +247,93 @@ func TestGroupAloneRunsARefusedBatchOneByOne(t *testing.T) {
 				t.Fatalf("alone %v: input %d got %d, %v", alone, ins[i], outs[i], errs[i])
 			}
 		}
+	}
+}
+
+// With Parallel 2, a call that comes while one batch is under way starts a
+// second one at once; a third waits for one of them to end.
+func TestGroupParallelBatches(t *testing.T) {
+	var (
+		mu      sync.Mutex
+		running int
+		most    int
+	)
+	release := make(chan struct{})
+	g := &Group[int, int]{Parallel: 2, Run: func(_ context.Context, ins []int) ([]Result[int], error) {
+		mu.Lock()
+		running++
+		most = max(most, running)
+		mu.Unlock()
+		<-release
+		mu.Lock()
+		running--
+		mu.Unlock()
+		out := make([]Result[int], len(ins))
+		for i, in := range ins {
+			out[i].Out = in * 10
+		}
+		return out, nil
+	}}
+	under := func() int { mu.Lock(); defer mu.Unlock(); return running }
+	results := make(chan int, 3)
+	for i := range 3 {
+		go func() { v, _ := g.Do(context.Background(), i+1); results <- v }()
+		if i < 2 {
+			waitFor(t, func() bool { return under() == i+1 })
+		}
+	}
+	waitFor(t, func() bool { return g.Queued() == 1 })
+	if n := under(); n != 2 {
+		t.Fatalf("%d batches under way, want 2", n)
+	}
+	close(release)
+	sum := 0
+	for range 3 {
+		sum += <-results
+	}
+	if sum != 60 || most != 2 {
+		t.Fatalf("results add up to %d (want 60); at most %d batches at once (want 2)", sum, most)
+	}
+}
+
+// With Finish, a caller whose context ends while its batch runs still gets
+// the batch's outcome; one whose context ends while it waits in the queue
+// is taken out (its work is never run) and told so with ErrNotRun.
+func TestGroupFinish(t *testing.T) {
+	rec := &recorder{}
+	started, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	g := &Group[int, int]{Finish: true, Run: func(ctx context.Context, ins []int) ([]Result[int], error) {
+		once.Do(func() { close(started); <-release })
+		return rec.run(ctx, ins)
+	}}
+	running, stopRunning := context.WithCancel(context.Background())
+	type res struct {
+		v   int
+		err error
+	}
+	first := make(chan res, 1)
+	go func() { v, err := g.Do(running, 1); first <- res{v, err} }()
+	<-started
+	queued, stopQueued := context.WithCancel(context.Background())
+	second := make(chan res, 1)
+	go func() { v, err := g.Do(queued, 2); second <- res{v, err} }()
+	waitFor(t, func() bool { return g.Queued() == 1 })
+	stopQueued()
+	if r := <-second; !errors.Is(r.err, ErrNotRun) || !errors.Is(r.err, context.Canceled) {
+		t.Fatalf("the call given up in the queue: %v, want ErrNotRun with its cause", r.err)
+	}
+	stopRunning()
+	select {
+	case r := <-first:
+		t.Fatalf("the call whose batch runs returned before its batch ended: %+v", r)
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(release)
+	if r := <-first; r.err != nil || r.v != 2 {
+		t.Fatalf("the call whose batch ran: %+v, want its result", r)
+	}
+	if s := rec.sizes(); !slices.Equal(s, []int{1}) {
+		t.Fatalf("batches run %v, want only the first call's", s)
 	}
 }
