@@ -70,41 +70,52 @@ func (c *Customers) Targeter() vegeta.Targeter {
 		if c.Declines(seq) {
 			price = c.declinePrice
 		}
-		user := c.base + seq
 		t.Method = http.MethodPost
 		t.URL = c.url
 		t.Header = header // vegeta copies it into each request
-		t.Body = fmt.Appendf(nil, `{"user_id":%d,"user_email":"lt%d@example.com","items":[{"product_id":%d,"quantity":1,"price":%q}]}`,
-			user, user, seq%1000+1, price)
+		t.Body = c.appendBody(nil, seq, price)
 		return nil
 	}
 }
 
-// sample turns vegeta's result into a Sample; the user id in the answer
-// tells which order it was.
+// appendBody appends the checkout of order seq at price to b.
+func (c *Customers) appendBody(b []byte, seq int64, price string) []byte {
+	user := c.base + seq
+	return fmt.Appendf(b, `{"user_id":%d,"user_email":"lt%d@example.com","items":[{"product_id":%d,"quantity":1,"price":%q}]}`,
+		user, user, seq%1000+1, price)
+}
+
+// sample turns vegeta's result into a Sample.
 func (c *Customers) sample(r *vegeta.Result) Sample {
-	s := Sample{At: r.Timestamp, Latency: r.Latency, Code: int(r.Code), Err: r.Error}
+	return c.answer(Sample{At: r.Timestamp, Latency: r.Latency, Code: int(r.Code), Err: r.Error}, r.Body)
+}
+
+// answer completes s from the answer's body; the user id in it tells
+// which order it was.
+func (c *Customers) answer(s Sample, b []byte) Sample {
 	switch {
-	case r.Code == http.StatusCreated:
+	case s.Code == http.StatusCreated:
 		var body struct {
 			ID          int64  `json:"id"`
 			UserID      int64  `json:"user_id"`
 			Status      string `json:"status"`
 			AccessToken string `json:"access_token"`
 		}
-		if err := json.Unmarshal(r.Body, &body); err != nil || body.ID <= 0 || body.UserID < c.base {
+		if err := json.Unmarshal(b, &body); err != nil || body.ID <= 0 || body.UserID < c.base {
 			s.Err = "201 without a readable order"
 			return s
 		}
 		s.OrderID, s.Token = body.ID, body.AccessToken
 		s.Decline = c.Declines(body.UserID - c.base)
-	case r.Code != 0:
+	case s.Code != 0:
 		// A problem+json answer says why; keep its detail for the error list.
 		var p struct {
 			Detail string `json:"detail"`
 		}
-		if json.Unmarshal(r.Body, &p) == nil && p.Detail != "" {
-			s.Err = fmt.Sprintf("%d: %s", r.Code, p.Detail)
+		if json.Unmarshal(b, &p) == nil && p.Detail != "" {
+			s.Err = fmt.Sprintf("%d: %s", s.Code, p.Detail)
+		} else if s.Err == "" {
+			s.Err = fmt.Sprintf("%d", s.Code)
 		}
 	}
 	return s

@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/checkout-demo/checkout/internal/batch"
 	"github.com/checkout-demo/checkout/internal/money"
 )
@@ -98,7 +96,7 @@ func TestCheckoutRefusalStaysItsOwn(t *testing.T) {
 	var once sync.Once
 	var mu sync.Mutex
 	var sizes []int
-	s.creates.Run = func(ctx context.Context, args []pgx.NamedArgs) ([]batch.Result[struct{}], error) {
+	s.creates.Run = func(ctx context.Context, args []newRows) ([]batch.Result[struct{}], error) {
 		once.Do(func() { close(held); <-hold })
 		mu.Lock()
 		sizes = append(sizes, len(args))
