@@ -197,17 +197,17 @@ func (s *Store) insertBatch(ctx context.Context, rs []newRows) ([]batch.Result[s
 			quantities, prices = append(quantities, int32(it.Quantity)), append(prices, it.Price.String())
 		}
 	}
-	args := pgx.NamedArgs{"ids": ids, "user_ids": users, "emails": emails, "totals": totals, "keys": keys, "hashes": hashes,
-		"nows": nows, "trace_ids": traceIDs, "nonces": nonces, "token_hashes": tokenHashes, "owners": owners,
-		"item_orders": itemOrders, "item_lines": lines, "product_ids": productIDs, "quantities": quantities, "prices": prices}
-	outbox.ManyArgs(args, msgs)
+	// Positional, in insertOrders' order: named arguments would have the
+	// statement's text rewritten on every call.
+	args := append([]any{ids, users, emails, totals, keys, hashes, nows, traceIDs, nonces, tokenHashes, owners,
+		itemOrders, lines, productIDs, quantities, prices}, outbox.ManyArgs(msgs)...)
 	err := postgres.Retry(ctx, func() error {
 		conn, err := postgres.Acquire(ctx, s.pool)
 		if err != nil {
 			return err
 		}
 		defer conn.Release()
-		_, err = conn.Exec(ctx, insertOrders, args)
+		_, err = conn.Exec(ctx, insertOrders, args...)
 		return err
 	})
 	if err != nil {
@@ -220,23 +220,23 @@ func (s *Store) insertBatch(ctx context.Context, rs []newRows) ([]batch.Result[s
 // their access token's row and their outbox rows (outbox.InsertMany) in
 // one atomic statement: data-modifying CTEs run together, so no BEGIN and
 // COMMIT round trips are needed.
-const insertOrders = `
+var insertOrders = `
 		WITH n AS (
-			SELECT * FROM unnest(@ids::bigint[], @user_ids::bigint[], @emails::text[], @totals::numeric[], @keys::text[],
-				@hashes::text[], @nows::timestamptz[], @trace_ids::text[], @nonces::bytea[], @token_hashes::bytea[], @owners::bigint[])
+			SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::numeric[], $5::text[],
+				$6::text[], $7::timestamptz[], $8::text[], $9::bytea[], $10::bytea[], $11::bigint[])
 				AS n(id, user_id, email, total, key, hash, at, trace_id, nonce, token_hash, owner)
 		), o AS (
 			INSERT INTO orders (id, user_id, user_email, total_amount, idempotency_key, request_hash, created_at, updated_at, trace_id)
 			SELECT id, user_id, email, total, nullif(key, ''), nullif(hash, ''), at, at, nullif(trace_id, '') FROM n
 		), i AS (
 			INSERT INTO order_items (order_id, line, product_id, quantity, price)
-			SELECT * FROM unnest(@item_orders::bigint[], @item_lines::int[], @product_ids::bigint[], @quantities::int[], @prices::numeric[])
+			SELECT * FROM unnest($12::bigint[], $13::int[], $14::bigint[], $15::int[], $16::numeric[])
 		), s AS (
 			INSERT INTO order_timeline (order_id, step, at) SELECT id, 'created', at FROM n
 		), a AS (
 			INSERT INTO order_access (order_id, nonce, token_hash, user_id) SELECT id, nonce, token_hash, owner FROM n
 		)
-		` + outbox.InsertMany
+		` + outbox.InsertMany(17)
 
 // createBatchMax is the most checkouts of one commit.
 const createBatchMax = 64

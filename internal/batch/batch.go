@@ -91,6 +91,24 @@ func (g *Group[In, Out]) Do(ctx context.Context, in In) (Out, error) {
 	}
 	if g.running < max(g.Parallel, 1) {
 		g.running++
+		if g.Finish && g.Gather == 0 && time.Since(g.lastStart) >= g.Linger {
+			// Nothing to wait for: this call's goroutine runs the batch
+			// itself, so that a lone call costs no hand-off to another
+			// goroutine and back (two wake-ups). What queued meanwhile
+			// goes to a flush of its own.
+			batch := g.take()
+			g.mu.Unlock()
+			g.run(batch)
+			g.mu.Lock()
+			if len(g.queue) > 0 {
+				go g.flush()
+			} else {
+				g.running--
+			}
+			g.mu.Unlock()
+			r := <-c.done
+			return r.Out, r.Err
+		}
 		go g.flush()
 	} else if len(g.queue) >= g.max() {
 		select { // a lingering flush need not wait any longer
@@ -175,52 +193,65 @@ func (g *Group[In, Out]) flush() {
 			g.wait(wait)
 		}
 		g.mu.Lock()
-		n := min(len(g.queue), g.max())
-		if n == 0 {
+		batch := g.take()
+		if batch == nil {
 			g.running--
 			g.mu.Unlock()
 			return
 		}
-		batch := g.queue[:n:n]
-		g.queue = g.queue[n:]
-		g.lastStart = time.Now()
 		g.mu.Unlock()
+		g.run(batch)
+	}
+}
 
-		// Callers that gave up meanwhile are not worked for.
-		live := batch[:0]
-		for _, c := range batch {
-			if c.ctx.Err() != nil {
-				c.done <- Result[Out]{Err: notRun(c.ctx)}
-				continue
-			}
-			live = append(live, c)
-		}
-		if len(live) == 0 {
+// take takes the next batch off the queue (nil when it is empty). Under mu.
+func (g *Group[In, Out]) take() []*call[In, Out] {
+	n := min(len(g.queue), g.max())
+	if n == 0 {
+		return nil
+	}
+	batch := g.queue[:n:n]
+	g.queue = g.queue[n:]
+	g.lastStart = time.Now()
+	return batch
+}
+
+// run runs a batch and hands each call its result.
+func (g *Group[In, Out]) run(batch []*call[In, Out]) {
+	// Callers that gave up meanwhile are not worked for.
+	live := batch[:0]
+	for _, c := range batch {
+		if c.ctx.Err() != nil {
+			c.done <- Result[Out]{Err: notRun(c.ctx)}
 			continue
 		}
-		ins := make([]In, len(live))
-		for i, c := range live {
-			ins[i] = c.in
-		}
-		timeout := g.Timeout
-		if timeout <= 0 {
-			timeout = 10 * time.Second
-		}
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(live[0].ctx), timeout)
-		results, err := g.Run(ctx, ins)
-		if err != nil && len(ins) > 1 && g.Alone != nil && g.Alone(err) {
-			results, err = g.oneByOne(ctx, ins), nil
-		}
-		cancel()
-		if err == nil && len(results) < len(live) {
-			err = fmt.Errorf("batch: %d results for %d inputs", len(results), len(live))
-		}
-		for i, c := range live {
-			if i < len(results) {
-				c.done <- results[i]
-			} else {
-				c.done <- Result[Out]{Err: err}
-			}
+		live = append(live, c)
+	}
+	if len(live) == 0 {
+		return
+	}
+	ins := make([]In, len(live))
+	for i, c := range live {
+		ins[i] = c.in
+	}
+	timeout := g.Timeout
+	if timeout <= 0 {
+		timeout = 10 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(live[0].ctx), timeout)
+	results, err := g.Run(ctx, ins)
+	if err != nil && len(ins) > 1 && g.Alone != nil && g.Alone(err) {
+		results, err = g.oneByOne(ctx, ins), nil
+	}
+	cancel()
+	if err == nil && len(results) < len(live) {
+		err = fmt.Errorf("batch: %d results for %d inputs", len(results), len(live))
+	}
+	for i, c := range live {
+		if i < len(results) {
+			c.done <- results[i]
+		} else {
+			c.done <- Result[Out]{Err: err}
 		}
 	}
 }

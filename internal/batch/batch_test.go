@@ -3,7 +3,9 @@ package batch
 import (
 	"context"
 	"errors"
+	"runtime/debug"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -335,5 +337,25 @@ func TestGroupFinish(t *testing.T) {
 	}
 	if s := rec.sizes(); !slices.Equal(s, []int{1}) {
 		t.Fatalf("batches run %v, want only the first call's", s)
+	}
+}
+
+// With Finish (and nothing to gather or linger for), a call that finds the
+// group idle runs its batch on its own goroutine: no hand-off to a flush
+// goroutine and back, whose two wake-ups a lone caller would wait for.
+// Without Finish the caller may leave early, so a flush runs the batch.
+func TestGroupFinishRunsALoneCallOnItsCaller(t *testing.T) {
+	for _, finish := range []bool{true, false} {
+		var inDo bool
+		g := &Group[int, int]{Finish: finish, Run: func(_ context.Context, ins []int) ([]Result[int], error) {
+			inDo = strings.Contains(string(debug.Stack()), "batch.(*Group[...]).Do(")
+			return make([]Result[int], len(ins)), nil
+		}}
+		if _, err := g.Do(context.Background(), 1); err != nil {
+			t.Fatal(err)
+		}
+		if inDo != finish {
+			t.Fatalf("Finish %v: the batch ran on the caller's goroutine: %v", finish, inDo)
+		}
 	}
 }

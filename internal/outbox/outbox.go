@@ -71,21 +71,24 @@ const (
 	rowValues  = `@event_id::uuid, @event_type::text, @routing_key::text, @payload::json, nullif(@trace_context::text, '')`
 )
 
-// InsertMany writes the messages ManyArgs gives, one row each, in their
-// order; a statement that writes many of its own rows in one go (the order
-// service's checkouts that share a commit) ends its CTEs with it.
-const InsertMany = insertInto + `
-	SELECT e, t, k, p, nullif(c, '') FROM unnest(@outbox_event_ids::uuid[], @outbox_types::text[], @outbox_keys::text[],
-		@outbox_payloads::json[], @outbox_traces::text[]) AS m(e, t, k, p, c)`
+// InsertMany is the statement that writes the messages ManyArgs gives,
+// one row each, in their order, from the positional parameters $first to
+// $first+4; a statement that writes many of its own rows in one go (the
+// order service's checkouts that share a commit) ends its CTEs with it.
+func InsertMany(first int) string {
+	return fmt.Sprintf(insertInto+`
+	SELECT e, t, k, p, nullif(c, '') FROM unnest($%d::uuid[], $%d::text[], $%d::text[], $%d::json[], $%d::text[]) AS m(e, t, k, p, c)`,
+		first, first+1, first+2, first+3, first+4)
+}
 
-// ManyArgs adds the named arguments of InsertMany for ms to args. A
+// ManyArgs is the five parameters of InsertMany for ms, in order. A
 // message's TraceContext is the one its row is written under (Under).
-func ManyArgs(args pgx.NamedArgs, ms []events.Message) {
+func ManyArgs(ms []events.Message) []any {
 	ids, types, keys, payloads, traces := make([]string, len(ms)), make([]string, len(ms)), make([]string, len(ms)), make([]string, len(ms)), make([]string, len(ms))
 	for i, m := range ms {
 		ids[i], types[i], keys[i], payloads[i], traces[i] = m.ID, m.Type, m.RoutingKey, string(m.Body), m.TraceContext
 	}
-	args["outbox_event_ids"], args["outbox_types"], args["outbox_keys"], args["outbox_payloads"], args["outbox_traces"] = ids, types, keys, payloads, traces
+	return []any{ids, types, keys, payloads, traces}
 }
 
 // Under is m to be written under the trace context of ctx (for ManyArgs).
