@@ -30,6 +30,7 @@ type BenchConfig struct {
 	Single   time.Duration // the single-client phase
 	Clients  int           // the concurrent phase
 	Duration time.Duration
+	Rounds   int // the throughput phase and pgbench's alternate this many times
 	Timeout  time.Duration
 	Bin      string
 	Infra    Infra
@@ -45,7 +46,8 @@ func parseBenchFlags(args []string, out io.Writer) (BenchConfig, error) {
 	fs.DurationVar(&c.Warmup, "warmup", 2*time.Second, "single-client warm-up, not measured")
 	fs.DurationVar(&c.Single, "single", 10*time.Second, "length of the single-client phase")
 	fs.IntVar(&c.Clients, "clients", 16, "concurrent clients of the throughput phase (and of pgbench)")
-	fs.DurationVar(&c.Duration, "duration", 15*time.Second, "length of the throughput phase (and of pgbench's)")
+	fs.DurationVar(&c.Duration, "duration", 16*time.Second, "length of the throughput phase (and of pgbench's), over all rounds")
+	fs.IntVar(&c.Rounds, "rounds", 2, "the throughput phase and pgbench's alternate this many times, each for -duration/-rounds, so that both see the machine of the same moments")
 	fs.DurationVar(&c.Timeout, "timeout", 5*time.Second, "timeout of one checkout")
 	fs.StringVar(&c.Bin, "bin", "bin", "folder of the four binaries")
 	fs.StringVar(&c.Infra.PG, "pg", "postgres://postgres@localhost:5432", "PostgreSQL server (no database)")
@@ -61,9 +63,9 @@ func parseBenchFlags(args []string, out io.Writer) (BenchConfig, error) {
 	if c.Env, err = parseEnv(env); err != nil {
 		return BenchConfig{}, err
 	}
-	if c.Single <= 0 || c.Duration <= 0 || c.Warmup < 0 || c.Clients <= 0 || c.Clients > 1024 || c.Timeout <= 0 ||
+	if c.Single <= 0 || c.Duration <= 0 || c.Warmup < 0 || c.Clients <= 0 || c.Clients > 1024 || c.Timeout <= 0 || c.Rounds < 1 || c.Rounds > 100 ||
 		c.Single > time.Hour || c.Duration > time.Hour || c.Warmup > time.Hour {
-		return BenchConfig{}, errors.New("bench: need positive -single, -duration and -timeout (at most 1h), and 1 to 1024 -clients")
+		return BenchConfig{}, errors.New("bench: need positive -single, -duration and -timeout (at most 1h), 1 to 1024 -clients and 1 to 100 -rounds")
 	}
 	return c, nil
 }
@@ -76,6 +78,30 @@ type Phase struct {
 	Throughput float64 // accepted per second
 	Latency    Dist
 	Errors     []Count
+
+	lat     []time.Duration // every request's, for joining phases
+	errs    map[string]int
+	seconds float64 // from the first request sent to the last answer read
+}
+
+// join is the phases together, as one phase of their summed time.
+func join(ps ...Phase) Phase {
+	j := Phase{errs: map[string]int{}}
+	for _, p := range ps {
+		j.Clients = p.Clients
+		j.Requests += p.Requests
+		j.Accepted += p.Accepted
+		j.lat = append(j.lat, p.lat...)
+		j.seconds += p.seconds
+		for e, n := range p.errs {
+			j.errs[e] += n
+		}
+	}
+	j.Latency, j.Errors = distOf(j.lat), counts(j.errs)
+	if j.seconds > 0 {
+		j.Throughput = float64(j.Accepted) / j.seconds
+	}
+	return j
 }
 
 // closedLoop runs n clients back to back for d. Each client holds one
@@ -114,10 +140,10 @@ func closedLoop(ctx context.Context, cust *Customers, n int, d, timeout time.Dur
 			}
 		}
 	}
-	p.Latency = distOf(lat)
-	p.Errors = counts(errs)
+	p.Latency, p.Errors, p.lat, p.errs = distOf(lat), counts(errs), lat, errs
 	if last.After(first) {
-		p.Throughput = float64(p.Accepted) / last.Sub(first).Seconds()
+		p.seconds = last.Sub(first).Seconds()
+		p.Throughput = float64(p.Accepted) / p.seconds
 	}
 	return p
 }
@@ -194,7 +220,10 @@ func client(ctx context.Context, cust *Customers, timeout time.Duration) []Sampl
 // checkout (one statement: the order, its item, its first timeline step and
 // the outbox row with a payload of the real size; the service writes the
 // checkouts that come together in one such statement, pgbench one per
-// transaction) with pgbench's variables, after a nextval that
+// transaction). Its outbox row is written published, so that the order
+// service's relay, up between the rounds, leaves it alone; it costs the
+// same (an entry in the index of published rows instead of the one of
+// unpublished rows). with pgbench's variables, after a nextval that
 // the service takes once per 32 orders (here once per order, which favours
 // pgbench a little).
 const pgbenchCheckout = `\set uid random(1, 1000000000)
@@ -210,8 +239,8 @@ WITH id AS (
 ), s AS (
     INSERT INTO order_timeline (order_id, step, at) SELECT id, 'created', now() FROM id
 )
-INSERT INTO outbox (event_id, event_type, routing_key, payload) VALUES (gen_random_uuid(), 'OrderCreated', 'order.order.created',
-    ('{"event_id":"01a21699-053f-7ccd-9ceb-8d0a765d2e70","event_type":"OrderCreated","version":1,"occurred_at":"2026-01-01T00:00:00.000000Z","order_id":1234567,"user_id":' || :uid::bigint || ',"user_email":"lt' || :uid::bigint || '@example.com","total_amount":"1299.99","items":[{"product_id":1,"quantity":1,"price":"1299.99"}]}')::json);
+INSERT INTO outbox (event_id, event_type, routing_key, payload, published_at) VALUES (gen_random_uuid(), 'OrderCreated', 'order.order.created',
+    ('{"event_id":"01a21699-053f-7ccd-9ceb-8d0a765d2e70","event_type":"OrderCreated","version":1,"occurred_at":"2026-01-01T00:00:00.000000Z","order_id":1234567,"user_id":' || :uid::bigint || ',"user_email":"lt' || :uid::bigint || '@example.com","total_amount":"1299.99","items":[{"product_id":1,"quantity":1,"price":"1299.99"}]}')::json, now());
 `
 
 // runBench starts the services against scratch state, stops payment and
@@ -253,19 +282,6 @@ func runBench(ctx context.Context, cfg BenchConfig, stdout, progress io.Writer) 
 	direct.url = sys.URL("order") + "/orders"
 	say("one client straight to the order service (no gateway) for %s", cfg.Single/2)
 	straight := closedLoop(ctx, direct, 1, cfg.Single/2, cfg.Timeout)
-	say("%d clients for %s", cfg.Clients, cfg.Duration)
-	ours := []Component{fixed("gateway", sys.PID("gateway")), fixed("order", sys.PID("order")),
-		named("postgres", "postgres"), named("rabbitmq", "beam.smp"), fixed("load generator", os.Getpid())}
-	var multi Phase
-	multiCPU, err := cpuOf(ctx, ours, cfg.Duration, func() { multi = closedLoop(ctx, cust, cfg.Clients, cfg.Duration, cfg.Timeout) })
-	if err != nil {
-		return err
-	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	sys.Stop("gateway", "order")
-
 	db := sys.PG + "/" + sys.Databases()[0] + "?sslmode=disable"
 	if err := vacuum(ctx, sys.PG, sys.Databases()[:1]); err != nil {
 		return err
@@ -274,18 +290,47 @@ func runBench(ctx context.Context, cfg BenchConfig, stdout, progress io.Writer) 
 	if err := os.WriteFile(script, []byte(pgbenchCheckout), 0o644); err != nil {
 		return err
 	}
-	pgSingleFor := min(cfg.Single, 5*time.Second)
-	say("pgbench, the same statement on the order service's database (after VACUUM ANALYZE): %d clients for %s, then 1 client for %s", cfg.Clients, cfg.Duration, pgSingleFor)
+	// The throughput phase and pgbench's alternate, on the same database
+	// (VACUUM ANALYZEd once, here), with the services up but idle while
+	// pgbench runs: a machine whose speed drifts gives both the same
+	// moments, and the ratio compares like with like.
+	ours := []Component{fixed("gateway", sys.PID("gateway")), fixed("order", sys.PID("order")),
+		named("postgres", "postgres"), named("rabbitmq", "beam.smp"), fixed("load generator", os.Getpid())}
+	theirs := []Component{named("postgres", "postgres"), named("pgbench", "pgbench")}
+	round := max(time.Second, (cfg.Duration / time.Duration(cfg.Rounds)).Truncate(time.Second)) // pgbench's -T is in seconds
 	var (
-		pgMulti PgbenchResult
-		pgErr   error
+		multis           []Phase
+		pgRounds         []PgbenchResult
+		multiCPU, pgCPU  CPUUse
+		checkouts, pgTxs float64
 	)
-	pgCPU, err := cpuOf(ctx, []Component{named("postgres", "postgres"), named("pgbench", "pgbench")}, cfg.Duration, func() {
-		pgMulti, pgErr = pgbench(ctx, db, script, cfg.Clients, cfg.Duration)
-	})
-	if err := errors.Join(pgErr, err); err != nil {
-		return err
+	for i := range cfg.Rounds {
+		say("round %d of %d: %d clients for %s, then pgbench with the same statement and clients for as long", i+1, cfg.Rounds, cfg.Clients, round)
+		var m Phase
+		u, err := cpuOf(ctx, ours, round, func() { m = closedLoop(ctx, cust, cfg.Clients, round, cfg.Timeout) })
+		if err != nil {
+			return err
+		}
+		multis, multiCPU, checkouts = append(multis, m), addUse(multiCPU, u), checkouts+m.Throughput*u.Seconds
+		var (
+			r     PgbenchResult
+			pgErr error
+		)
+		u, err = cpuOf(ctx, theirs, round, func() { r, pgErr = pgbench(ctx, db, script, cfg.Clients, round) })
+		if err := errors.Join(pgErr, err); err != nil {
+			return err
+		}
+		pgRounds, pgCPU, pgTxs = append(pgRounds, r), addUse(pgCPU, u), pgTxs+r.TPS*u.Seconds
 	}
+	multi := join(multis...)
+	var pgMulti PgbenchResult
+	for _, r := range pgRounds {
+		pgMulti.TPS += r.TPS / float64(len(pgRounds))
+		pgMulti.LatencyMS += r.LatencyMS / float64(len(pgRounds))
+	}
+	sys.Stop("gateway", "order")
+	pgSingleFor := min(cfg.Single, 5*time.Second)
+	say("pgbench, 1 client for %s", pgSingleFor)
 	pgSingle, err := pgbench(ctx, db, script, 1, pgSingleFor)
 	if err != nil {
 		return err
@@ -305,10 +350,13 @@ func runBench(ctx context.Context, cfg BenchConfig, stdout, progress io.Writer) 
 	}
 	p("order service straight, 1 client: %6d requests, %7.1f/s, p50 %s, p90 %s (the gateway's hop adds %s at p50)",
 		straight.Requests, straight.Throughput, fmtMS(straight.Latency.P50), fmtMS(straight.Latency.P90), fmtMS(single.Latency.P50-straight.Latency.P50))
-	p("pgbench,  %2d client(s): %7.1f tps, latency average %s", cfg.Clients, pgMulti.TPS, fmtMS(pgMulti.LatencyMS))
+	for i := range multis {
+		p("round %d: checkout %7.1f/s, pgbench %7.1f tps: %.2f", i+1, multis[i].Throughput, pgRounds[i].TPS, multis[i].Throughput/pgRounds[i].TPS)
+	}
+	p("pgbench,  %2d client(s): %7.1f tps, latency average %s (the rounds' mean)", cfg.Clients, pgMulti.TPS, fmtMS(pgMulti.LatencyMS))
 	p("pgbench,   1 client(s): %7.1f tps, latency average %s", pgSingle.TPS, fmtMS(pgSingle.LatencyMS))
-	p("CPU per checkout, %d clients: %s", cfg.Clients, perUnit(multiCPU, multi.Throughput*multiCPU.Seconds, ours))
-	p("CPU per pgbench transaction, %d clients: %s", cfg.Clients, perUnit(pgCPU, pgMulti.TPS*pgCPU.Seconds, nil))
+	p("CPU per checkout, %d clients: %s", cfg.Clients, perUnit(multiCPU, checkouts, ours))
+	p("CPU per pgbench transaction, %d clients: %s", cfg.Clients, perUnit(pgCPU, pgTxs, theirs))
 	ratio := 0.0
 	if pgMulti.TPS > 0 {
 		ratio = multi.Throughput / pgMulti.TPS
@@ -322,6 +370,17 @@ func runBench(ctx context.Context, cfg BenchConfig, stdout, progress io.Writer) 
 		return errors.New("bench: no checkout was accepted")
 	}
 	return nil
+}
+
+// addUse is two CPU windows together.
+func addUse(a, b CPUUse) CPUUse {
+	s := CPUUse{Seconds: a.Seconds + b.Seconds, MS: map[string]float64{}, Rest: a.Rest + b.Rest, Gone: a.Gone + b.Gone}
+	for _, u := range []CPUUse{a, b} {
+		for k, v := range u.MS {
+			s.MS[k] += v
+		}
+	}
+	return s
 }
 
 // cpuOf runs run, which takes about d, and returns what the components'
