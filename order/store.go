@@ -447,8 +447,10 @@ func (s *Store) init() {
 	s.advanceInit.Do(func() {
 		s.creates.Run, s.creates.Max, s.creates.Alone, s.creates.Timeout = s.insertBatch, createBatchMax, postgres.Refused, s.timeout
 		// A checkout whose write is under way learns its outcome: the
-		// write is bounded by the same timeout as the request, and the
-		// statement it cancels answers "nothing was written".
+		// write is bounded by REQUEST_TIMEOUT from its start (so a
+		// checkout that queued behind another may take up to twice
+		// that), and the statement it cancels answers "nothing was
+		// written".
 		s.creates.Parallel, s.creates.Finish = createParallel, true
 		s.advances.Run, s.advances.Max, s.advances.Gather, s.advances.Alone = s.advanceBatch, advanceBatchMax, advanceGather, postgres.Refused
 		s.advances.Linger = s.linger

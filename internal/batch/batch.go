@@ -91,23 +91,11 @@ func (g *Group[In, Out]) Do(ctx context.Context, in In) (Out, error) {
 	}
 	if g.running < max(g.Parallel, 1) {
 		g.running++
-		if g.Finish && g.Gather == 0 && time.Since(g.lastStart) >= g.Linger {
-			// Nothing to wait for: this call's goroutine runs the batch
-			// itself, so that a lone call costs no hand-off to another
-			// goroutine and back (two wake-ups). What queued meanwhile
-			// goes to a flush of its own.
-			batch := g.take()
-			g.mu.Unlock()
-			g.run(batch)
-			g.mu.Lock()
-			if len(g.queue) > 0 {
-				go g.flush()
-			} else {
-				g.running--
-			}
-			g.mu.Unlock()
-			r := <-c.done
-			return r.Out, r.Err
+		if g.Finish && g.Gather == 0 && len(g.queue) == 1 && time.Since(g.lastStart) >= g.Linger {
+			// Nothing to wait for and nobody else waiting: this call's
+			// goroutine runs its batch itself, so that a lone call costs no
+			// hand-off to another goroutine and back (two wake-ups).
+			return g.lead(c)
 		}
 		go g.flush()
 	} else if len(g.queue) >= g.max() {
@@ -136,6 +124,30 @@ func (g *Group[In, Out]) Do(ctx context.Context, in In) (Out, error) {
 		return zero, notRun(ctx)
 	}
 	r := <-c.done // a batch has it
+	return r.Out, r.Err
+}
+
+// lead runs the batch of c alone, on the caller's goroutine (see Do), and
+// hands what queued meanwhile to a flush of its own. Called under mu,
+// which it releases; the deferred hand-off also runs when Run panics, so
+// that a panic (which the caller's recovery may survive) does not leave
+// the group counting a batch that no longer runs.
+func (g *Group[In, Out]) lead(c *call[In, Out]) (Out, error) {
+	batch := g.take()
+	g.mu.Unlock()
+	func() {
+		defer func() {
+			g.mu.Lock()
+			if len(g.queue) > 0 {
+				go g.flush()
+			} else {
+				g.running--
+			}
+			g.mu.Unlock()
+		}()
+		g.run(batch)
+	}()
+	r := <-c.done
 	return r.Out, r.Err
 }
 

@@ -359,3 +359,30 @@ func TestGroupFinishRunsALoneCallOnItsCaller(t *testing.T) {
 		}
 	}
 }
+
+// A Run that panics on a caller's goroutine (the lone-call path) leaves
+// the group able to run the next batch: the panic goes to the caller, whose
+// recovery (an HTTP server's) may survive it.
+func TestGroupLeaderPanicLeavesTheGroupWorking(t *testing.T) {
+	calls := 0
+	g := &Group[int, int]{Finish: true, Run: func(_ context.Context, ins []int) ([]Result[int], error) {
+		calls++
+		if calls == 1 {
+			panic("boom")
+		}
+		return []Result[int]{{Out: ins[0] * 3}}, nil
+	}}
+	func() {
+		defer func() {
+			if recover() == nil {
+				t.Fatal("the panic did not reach the caller")
+			}
+		}()
+		_, _ = g.Do(context.Background(), 1)
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if v, err := g.Do(ctx, 2); err != nil || v != 6 {
+		t.Fatalf("the call after the panic: %d, %v; want 6", v, err)
+	}
+}
