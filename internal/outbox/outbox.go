@@ -57,9 +57,8 @@ func Add(ctx context.Context, tx pgx.Tx, evs ...events.Event) error {
 	return nil
 }
 
-// Insert is the one statement that writes an outbox row, with the named
-// arguments Row gives; a statement that writes more in one go (the order
-// service's checkout) ends its CTEs with it.
+// Insert is the statement that writes one outbox row, with the named
+// arguments Row gives (InsertMany writes many in one go).
 const Insert = insertInto + ` VALUES (` + rowValues + `)`
 
 // InsertFrom is Insert writing the row once for each row of source (a CTE
