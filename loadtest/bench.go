@@ -183,6 +183,8 @@ func client(ctx context.Context, cust *Customers, timeout time.Duration) []Sampl
 		if conn == nil {
 			if conn, err = d.DialContext(ctx, "tcp", u.Host); err == nil {
 				br = bufio.NewReaderSize(conn, 8<<10)
+			} else if ctx.Err() != nil {
+				break // cut off by the end of the phase before it was sent
 			}
 		}
 		if err == nil {
@@ -192,6 +194,9 @@ func client(ctx context.Context, cust *Customers, timeout time.Duration) []Sampl
 				if resp, err = http.ReadResponse(br, nil); err == nil {
 					s.Code = resp.StatusCode
 					answer, err = io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+					if n, _ := io.Copy(io.Discard, io.LimitReader(resp.Body, 1)); n > 0 && err == nil {
+						err = errors.New("an answer of more than 64 KiB") // its rest would spoil the next answer
+					}
 					resp.Body.Close()
 					if resp.Close {
 						err = errors.Join(err, conn.Close())
@@ -202,9 +207,6 @@ func client(ctx context.Context, cust *Customers, timeout time.Duration) []Sampl
 		}
 		s.Latency = time.Since(s.At)
 		if err != nil {
-			if ctx.Err() != nil && s.Code == 0 {
-				break // cut off by the end of the phase
-			}
 			s.Err = err.Error()
 			if conn != nil {
 				conn.Close()
