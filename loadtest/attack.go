@@ -65,21 +65,21 @@ func (c *Customers) Sent() int64 { return c.next.Load() }
 func (c *Customers) Targeter() vegeta.Targeter {
 	header := http.Header{"Content-Type": {"application/json"}, "Accept": {"application/json"}}
 	return func(t *vegeta.Target) error {
-		seq := c.next.Add(1) - 1
-		price := c.price
-		if c.Declines(seq) {
-			price = c.declinePrice
-		}
 		t.Method = http.MethodPost
 		t.URL = c.url
 		t.Header = header // vegeta copies it into each request
-		t.Body = c.appendBody(nil, seq, price)
+		t.Body = c.appendBody(nil, c.next.Add(1)-1)
 		return nil
 	}
 }
 
-// appendBody appends the checkout of order seq at price to b.
-func (c *Customers) appendBody(b []byte, seq int64, price string) []byte {
+// appendBody appends the checkout of order seq to b, priced to be declined
+// when Declines says so.
+func (c *Customers) appendBody(b []byte, seq int64) []byte {
+	price := c.price
+	if c.Declines(seq) {
+		price = c.declinePrice
+	}
 	user := c.base + seq
 	return fmt.Appendf(b, `{"user_id":%d,"user_email":"lt%d@example.com","items":[{"product_id":%d,"quantity":1,"price":%q}]}`,
 		user, user, seq%1000+1, price)

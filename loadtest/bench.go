@@ -7,7 +7,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"maps"
 	"net"
 	"net/http"
 	"net/url"
@@ -15,7 +14,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -170,12 +168,7 @@ func client(ctx context.Context, cust *Customers, timeout time.Duration) []Sampl
 	}()
 	var d net.Dialer
 	for ctx.Err() == nil {
-		seq := cust.next.Add(1) - 1
-		price := cust.price
-		if cust.Declines(seq) {
-			price = cust.declinePrice
-		}
-		body = cust.appendBody(body[:0], seq, price)
+		body = cust.appendBody(body[:0], cust.next.Add(1)-1)
 		req = strconv.AppendInt(append(req[:0], head...), int64(len(body)), 10)
 		req = append(append(req, "\r\n\r\n"...), body...)
 		s := Sample{At: time.Now()}
@@ -225,9 +218,9 @@ func client(ctx context.Context, cust *Customers, timeout time.Duration) []Sampl
 // transaction). Its outbox row is written published, so that the order
 // service's relay, up between the rounds, leaves it alone; it costs the
 // same (an entry in the index of published rows instead of the one of
-// unpublished rows). with pgbench's variables, after a nextval that
-// the service takes once per 32 orders (here once per order, which favours
-// pgbench a little).
+// unpublished rows). The order id comes from a nextval, which the service
+// takes once per 32 orders (here once per order, which favours pgbench a
+// little).
 const pgbenchCheckout = `\set uid random(1, 1000000000)
 WITH id AS (
     SELECT nextval('orders_id_seq') AS id
@@ -247,12 +240,12 @@ INSERT INTO outbox (event_id, event_type, routing_key, payload, published_at) VA
 
 // runBench starts the services against scratch state, stops payment and
 // email (the saga idle: OrderCreated events wait in their queue), measures
-// checkout through the gateway with one client, the same client straight
-// to the order service (the gateway's hop is the difference) and
-// cfg.Clients through the gateway, then
-// stops the services and runs pgbench with the same statement and clients
-// on the order service's database, after a VACUUM. The last line is for
-// scripts.
+// checkout through the gateway with one client and the same client
+// straight to the order service (the gateway's hop is the difference);
+// then, after a VACUUM of the order service's database, cfg.Rounds rounds
+// of cfg.Clients through the gateway, each followed by pgbench with the
+// same statement and clients on that database; then pgbench with one
+// client. The last line is for scripts.
 func runBench(ctx context.Context, cfg BenchConfig, stdout, progress io.Writer) error {
 	if _, err := exec.LookPath("pgbench"); err != nil {
 		return errors.New("bench: pgbench is missing (apt-get install postgresql-contrib or postgresql-client)")
@@ -412,24 +405,16 @@ func cpuOf(ctx context.Context, cs []Component, d time.Duration, run func()) (CP
 }
 
 // perUnit is a CPU window divided by what was done in it, in ms, the
-// components in the order of cs (or by name), then the rest of the machine
-// and the sum.
+// components in the order of cs, then the rest of the machine and the sum.
 func perUnit(u CPUUse, n float64, cs []Component) string {
 	if n <= 0 {
 		return "nothing done"
 	}
-	var names []string
-	for _, c := range cs {
-		names = append(names, c.Name)
-	}
-	if names == nil {
-		names = slices.Sorted(maps.Keys(u.MS))
-	}
 	var parts []string
 	sum := u.Rest
-	for _, name := range names {
-		parts = append(parts, fmt.Sprintf("%s %.3f", name, u.MS[name]/n))
-		sum += u.MS[name]
+	for _, c := range cs {
+		parts = append(parts, fmt.Sprintf("%s %.3f", c.Name, u.MS[c.Name]/n))
+		sum += u.MS[c.Name]
 	}
 	parts = append(parts, fmt.Sprintf("rest of the machine %.3f", u.Rest/n))
 	return fmt.Sprintf("%.3f ms (%s)", sum/n, strings.Join(parts, ", "))

@@ -103,7 +103,6 @@ func TestCheckoutRefusalStaysItsOwn(t *testing.T) {
 		mu.Unlock()
 		return run(ctx, args)
 	}
-	s.creates.Parallel = 1
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		if _, _, err := s.Create(context.Background(), checkoutFor(2), "holder"); err != nil {

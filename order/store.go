@@ -167,8 +167,13 @@ type newRows struct {
 
 // insertBatch writes the orders of concurrent checkouts (those that came
 // while the last write was under way) in one statement: one round trip and
-// one commit (one WAL flush) for all. A checkout that finds the store idle
-// goes alone at once, so sharing costs no latency; under load, the
+// one commit (one WAL flush) for all. One write is under way at a time: on
+// two cores a second one would compete for the CPU with the first instead
+// of overlapping its wait for the disk, and the batches would be smaller
+// (make bench on 2026-12-03, 16 clients: 2108 checkouts/s at 0.71 ms of CPU
+// each with one, 1510/s at 1.08 ms with four; alternating one and two,
+// 2006 and 1964/s against 1492 and 1952/s). A checkout that finds the store
+// idle goes alone at once, waiting for no company; under load, the
 // database's work per checkout falls. When the database refuses the
 // statement (one order's Idempotency-Key taken meanwhile), the group
 // writes each order alone, so the refusal stays with its own checkout.
@@ -240,14 +245,6 @@ var insertOrders = `
 
 // createBatchMax is the most checkouts of one commit.
 const createBatchMax = 64
-
-// createParallel is the most checkout commits under way at once. One: on
-// two cores a second statement under way competes for the CPU with the
-// first instead of overlapping its wait for the disk, and its batches are
-// smaller (make bench on 2026-12-03, 16 clients: 2108 checkouts/s at 0.71
-// ms of CPU each with one, 1510/s at 1.08 ms with four; alternating one
-// and two, 2006 and 1964/s against 1492 and 1952/s).
-const createParallel = 1
 
 // idBlockSize is how many order ids one nextval reserves; the sequence's
 // INCREMENT BY (migration 00003) must be the same, which checkIDBlock
@@ -452,7 +449,7 @@ func (s *Store) init() {
 		// checkout that queued behind another may take up to twice
 		// that), and the statement it cancels answers "nothing was
 		// written".
-		s.creates.Parallel, s.creates.Finish = createParallel, true
+		s.creates.Finish = true
 		s.advances.Run, s.advances.Max, s.advances.Gather, s.advances.Alone = s.advanceBatch, advanceBatchMax, advanceGather, postgres.Refused
 		s.advances.Linger = s.linger
 		if s.callers > 0 {

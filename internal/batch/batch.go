@@ -49,12 +49,6 @@ type Group[In, Out any] struct {
 	// one at a time, so that the trouble stays with its own caller and the
 	// others go through.
 	Alone func(err error) bool
-	// Parallel is the most batches under way at once (default 1). With
-	// more than one, a call that finds every batch under way waits for
-	// the next one to end only when Parallel of them are: a batch's wait
-	// for its commit overlaps with the next one's work. Linger is kept
-	// between the starts of any two batches.
-	Parallel int
 	// Finish, when set, makes Do wait for the outcome of a batch that has
 	// taken its call even when ctx ends first (the batch is bounded by
 	// Timeout), so that the caller learns what happened instead of "maybe".
@@ -64,7 +58,7 @@ type Group[In, Out any] struct {
 
 	mu        sync.Mutex
 	queue     []*call[In, Out]
-	running   int           // batches under way (flush goroutines)
+	busy      bool          // a batch is under way (a flush, or a lone call's own)
 	lastStart time.Time     // of the last batch; under mu
 	full      chan struct{} // told when Max calls wait; made by Do under mu
 }
@@ -89,8 +83,8 @@ func (g *Group[In, Out]) Do(ctx context.Context, in In) (Out, error) {
 	if g.full == nil {
 		g.full = make(chan struct{}, 1)
 	}
-	if g.running < max(g.Parallel, 1) {
-		g.running++
+	if !g.busy {
+		g.busy = true
 		if g.Finish && g.Gather == 0 && len(g.queue) == 1 && time.Since(g.lastStart) >= g.Linger {
 			// Nothing to wait for and nobody else waiting: this call's
 			// goroutine runs its batch itself, so that a lone call costs no
@@ -141,7 +135,7 @@ func (g *Group[In, Out]) lead(c *call[In, Out]) (Out, error) {
 			if len(g.queue) > 0 {
 				go g.flush()
 			} else {
-				g.running--
+				g.busy = false
 			}
 			g.mu.Unlock()
 		}()
@@ -207,7 +201,7 @@ func (g *Group[In, Out]) flush() {
 		g.mu.Lock()
 		batch := g.take()
 		if batch == nil {
-			g.running--
+			g.busy = false
 			g.mu.Unlock()
 			return
 		}

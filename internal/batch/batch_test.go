@@ -166,7 +166,7 @@ func TestGroupSkipsCallersThatGaveUpAndFailsWhatRunLeftOut(t *testing.T) {
 	waitFor(t, func() bool {
 		g.mu.Lock()
 		defer g.mu.Unlock()
-		return g.running == 1 && len(g.queue) == 0 && runs() == 1
+		return g.busy && len(g.queue) == 0 && runs() == 1
 	})
 
 	gone, cancel := context.WithCancel(context.Background())
@@ -249,52 +249,6 @@ func TestGroupAloneRunsARefusedBatchOneByOne(t *testing.T) {
 				t.Fatalf("alone %v: input %d got %d, %v", alone, ins[i], outs[i], errs[i])
 			}
 		}
-	}
-}
-
-// With Parallel 2, a call that comes while one batch is under way starts a
-// second one at once; a third waits for one of them to end.
-func TestGroupParallelBatches(t *testing.T) {
-	var (
-		mu      sync.Mutex
-		running int
-		most    int
-	)
-	release := make(chan struct{})
-	g := &Group[int, int]{Parallel: 2, Run: func(_ context.Context, ins []int) ([]Result[int], error) {
-		mu.Lock()
-		running++
-		most = max(most, running)
-		mu.Unlock()
-		<-release
-		mu.Lock()
-		running--
-		mu.Unlock()
-		out := make([]Result[int], len(ins))
-		for i, in := range ins {
-			out[i].Out = in * 10
-		}
-		return out, nil
-	}}
-	under := func() int { mu.Lock(); defer mu.Unlock(); return running }
-	results := make(chan int, 3)
-	for i := range 3 {
-		go func() { v, _ := g.Do(context.Background(), i+1); results <- v }()
-		if i < 2 {
-			waitFor(t, func() bool { return under() == i+1 })
-		}
-	}
-	waitFor(t, func() bool { return g.Queued() == 1 })
-	if n := under(); n != 2 {
-		t.Fatalf("%d batches under way, want 2", n)
-	}
-	close(release)
-	sum := 0
-	for range 3 {
-		sum += <-results
-	}
-	if sum != 60 || most != 2 {
-		t.Fatalf("results add up to %d (want 60); at most %d batches at once (want 2)", sum, most)
 	}
 }
 
