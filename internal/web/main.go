@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"runtime/debug"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -30,6 +31,7 @@ type Command struct {
 func Main(name string, cfg any, run func(context.Context) error, commands func() []Command) {
 	steadySysmonUnlessSet()
 	oneCoreUnlessSet()
+	lessGCUnlessSet()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := envconfig.Process("", cfg); err != nil {
@@ -70,6 +72,27 @@ func Main(name string, cfg any, run func(context.Context) error, commands func()
 func oneCoreUnlessSet() {
 	if os.Getenv("GOMAXPROCS") == "" {
 		runtime.GOMAXPROCS(1)
+	}
+}
+
+// gcPercent is the collector's GOGC when the variable is unset.
+const gcPercent = 400
+
+// lessGCUnlessSet lets the heap grow to five times what is live between
+// two collections (GOGC 400) instead of twice (the runtime's 100), unless
+// the GOGC variable says otherwise. A service keeps little alive (a few
+// MB: pools, buffers, the requests in flight) and allocates per request,
+// so with the default the collector starts whenever 4 MB were allocated:
+// several times a second under load, each cycle taking a quarter of the
+// one P and its assists taking more. At 16 closed-loop clients (make
+// bench, 2026-12-03) the gateway and the order service spent 0.23 ms of
+// CPU per checkout with GOGC 400 against 0.31 with the default; 1000 did
+// no better. The heap then stays under about 20 MB; where memory is tight,
+// GOMEMLIMIT (the manifests set it from the pod's limit) makes the
+// collector run sooner as the limit nears, whatever GOGC is.
+func lessGCUnlessSet() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(gcPercent)
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/debug"
 	"strings"
 	"testing"
 )
@@ -29,6 +30,29 @@ func TestOneCoreUnlessSet(t *testing.T) {
 		}
 		if !strings.Contains(string(out), c.want+"\n") {
 			t.Errorf("GOMAXPROCS=%q: child printed %q, want %s", c.env, out, c.want)
+		}
+	}
+}
+
+// TestLessGCUnlessSet runs this test binary again as a child, as the
+// runtime reads GOGC at start: unset, the child collects at 400%; set,
+// the variable wins.
+func TestLessGCUnlessSet(t *testing.T) {
+	if os.Getenv("WEB_GC_CHILD") == "1" {
+		lessGCUnlessSet()
+		fmt.Printf("gogc=%d\n", debug.SetGCPercent(100))
+		return
+	}
+	for _, c := range []struct {
+		env  string // GOGC, "" for unset
+		want string
+	}{{"", "gogc=400"}, {"50", "gogc=50"}, {"off", "gogc=-1"}} {
+		out, err := childOf("TestLessGCUnlessSet", "WEB_GC_CHILD", "GOGC", c.env).CombinedOutput()
+		if err != nil {
+			t.Fatalf("child with GOGC=%q: %v\n%s", c.env, err, out)
+		}
+		if !strings.Contains(string(out), c.want+"\n") {
+			t.Errorf("GOGC=%q: child printed %q, want %s", c.env, out, c.want)
 		}
 	}
 }
