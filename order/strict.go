@@ -2,11 +2,11 @@ package main
 
 import (
 	"bytes"
-	"encoding/json"
+	"errors"
 	"fmt"
-	"io"
 	"strings"
 	"unicode"
+	"unicode/utf16"
 	"unicode/utf8"
 
 	"github.com/checkout-demo/checkout/internal/web"
@@ -23,109 +23,384 @@ func checkStrictJSON(body []byte) error {
 	if !utf8.Valid(body) {
 		return &SyntaxError{Detail: "request body is not valid UTF-8"}
 	}
-	type frame struct {
-		object  bool
-		keys    map[string]bool
-		key     string // the object's current key
-		index   int    // the array's next index
-		wantKey bool
+	sc := strictScanner{b: body}
+	sc.space()
+	if sc.i == len(sc.b) {
+		return nil // an empty body; the decoder reports it
 	}
-	var stack []*frame
-	path := func() string {
-		var b strings.Builder
-		for _, f := range stack {
-			switch {
-			case f.object && f.key != "":
-				if b.Len() > 0 {
-					b.WriteByte('.')
-				}
-				b.WriteString(f.key)
-			case !f.object:
-				fmt.Fprintf(&b, "[%d]", f.index)
-			}
+	if err := sc.value(0); err != nil {
+		if err == errMalformed {
+			return nil // the decoder reports it with its position
 		}
-		return b.String()
+		return err
 	}
-	// valueDone moves the enclosing container past the value just read.
-	valueDone := func() {
-		if len(stack) == 0 {
-			return
-		}
-		if top := stack[len(stack)-1]; top.object {
-			top.wantKey = true
-		} else {
-			top.index++
-		}
-	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.UseNumber()
-	for {
-		tok, err := dec.Token()
-		if err == io.EOF {
-			return nil // an empty body; the decoder reports it
-		}
-		if err != nil {
-			return nil // malformed: the decoder reports it with its position
-		}
-		var top *frame
-		if len(stack) > 0 {
-			top = stack[len(stack)-1]
-		}
-		if top != nil && top.object && top.wantKey {
-			if d, ok := tok.(json.Delim); ok && d == '}' {
-				stack = stack[:len(stack)-1]
-				valueDone()
-			} else {
-				key := tok.(string)
-				if !cleanText(key) {
-					return &ValidationError{Fields: []web.FieldError{{Field: path(), Message: "has a key with control or bidirectional formatting characters"}}}
-				}
-				top.key, top.wantKey = key, false
-				if top.keys[key] {
-					return &SyntaxError{Detail: fmt.Sprintf("the key %q appears twice", path()), Field: path()}
-				}
-				top.keys[key] = true
-			}
-		} else {
-			switch v := tok.(type) {
-			case json.Delim:
-				switch v {
-				case '{':
-					stack = append(stack, &frame{object: true, keys: map[string]bool{}, wantKey: true})
-				case '[':
-					stack = append(stack, &frame{})
-				case ']':
-					stack = stack[:len(stack)-1]
-					valueDone()
-				}
-			case string:
-				if !cleanText(v) {
-					return &ValidationError{Fields: []web.FieldError{{Field: path(), Message: "must not contain control or bidirectional formatting characters"}}}
-				}
-				valueDone()
-			default:
-				valueDone()
-			}
-		}
-		if len(stack) == 0 {
-			break
-		}
-	}
-	if _, err := dec.Token(); err != io.EOF {
+	if sc.space(); sc.i < len(sc.b) {
 		return &SyntaxError{Detail: "request body must hold a single JSON object and nothing after it"}
 	}
 	return nil
 }
 
-// cleanText reports whether s has no control or bidirectional formatting
-// characters.
-func cleanText(s string) bool {
-	for _, r := range s {
-		if unicode.Is(unicode.Cc, r) || unicode.Is(unicode.Bidi_Control, r) {
-			return false
+// errMalformed is JSON that is not well formed: the checks stop and leave
+// it to encoding/json, which tells where.
+var errMalformed = errors.New("malformed JSON")
+
+// maxDepth is encoding/json's limit of nesting.
+const maxDepth = 10000
+
+// strictScanner walks a JSON text once, without building its values: the
+// checks of checkStrictJSON take 0.6 µs and 3 allocations for a checkout's
+// body, where walking it with encoding/json's Decoder.Token took 10.5 µs
+// and 92 (BenchmarkCheckStrictJSON, 2026-12-03). It takes exactly the
+// grammar of RFC 8259; what it does not take is errMalformed.
+type strictScanner struct {
+	b    []byte
+	i    int
+	path []pathStep // the containers around the value at i
+	tmp  []byte     // the last string's text: the body's bytes, or unescaped
+	// escaped tells that tmp is the string unescaped, in a buffer the next
+	// string reuses.
+	escaped bool
+	buf     []byte // tmp's buffer for unescaped strings
+}
+
+// pathStep is one container around the current value: an object's current
+// key, or an array's current index.
+type pathStep struct {
+	object bool
+	key    []byte
+	index  int
+}
+
+// field is where the current value is, as FieldError names it:
+// "items[0].price".
+func (sc *strictScanner) field() string {
+	var b strings.Builder
+	for _, p := range sc.path {
+		switch {
+		case p.object && len(p.key) > 0:
+			if b.Len() > 0 {
+				b.WriteByte('.')
+			}
+			b.Write(p.key)
+		case !p.object:
+			fmt.Fprintf(&b, "[%d]", p.index)
 		}
 	}
-	return true
+	return b.String()
+}
+
+func (sc *strictScanner) space() {
+	for sc.i < len(sc.b) {
+		switch sc.b[sc.i] {
+		case ' ', '\t', '\n', '\r':
+			sc.i++
+		default:
+			return
+		}
+	}
+}
+
+// value reads one value at i (after any space).
+func (sc *strictScanner) value(depth int) error {
+	if sc.i == len(sc.b) {
+		return errMalformed
+	}
+	switch c := sc.b[sc.i]; {
+	case c == '{':
+		return sc.object(depth + 1)
+	case c == '[':
+		return sc.array(depth + 1)
+	case c == '"':
+		clean, err := sc.str()
+		if err == nil && !clean {
+			return &ValidationError{Fields: []web.FieldError{{Field: sc.field(), Message: "must not contain control or bidirectional formatting characters"}}}
+		}
+		return err
+	case c == '-' || c >= '0' && c <= '9':
+		return sc.number()
+	default:
+		for _, lit := range []string{"true", "false", "null"} {
+			if len(sc.b)-sc.i >= len(lit) && string(sc.b[sc.i:sc.i+len(lit)]) == lit {
+				sc.i += len(lit)
+				return nil
+			}
+		}
+		return errMalformed
+	}
+}
+
+func (sc *strictScanner) object(depth int) error {
+	if depth > maxDepth {
+		return errMalformed
+	}
+	sc.i++ // {
+	sc.path = append(sc.path, pathStep{object: true})
+	at := len(sc.path) - 1
+	var (
+		few  [8][]byte
+		keys = few[:0] // the object's keys, unescaped
+		seen map[string]bool
+	)
+	sc.space()
+	if sc.i < len(sc.b) && sc.b[sc.i] == '}' {
+		sc.i++
+		sc.path = sc.path[:at]
+		return nil
+	}
+	for {
+		if sc.i == len(sc.b) || sc.b[sc.i] != '"' {
+			return errMalformed
+		}
+		sc.path[at].key = nil // a bad key is named by its object
+		clean, err := sc.str()
+		if err != nil {
+			return err
+		}
+		if !clean {
+			return &ValidationError{Fields: []web.FieldError{{Field: sc.field(), Message: "has a key with control or bidirectional formatting characters"}}}
+		}
+		key := sc.text()
+		if sc.escaped {
+			key = bytes.Clone(key) // the next string reuses the buffer
+		}
+		sc.path[at].key = key
+		dup := false
+		if seen != nil {
+			dup = seen[string(key)]
+			seen[string(key)] = true
+		} else {
+			for _, k := range keys {
+				dup = dup || bytes.Equal(k, key)
+			}
+			if keys = append(keys, key); len(keys) > 16 {
+				seen = make(map[string]bool, 2*len(keys))
+				for _, k := range keys {
+					seen[string(k)] = true
+				}
+			}
+		}
+		if dup {
+			return &SyntaxError{Detail: fmt.Sprintf("the key %q appears twice", sc.field()), Field: sc.field()}
+		}
+		if sc.space(); sc.i == len(sc.b) || sc.b[sc.i] != ':' {
+			return errMalformed
+		}
+		sc.i++
+		sc.space()
+		if err := sc.value(depth); err != nil {
+			return err
+		}
+		sc.space()
+		if sc.i == len(sc.b) {
+			return errMalformed
+		}
+		switch sc.b[sc.i] {
+		case ',':
+			sc.i++
+			sc.space()
+		case '}':
+			sc.i++
+			sc.path = sc.path[:at]
+			return nil
+		default:
+			return errMalformed
+		}
+	}
+}
+
+func (sc *strictScanner) array(depth int) error {
+	if depth > maxDepth {
+		return errMalformed
+	}
+	sc.i++ // [
+	sc.path = append(sc.path, pathStep{})
+	at := len(sc.path) - 1
+	sc.space()
+	if sc.i < len(sc.b) && sc.b[sc.i] == ']' {
+		sc.i++
+		sc.path = sc.path[:at]
+		return nil
+	}
+	for {
+		if err := sc.value(depth); err != nil {
+			return err
+		}
+		sc.space()
+		if sc.i == len(sc.b) {
+			return errMalformed
+		}
+		switch sc.b[sc.i] {
+		case ',':
+			sc.i++
+			sc.path[at].index++
+			sc.space()
+		case ']':
+			sc.i++
+			sc.path = sc.path[:at]
+			return nil
+		default:
+			return errMalformed
+		}
+	}
+}
+
+// number reads -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?.
+func (sc *strictScanner) number() error {
+	b, i := sc.b, sc.i
+	digits := func() bool {
+		start := i
+		for i < len(b) && b[i] >= '0' && b[i] <= '9' {
+			i++
+		}
+		return i > start
+	}
+	if i < len(b) && b[i] == '-' {
+		i++
+	}
+	switch {
+	case i < len(b) && b[i] == '0':
+		i++
+	case !digits():
+		return errMalformed
+	}
+	if i < len(b) && b[i] == '.' {
+		i++
+		if !digits() {
+			return errMalformed
+		}
+	}
+	if i < len(b) && (b[i] == 'e' || b[i] == 'E') {
+		i++
+		if i < len(b) && (b[i] == '+' || b[i] == '-') {
+			i++
+		}
+		if !digits() {
+			return errMalformed
+		}
+	}
+	sc.i = i
+	return nil
+}
+
+// str reads the string at i and reports whether its text (unescaped) is
+// free of control and bidirectional formatting characters; text then
+// returns that text. The body is valid UTF-8 (checked first).
+func (sc *strictScanner) str() (clean bool, err error) {
+	b := sc.b
+	sc.i++ // "
+	start, escaped := sc.i, false
+	clean = true
+	defer func() { sc.escaped = escaped }()
+	for i := sc.i; i < len(b); {
+		c := b[i]
+		switch {
+		case c == '"':
+			if escaped {
+				sc.tmp = append(sc.tmp, b[start:i]...)
+				sc.buf = sc.tmp
+			} else {
+				sc.tmp = b[sc.i:i] // no copy: the body's own bytes
+			}
+			sc.i = i + 1
+			return clean, nil
+		case c < 0x20:
+			return false, errMalformed // a raw control character
+		case c == '\\':
+			if !escaped {
+				sc.tmp, escaped = append(sc.buf[:0], b[start:i]...), true
+			} else {
+				sc.tmp = append(sc.tmp, b[start:i]...)
+			}
+			r, n := unescape(b[i:])
+			if n == 0 {
+				return false, errMalformed
+			}
+			clean = clean && cleanRune(r)
+			sc.tmp = utf8.AppendRune(sc.tmp, r)
+			i += n
+			start = i
+		case c < utf8.RuneSelf:
+			clean = clean && c != 0x7f
+			i++
+		default:
+			r, n := utf8.DecodeRune(b[i:])
+			clean = clean && cleanRune(r)
+			i += n
+		}
+	}
+	return false, errMalformed // not closed
+}
+
+// text is the last string str read, unescaped. It is valid until the next
+// str.
+func (sc *strictScanner) text() []byte { return sc.tmp }
+
+// unescape decodes the escape at the start of b (a backslash) as
+// encoding/json does: a surrogate pair is one rune, a lone surrogate is
+// U+FFFD. n is the escape's length, 0 when it is not one.
+func unescape(b []byte) (r rune, n int) {
+	if len(b) < 2 {
+		return 0, 0
+	}
+	switch b[1] {
+	case '"', '\\', '/':
+		return rune(b[1]), 2
+	case 'b':
+		return '\b', 2
+	case 'f':
+		return '\f', 2
+	case 'n':
+		return '\n', 2
+	case 'r':
+		return '\r', 2
+	case 't':
+		return '\t', 2
+	case 'u':
+		r = hex4(b[2:])
+		if r < 0 {
+			return 0, 0
+		}
+		if utf16.IsSurrogate(r) {
+			if len(b) >= 12 && b[6] == '\\' && b[7] == 'u' {
+				if r2 := hex4(b[8:]); r2 >= 0 {
+					if dec := utf16.DecodeRune(r, r2); dec != utf8.RuneError {
+						return dec, 12
+					}
+				}
+			}
+			return utf8.RuneError, 6
+		}
+		return r, 6
+	}
+	return 0, 0
+}
+
+// hex4 is the value of four hex digits at the start of b, or -1.
+func hex4(b []byte) rune {
+	if len(b) < 4 {
+		return -1
+	}
+	var r rune
+	for _, c := range b[:4] {
+		switch {
+		case c >= '0' && c <= '9':
+			c -= '0'
+		case c >= 'a' && c <= 'f':
+			c -= 'a' - 10
+		case c >= 'A' && c <= 'F':
+			c -= 'A' - 10
+		default:
+			return -1
+		}
+		r = r<<4 | rune(c)
+	}
+	return r
+}
+
+// cleanRune reports whether r is neither a control (Unicode Cc) nor a
+// bidirectional formatting character.
+func cleanRune(r rune) bool {
+	return !unicode.Is(unicode.Cc, r) && !unicode.Is(unicode.Bidi_Control, r)
 }
 
 // validEmail accepts what every SMTP relay delivers without SMTPUTF8: an
