@@ -17,7 +17,7 @@ import (
 	"github.com/checkout-demo/checkout/order/migrations"
 )
 
-func testStore(t *testing.T) *Store {
+func testStore(t testing.TB) *Store {
 	t.Helper()
 	db, err := postgres.Open(testenv.Database(t), 4)
 	if err != nil {

@@ -2,13 +2,18 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/checkout-demo/checkout/internal/batch"
+	"github.com/checkout-demo/checkout/internal/events"
 	"github.com/checkout-demo/checkout/internal/money"
 )
 
@@ -155,5 +160,42 @@ func TestCheckoutRefusalStaysItsOwn(t *testing.T) {
 	defer mu.Unlock()
 	if len(sizes) < 2 || sizes[1] != len(cases) {
 		t.Fatalf("batch sizes %v: the four checkouts did not share a batch after the held one", sizes)
+	}
+}
+
+// BenchmarkInsertArgs is the order service's side of writing five
+// checkouts in one statement: insertArgs, and pgx encoding them for the
+// statement as the server described it (what conn.Exec does before it
+// sends; the server's side is in make bench).
+func BenchmarkInsertArgs(b *testing.B) {
+	store := testStore(b)
+	ctx := context.Background()
+	conn, err := store.pool.Acquire(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Release()
+	sd, err := conn.Conn().Prepare(ctx, "", insertOrders)
+	if err != nil {
+		b.Fatal(err)
+	}
+	price, _ := money.Parse("1299.99")
+	rs := make([]newRows, 5)
+	for i := range rs {
+		user := int64(1_000_000 + i)
+		o := Order{ID: int64(100 + i), UserID: user, UserEmail: fmt.Sprintf("lt%d@example.com", user), TotalAmount: price,
+			Items: []Item{{ProductID: 1, Quantity: 1, Price: price}}, CreatedAt: time.Now(), TraceID: "4bf92f3577b34da6a3ce929d0e0e4736"}
+		body, _ := json.Marshal(o)
+		rs[i] = newRows{o: o, key: "gw-0196a2b0-1234-7abc-8def-0123456789ab", requestHash: strings.Repeat("3f", 32),
+			nonce: make([]byte, 16), tokenHash: make([]byte, 32),
+			event: events.Message{ID: "0196a2b0-1234-7abc-8def-0123456789ab", Type: "OrderCreated", RoutingKey: "order.order.created", Body: body,
+				TraceContext: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}}
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		var eqb pgx.ExtendedQueryBuilder
+		if err := eqb.Build(conn.Conn().TypeMap(), sd, insertArgs(rs)); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

@@ -325,11 +325,11 @@ func TestConcurrentStartMigratesOnce(t *testing.T) {
 	}
 }
 
-func testLogger(t *testing.T) *slog.Logger {
+func testLogger(t testing.TB) *slog.Logger {
 	return web.NewLogger(&testWriter{t}, "warn", "json", "order")
 }
 
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w *testWriter) Write(p []byte) (int, error) {
 	w.t.Log(string(bytes.TrimSpace(p)))

@@ -74,9 +74,12 @@ const (
 // one row each, in their order, from the positional parameters $first to
 // $first+4; a statement that writes many of its own rows in one go (the
 // order service's checkouts that share a commit) ends its CTEs with it.
+// Every parameter is a text array, cast by the server: pgx sends a []string
+// as text as it is, where encoding it as uuid[] or json[] took it 9 µs
+// for five rows (see order's BenchmarkInsertArgs).
 func InsertMany(first int) string {
 	return fmt.Sprintf(insertInto+`
-	SELECT e, t, k, p, nullif(c, '') FROM unnest($%d::uuid[], $%d::text[], $%d::text[], $%d::json[], $%d::text[]) AS m(e, t, k, p, c)`,
+	SELECT e::uuid, t, k, p::json, nullif(c, '') FROM unnest($%d::text[], $%d::text[], $%d::text[], $%d::text[], $%d::text[]) AS m(e, t, k, p, c)`,
 		first, first+1, first+2, first+3, first+4)
 }
 
