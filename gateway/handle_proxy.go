@@ -96,7 +96,13 @@ const (
 func forward(w http.ResponseWriter, r *http.Request, log *slog.Logger, orders *orderClient, method, url string, body []byte, header http.Header) {
 	mayExist := false // an earlier attempt's outcome is unknown
 	for attempt := 1; ; attempt++ {
-		resp, out, err := orders.call(r.Context(), method, url, body, header.Clone())
+		h := header
+		if attempt > 1 {
+			// An attempt given up on may still be reading its own; the
+			// first is not copied (the transport only adds trace headers).
+			h = header.Clone()
+		}
+		resp, out, err := orders.call(r.Context(), method, url, body, h)
 		if r.Context().Err() != nil {
 			if resp != nil {
 				resp.Body.Close()
