@@ -130,23 +130,15 @@ func (sc *strictScanner) value(depth int) error {
 }
 
 func (sc *strictScanner) object(depth int) error {
-	if depth > maxDepth {
-		return errMalformed
+	at, empty, err := sc.open(depth, pathStep{object: true}, '}')
+	if empty || err != nil {
+		return err
 	}
-	sc.i++ // {
-	sc.path = append(sc.path, pathStep{object: true})
-	at := len(sc.path) - 1
 	var (
 		few  [8][]byte
 		keys = few[:0] // the object's keys, unescaped
 		seen map[string]bool
 	)
-	sc.space()
-	if sc.i < len(sc.b) && sc.b[sc.i] == '}' {
-		sc.i++
-		sc.path = sc.path[:at]
-		return nil
-	}
 	for {
 		if sc.i == len(sc.b) || sc.b[sc.i] != '"' {
 			return errMalformed
@@ -190,58 +182,65 @@ func (sc *strictScanner) object(depth int) error {
 		if err := sc.value(depth); err != nil {
 			return err
 		}
-		sc.space()
-		if sc.i == len(sc.b) {
-			return errMalformed
-		}
-		switch sc.b[sc.i] {
-		case ',':
-			sc.i++
-			sc.space()
-		case '}':
-			sc.i++
-			sc.path = sc.path[:at]
-			return nil
-		default:
-			return errMalformed
+		if done, err := sc.after(at, '}'); done || err != nil {
+			return err
 		}
 	}
 }
 
 func (sc *strictScanner) array(depth int) error {
-	if depth > maxDepth {
-		return errMalformed
-	}
-	sc.i++ // [
-	sc.path = append(sc.path, pathStep{})
-	at := len(sc.path) - 1
-	sc.space()
-	if sc.i < len(sc.b) && sc.b[sc.i] == ']' {
-		sc.i++
-		sc.path = sc.path[:at]
-		return nil
+	at, empty, err := sc.open(depth, pathStep{}, ']')
+	if empty || err != nil {
+		return err
 	}
 	for {
 		if err := sc.value(depth); err != nil {
 			return err
 		}
-		sc.space()
-		if sc.i == len(sc.b) {
-			return errMalformed
+		if done, err := sc.after(at, ']'); done || err != nil {
+			return err
 		}
-		switch sc.b[sc.i] {
-		case ',':
-			sc.i++
-			sc.path[at].index++
-			sc.space()
-		case ']':
-			sc.i++
-			sc.path = sc.path[:at]
-			return nil
-		default:
-			return errMalformed
-		}
+		sc.path[at].index++
 	}
+}
+
+// open enters the container at i (its opening character), whose path step
+// is step and whose closing character is end. empty tells that it closed
+// at once (and was left).
+func (sc *strictScanner) open(depth int, step pathStep, end byte) (at int, empty bool, err error) {
+	if depth > maxDepth {
+		return 0, false, errMalformed
+	}
+	sc.i++
+	sc.path = append(sc.path, step)
+	at = len(sc.path) - 1
+	sc.space()
+	if sc.i < len(sc.b) && sc.b[sc.i] == end {
+		sc.i++
+		sc.path = sc.path[:at]
+		return at, true, nil
+	}
+	return at, false, nil
+}
+
+// after reads what follows an element of the container at path step at: a
+// comma (more to come) or its closing character end (done, and left).
+func (sc *strictScanner) after(at int, end byte) (done bool, err error) {
+	sc.space()
+	if sc.i == len(sc.b) {
+		return false, errMalformed
+	}
+	switch sc.b[sc.i] {
+	case ',':
+		sc.i++
+		sc.space()
+		return false, nil
+	case end:
+		sc.i++
+		sc.path = sc.path[:at]
+		return true, nil
+	}
+	return false, errMalformed
 }
 
 // number reads -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?.
