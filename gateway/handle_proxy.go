@@ -96,13 +96,10 @@ const (
 func forward(w http.ResponseWriter, r *http.Request, log *slog.Logger, orders *orderClient, method, url string, body []byte, header http.Header) {
 	mayExist := false // an earlier attempt's outcome is unknown
 	for attempt := 1; ; attempt++ {
-		h := header
-		if attempt > 1 {
-			// An attempt given up on may still be reading its own; the
-			// first is not copied (the transport only adds trace headers).
-			h = header.Clone()
-		}
-		resp, out, err := orders.call(r.Context(), method, url, body, h)
+		// Every attempt sends the same header: no RoundTripper of ours
+		// changes a request's (telemetry.Transport clones before it adds
+		// trace headers), so an attempt given up on only ever reads it.
+		resp, out, err := orders.call(r.Context(), method, url, body, header)
 		if r.Context().Err() != nil {
 			if resp != nil {
 				resp.Body.Close()

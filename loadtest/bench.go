@@ -14,7 +14,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -210,21 +209,6 @@ func client(ctx context.Context, cust *Customers, timeout time.Duration) []Sampl
 		out = append(out, cust.answer(s, answer))
 	}
 	return out
-}
-
-// leanClient runs the load generator's Go code on one P and collects at
-// GOGC 400, as the services run (web.Main), unless GOMAXPROCS or GOGC are
-// set: like pgbench's one thread, its 16 clients then take less of the two
-// cores the path measured shares (0.047–0.061 ms of CPU per checkout
-// against 0.056–0.069 with the runtime's defaults, alternated three times
-// on 2026-12-03).
-func leanClient() {
-	if os.Getenv("GOMAXPROCS") == "" {
-		runtime.GOMAXPROCS(1)
-	}
-	if os.Getenv("GOGC") == "" {
-		debug.SetGCPercent(400)
-	}
 }
 
 // pgbenchCheckout is what order/store.go's insertOrders writes for one

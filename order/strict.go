@@ -151,7 +151,7 @@ func (sc *strictScanner) object(depth int) error {
 		if !clean {
 			return &ValidationError{Fields: []web.FieldError{{Field: sc.field(), Message: "has a key with control or bidirectional formatting characters"}}}
 		}
-		key := sc.text()
+		key := sc.tmp
 		if sc.escaped {
 			key = bytes.Clone(key) // the next string reuses the buffer
 		}
@@ -282,8 +282,8 @@ func (sc *strictScanner) number() error {
 }
 
 // str reads the string at i and reports whether its text (unescaped) is
-// free of control and bidirectional formatting characters; text then
-// returns that text. The body is valid UTF-8 (checked first).
+// free of control and bidirectional formatting characters; tmp then holds
+// that text until the next string. The body is valid UTF-8 (checked first).
 func (sc *strictScanner) str() (clean bool, err error) {
 	b := sc.b
 	sc.i++ // "
@@ -329,10 +329,6 @@ func (sc *strictScanner) str() (clean bool, err error) {
 	}
 	return false, errMalformed // not closed
 }
-
-// text is the last string str read, unescaped. It is valid until the next
-// str.
-func (sc *strictScanner) text() []byte { return sc.tmp }
 
 // unescape decodes the escape at the start of b (a backslash) as
 // encoding/json does: a surrogate pair is one rune, a lone surrogate is

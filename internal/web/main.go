@@ -30,8 +30,7 @@ type Command struct {
 // is read, so it can use its values.
 func Main(name string, cfg any, run func(context.Context) error, commands func() []Command) {
 	steadySysmonUnlessSet()
-	oneCoreUnlessSet()
-	lessGCUnlessSet()
+	LeanRuntime()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := envconfig.Process("", cfg); err != nil {
@@ -56,6 +55,16 @@ func Main(name string, cfg any, run func(context.Context) error, commands func()
 		fmt.Fprintln(os.Stderr, name+":", err)
 		os.Exit(1)
 	}
+}
+
+// LeanRuntime is how Main sets up the Go runtime before anything runs:
+// one P (oneCoreUnlessSet) and GOGC 400 (lessGCUnlessSet), each unless
+// its variable is set. A program that shares the machine with the
+// services and should take little of it (make bench's load generator)
+// calls it too.
+func LeanRuntime() {
+	oneCoreUnlessSet()
+	lessGCUnlessSet()
 }
 
 // oneCoreUnlessSet runs the process's Go code on one core at a time

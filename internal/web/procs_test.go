@@ -11,48 +11,28 @@ import (
 	"testing"
 )
 
-// TestOneCoreUnlessSet runs this test binary again as a child, since
-// GOMAXPROCS is read once at start: unset, the child runs on one P; set,
-// the variable wins.
-func TestOneCoreUnlessSet(t *testing.T) {
-	if os.Getenv("WEB_PROCS_CHILD") == "1" {
-		oneCoreUnlessSet()
-		fmt.Printf("procs=%d\n", runtime.GOMAXPROCS(0))
+// TestLeanRuntime runs this test binary again as a child, since the
+// runtime reads GOMAXPROCS and GOGC once, at start: unset, the child runs
+// on one P and collects at 400%; set, the variable wins.
+func TestLeanRuntime(t *testing.T) {
+	if os.Getenv("WEB_LEAN_CHILD") == "1" {
+		LeanRuntime()
+		fmt.Printf("procs=%d\ngogc=%d\n", runtime.GOMAXPROCS(0), debug.SetGCPercent(100))
 		return
 	}
 	for _, c := range []struct {
-		env  string // GOMAXPROCS, "" for unset
-		want string
-	}{{"", "procs=1"}, {"3", "procs=3"}} {
-		out, err := childOf("TestOneCoreUnlessSet", "WEB_PROCS_CHILD", "GOMAXPROCS", c.env).CombinedOutput()
+		name, value string // the variable set ("" for unset)
+		want        string
+	}{
+		{"GOMAXPROCS", "", "procs=1"}, {"GOMAXPROCS", "3", "procs=3"},
+		{"GOGC", "", "gogc=400"}, {"GOGC", "50", "gogc=50"}, {"GOGC", "off", "gogc=-1"},
+	} {
+		out, err := childOf("TestLeanRuntime", "WEB_LEAN_CHILD", c.name, c.value).CombinedOutput()
 		if err != nil {
-			t.Fatalf("child with GOMAXPROCS=%q: %v\n%s", c.env, err, out)
+			t.Fatalf("child with %s=%q: %v\n%s", c.name, c.value, err, out)
 		}
 		if !strings.Contains(string(out), c.want+"\n") {
-			t.Errorf("GOMAXPROCS=%q: child printed %q, want %s", c.env, out, c.want)
-		}
-	}
-}
-
-// TestLessGCUnlessSet runs this test binary again as a child, as the
-// runtime reads GOGC at start: unset, the child collects at 400%; set,
-// the variable wins.
-func TestLessGCUnlessSet(t *testing.T) {
-	if os.Getenv("WEB_GC_CHILD") == "1" {
-		lessGCUnlessSet()
-		fmt.Printf("gogc=%d\n", debug.SetGCPercent(100))
-		return
-	}
-	for _, c := range []struct {
-		env  string // GOGC, "" for unset
-		want string
-	}{{"", "gogc=400"}, {"50", "gogc=50"}, {"off", "gogc=-1"}} {
-		out, err := childOf("TestLessGCUnlessSet", "WEB_GC_CHILD", "GOGC", c.env).CombinedOutput()
-		if err != nil {
-			t.Fatalf("child with GOGC=%q: %v\n%s", c.env, err, out)
-		}
-		if !strings.Contains(string(out), c.want+"\n") {
-			t.Errorf("GOGC=%q: child printed %q, want %s", c.env, out, c.want)
+			t.Errorf("%s=%q: child printed %q, want %s", c.name, c.value, out, c.want)
 		}
 	}
 }
