@@ -68,17 +68,22 @@ type Work struct {
 	Deleted      float64 `json:"rows_deleted"`
 	IndexScans   float64 `json:"index_scans"`
 	SeqScans     float64 `json:"seq_scans"`
-	Publishes    float64 `json:"publishes"`
-	Confirms     float64 `json:"confirms"`
-	Deliveries   float64 `json:"deliveries"`
-	Acks         float64 `json:"acks"`
-	Mails        float64 `json:"mails"`
+	// WALSyncs are the server's WAL flushes (pg_stat_wal.wal_sync, the
+	// whole cluster's: nothing else runs during a measurement): the
+	// commits that waited for the disk, less those that shared a flush.
+	WALSyncs   float64 `json:"wal_syncs"`
+	Publishes  float64 `json:"publishes"`
+	Confirms   float64 `json:"confirms"`
+	Deliveries float64 `json:"deliveries"`
+	Acks       float64 `json:"acks"`
+	Mails      float64 `json:"mails"`
 }
 
 // pgCounters are the cumulative statistics of some databases.
 type pgCounters struct {
 	Statements                             float64
 	Xacts, Ins, Upd, Del, IdxScan, SeqScan float64
+	WALSyncs                               float64 // the cluster's, not the databases'
 	statementsOK                           bool
 	statementsErr                          error
 }
@@ -103,6 +108,12 @@ func readPG(ctx context.Context, pg string, dbs []string) (pgCounters, error) {
 			return c, err
 		}
 		c.Xacts, c.Ins, c.Upd, c.Del, c.IdxScan, c.SeqScan = c.Xacts+x, c.Ins+ins, c.Upd+upd, c.Del+del, c.IdxScan+idx, c.SeqScan+seq
+		if db == dbs[0] {
+			if err := conn.QueryRow(ctx, `SELECT wal_sync FROM pg_stat_wal`).Scan(&c.WALSyncs); err != nil {
+				conn.Close(ctx)
+				return c, err
+			}
+		}
 		var calls float64
 		if _, err := conn.Exec(ctx, `CREATE EXTENSION IF NOT EXISTS pg_stat_statements`); err != nil {
 			c.statementsErr = err
@@ -333,7 +344,7 @@ func runCost(ctx context.Context, cfg Config, stdout, progress io.Writer) (err e
 	w := Work{
 		Transactions: (pg1.Xacts - pg0.Xacts) / n,
 		Inserted:     (pg1.Ins - pg0.Ins) / n, Updated: (pg1.Upd - pg0.Upd) / n, Deleted: (pg1.Del - pg0.Del) / n,
-		IndexScans: (pg1.IdxScan - pg0.IdxScan) / n, SeqScans: (pg1.SeqScan - pg0.SeqScan) / n,
+		IndexScans: (pg1.IdxScan - pg0.IdxScan) / n, SeqScans: (pg1.SeqScan - pg0.SeqScan) / n, WALSyncs: (pg1.WALSyncs - pg0.WALSyncs) / n,
 		Publishes: (mq1.Publish - mq0.Publish) / n, Confirms: (mq1.Confirm - mq0.Confirm) / n,
 		Deliveries: (mq1.DeliverGet - mq0.DeliverGet) / n, Acks: (mq1.Ack - mq0.Ack) / n,
 		Mails: (mail1 - mail0) / n,
@@ -425,8 +436,8 @@ func writeCost(w io.Writer, cr *CostReport) {
 	if k.Statements > 0 {
 		stmts = fmt.Sprintf("%.1f", k.Statements)
 	}
-	fmt.Fprintf(w, "  per order: %s statements in %.1f transactions (rows: %.1f inserted, %.1f updated, %.1f deleted; %.1f index and %.2f sequential scans)\n",
-		stmts, k.Transactions, k.Inserted, k.Updated, k.Deleted, k.IndexScans, k.SeqScans)
+	fmt.Fprintf(w, "  per order: %s statements in %.1f transactions, %.1f WAL flushes (rows: %.1f inserted, %.1f updated, %.1f deleted; %.1f index and %.2f sequential scans)\n",
+		stmts, k.Transactions, k.WALSyncs, k.Inserted, k.Updated, k.Deleted, k.IndexScans, k.SeqScans)
 	fmt.Fprintf(w, "             %.1f publishes (%.1f confirmed), %.1f deliveries, %.1f acks; %.2f mails\n", k.Publishes, k.Confirms, k.Deliveries, k.Acks, k.Mails)
 	for _, n := range cr.Notes {
 		fmt.Fprintf(w, "  - %s\n", n)

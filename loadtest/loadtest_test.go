@@ -216,7 +216,7 @@ func TestCost(t *testing.T) {
 		}
 	}
 	w := c.Work
-	if w.Mails != 1 || w.Transactions <= 0 || w.Inserted <= 0 || w.Publishes <= 0 || w.Acks <= 0 || w.Deliveries <= 0 {
+	if w.Mails != 1 || w.Transactions <= 0 || w.WALSyncs <= 0 || w.Inserted <= 0 || w.Publishes <= 0 || w.Acks <= 0 || w.Deliveries <= 0 {
 		t.Errorf("work per order: %+v", w)
 	}
 }

@@ -238,7 +238,9 @@ func (r *Relay) markWaiting(ctx context.Context) error {
 	if len(r.marks) == 0 {
 		return nil
 	}
-	if _, err := r.pool.Exec(ctx, markPublished, r.marks); err != nil {
+	b := bookkeeping()
+	b.Queue(markPublished, r.marks)
+	if err := r.pool.SendBatch(ctx, b).Close(); err != nil {
 		return fmt.Errorf("mark published: %w", err)
 	}
 	r.marks = r.marks[:0]
@@ -261,6 +263,21 @@ func (r *Relay) Flush(ctx context.Context) error {
 
 // markPublished marks the rows $1 published.
 const markPublished = `UPDATE outbox SET published_at = now() WHERE id = ANY($1) AND published_at IS NULL`
+
+// bookkeeping is a batch for the relay's own statements (claims, marks,
+// backoffs): they run in one transaction (the batch's, up to its one Sync)
+// that commits without waiting for its WAL to reach the disk. What such a
+// transaction writes is at-least-once bookkeeping: if the server crashes
+// before the WAL writer (or the next durable commit) flushes it, a lease
+// or a mark is lost and the row is published again, which the consumers
+// drop by event id; the rows' own content was committed durably by the
+// transaction that wrote it. So the relay adds no disk flush of its own
+// per batch.
+func bookkeeping() *pgx.Batch {
+	b := &pgx.Batch{}
+	b.Queue(`SELECT set_config('synchronous_commit', 'off', true)`)
+	return b
+}
 
 // batch is Batch kept within what the publisher's buffer of returned
 // messages holds, so a batch of unroutable events cannot stall it.
@@ -314,7 +331,8 @@ func (r *Relay) publishBatch(ctx context.Context) (int, error) {
 		// claim would take nothing.
 		marks = []int64{}
 	}
-	rows, err := r.pool.Query(dbctx, `
+	b := bookkeeping()
+	b.Queue(`
 		WITH marked AS (
 			UPDATE outbox SET published_at = now() WHERE id = ANY($3) AND published_at IS NULL)
 		UPDATE outbox SET next_attempt_at = now() + make_interval(secs => $2)
@@ -325,6 +343,12 @@ func (r *Relay) publishBatch(ctx context.Context) (int, error) {
 			LIMIT $1
 			FOR UPDATE SKIP LOCKED)
 		RETURNING id, event_id::text, event_type, routing_key, payload::text, attempts, coalesce(trace_context, '')`, r.batch(), r.lease().Seconds(), marks)
+	br := r.pool.SendBatch(dbctx, b)
+	defer br.Close()
+	if _, err := br.Exec(); err != nil {
+		return 0, fmt.Errorf("claim outbox rows: %w", err)
+	}
+	rows, err := br.Query()
 	if err != nil {
 		return 0, fmt.Errorf("claim outbox rows: %w", err)
 	}
@@ -346,7 +370,7 @@ func (r *Relay) publishBatch(ctx context.Context) (int, error) {
 		c.msg.Body = []byte(body)
 		batch = append(batch, c)
 	}
-	if err := rows.Err(); err != nil {
+	if err := errors.Join(rows.Err(), br.Close()); err != nil {
 		return 0, fmt.Errorf("claim outbox rows: %w", err)
 	}
 	r.marks = r.marks[:0] // the statement succeeded: they are marked
@@ -399,7 +423,7 @@ func (r *Relay) publishBatch(ctx context.Context) (int, error) {
 	// published, the others due again after their backoff. If it fails,
 	// the rows stay leased and are published again after the lease;
 	// consumers drop the duplicates by event id.
-	b := &pgx.Batch{}
+	b = bookkeeping()
 	if len(done) > 0 {
 		b.Queue(markPublished, done)
 	}

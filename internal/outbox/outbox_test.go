@@ -198,3 +198,60 @@ func TestRelayMarksAfterMarkDelay(t *testing.T) {
 		return err == nil && left == 0
 	})
 }
+
+// The relay's bookkeeping (claims, marks) commits without waiting for the
+// disk, while the rows it publishes were written with the durability of
+// the transaction that made them: a trigger notes the synchronous_commit
+// each statement on the outbox ran under.
+func TestRelayCommitsAsynchronously(t *testing.T) {
+	t.Parallel()
+	db, amqpURL := setup(t)
+	ctx := context.Background()
+	_, err := db.Pool.Exec(ctx, `
+		CREATE TABLE commit_modes (op text, mode text);
+		CREATE FUNCTION note_commit_mode() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN
+			INSERT INTO commit_modes VALUES (TG_OP, current_setting('synchronous_commit'));
+			RETURN NULL;
+		END $$;
+		CREATE TRIGGER note_commit_mode AFTER INSERT OR UPDATE ON outbox FOR EACH STATEMENT EXECUTE FUNCTION note_commit_mode();`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := testenv.Watch(t, amqpURL, events.RouteOrderCreated)
+	relay, _ := startRelayWith(t, db, amqpURL, func(r *outbox.Relay) { r.Poll, r.MarkDelay = time.Hour, 50*time.Millisecond })
+	addOrders(t, db, 3)
+	relay.Wake()
+	q.Next(3, 10*time.Second)
+	waitTimeout(t, "the rows to be marked", func() bool {
+		left, err := outbox.Pending(ctx, db.Pool)
+		return err == nil && left == 0
+	})
+	rows, err := db.Pool.Query(ctx, `SELECT op, mode, count(*) FROM commit_modes GROUP BY op, mode ORDER BY op, mode`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type mode struct {
+		Op, Mode string
+		N        int
+	}
+	modes, err := pgx.CollectRows(rows, pgx.RowToStructByPos[mode])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var inserts, updates int
+	for _, m := range modes {
+		switch {
+		case m.Op == "INSERT" && m.Mode == "on":
+			inserts += m.N
+		case m.Op == "UPDATE" && m.Mode == "off":
+			updates += m.N
+		default:
+			t.Errorf("%d %s statement(s) on the outbox under synchronous_commit %s", m.N, m.Op, m.Mode)
+		}
+	}
+	// At least one claim that took the rows and one mark of them.
+	if inserts != 3 || updates < 2 {
+		t.Errorf("statements %+v: want the 3 inserts durable and the relay's claim and mark (at least 2 updates) asynchronous", modes)
+	}
+}
