@@ -188,6 +188,14 @@ func TestRelayMarksRideOnTheNextClaim(t *testing.T) {
 func TestRelayMarksAfterMarkDelay(t *testing.T) {
 	t.Parallel()
 	db, amqpURL := setup(t)
+	publishThreeMarkedAlone(t, db, amqpURL)
+}
+
+// publishThreeMarkedAlone has a relay with no poll publish three new rows
+// and waits until their marks, with no row after them to ride on, went on
+// their own after MarkDelay.
+func publishThreeMarkedAlone(t *testing.T, db *postgres.DB, amqpURL string) {
+	t.Helper()
 	q := testenv.Watch(t, amqpURL, events.RouteOrderCreated)
 	relay, _ := startRelayWith(t, db, amqpURL, func(r *outbox.Relay) { r.Poll, r.MarkDelay = time.Hour, 50*time.Millisecond })
 	addOrders(t, db, 3)
@@ -218,15 +226,7 @@ func TestRelayCommitsAsynchronously(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	q := testenv.Watch(t, amqpURL, events.RouteOrderCreated)
-	relay, _ := startRelayWith(t, db, amqpURL, func(r *outbox.Relay) { r.Poll, r.MarkDelay = time.Hour, 50*time.Millisecond })
-	addOrders(t, db, 3)
-	relay.Wake()
-	q.Next(3, 10*time.Second)
-	waitTimeout(t, "the rows to be marked", func() bool {
-		left, err := outbox.Pending(ctx, db.Pool)
-		return err == nil && left == 0
-	})
+	publishThreeMarkedAlone(t, db, amqpURL)
 	rows, err := db.Pool.Query(ctx, `SELECT op, mode, count(*) FROM commit_modes GROUP BY op, mode ORDER BY op, mode`)
 	if err != nil {
 		t.Fatal(err)
