@@ -271,8 +271,8 @@ const markPublished = `UPDATE outbox SET published_at = now() WHERE id = ANY($1)
 // before the WAL writer (or the next durable commit) flushes it, a lease
 // or a mark is lost and the row is published again, which the consumers
 // drop by event id; the rows' own content was committed durably by the
-// transaction that wrote it. So the relay adds no disk flush of its own
-// per batch.
+// transaction that wrote it. So no batch waits for a disk flush: the WAL
+// writer (within wal_writer_delay) or the next durable commit flushes it.
 func bookkeeping() *pgx.Batch {
 	b := &pgx.Batch{}
 	b.Queue(`SELECT set_config('synchronous_commit', 'off', true)`)
