@@ -25,12 +25,14 @@ func NewServer(log *slog.Logger, metrics *telemetry.Metrics, cfg Config, client 
 }
 
 // newClient returns the client for upstream calls: kept-alive connections,
-// enough of them for a busy gateway, and a dial timeout so a dead upstream
-// fails fast.
+// enough of them for a busy gateway, each exchange on its caller's
+// goroutine (see transport), and a dial timeout so a dead upstream fails
+// fast. Every call it makes is bounded by its context (UPSTREAM_TIMEOUT,
+// HEALTH_TIMEOUT).
 func newClient() *http.Client {
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	t.MaxIdleConns = 512
 	t.MaxIdleConnsPerHost = 256
 	t.ResponseHeaderTimeout = 30 * time.Second
-	return &http.Client{Transport: telemetry.Transport(t)}
+	return &http.Client{Transport: telemetry.Transport(newTransport(t))}
 }
